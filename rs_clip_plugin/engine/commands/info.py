@@ -1,0 +1,42 @@
+"""`rsclip info BUNDLE`: describe a bundle after verifying every file's sha256 and ONNX inputs."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..bundle import load_bundle
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="verify and describe a model bundle")
+    p.add_argument("bundle", nargs="?", help="bundle directory or .zip (default: the embedded default bundle)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import emit
+
+    path = args.bundle
+    if path is None:
+        from ..default_bundle import default_bundle_path
+
+        path = default_bundle_path()
+    bundle = load_bundle(path)
+    s = bundle.summary()
+    lines = [
+        f"{s['name']}  (schema {s['schema_version']}, {s['size_bytes'] / 1e6:.1f} MB)  {s['path']}",
+        f"  embedding {s['embed_dim']}-d, logit scale {s['logit_scale']:.2f}",
+        f"  text: {s['tokenizer_kind']} tokenizer, context {s['context_length']}, languages {', '.join(s['languages'])}",
+    ]
+    for e in s["encoders"]:
+        lines.append(
+            f"  image {e['modality']:7s} bands {','.join(e['bands'])}  {e['input_size']} px at {e['gsd_m']:g} m"
+            f"  tile {e['tile_size_px']} px{'  +fp16' if e['fp16'] else ''}"
+        )
+    prov = s.get("provenance") or {}
+    if prov:
+        lines.append(f"  provenance: {prov.get('method', '?')} from {prov.get('base_model', '?')} ({prov.get('pretrained', '-')})")
+    lines.append("  all files verified (sha256, ONNX inputs)")
+    emit(args, s, "\n".join(lines))
+    return 0
