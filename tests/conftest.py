@@ -9,11 +9,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from rs_clip_plugin.engine.settings import sample_data_dir  # noqa: E402
+from rs_clip_plugin.engine.settings import sample_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

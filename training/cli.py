@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 SUBCOMMANDS = ("run", "eval", "export", "translate", "import-checkpoint")
 

@@ -11,7 +11,8 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 SUBCOMMANDS = ("info", "index", "classify", "search", "demo", "bench")
 

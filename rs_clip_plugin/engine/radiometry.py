@@ -10,8 +10,9 @@ Training builds its tensors with the same functions, so the plugin normalises ex
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 

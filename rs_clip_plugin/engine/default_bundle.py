@@ -1,0 +1,104 @@
+"""The embedded default bundle: where it is, and how it gets built the first time.
+
+No pretrained weights can be downloaded where this project is built, so the default bundle is made by
+the project itself: the modality-gap smoke recipe (``training/configs/smoke/modality_gap.yaml``) trains
+a tiny model on the real samples in ``sample_data_dir()`` and exports text, RGB, Sentinel-2 and
+Sentinel-1 encoders. It is built once and cached, keyed by the recipe and the training code, so a
+change to either rebuilds it. Its manifest's provenance says exactly what it is and how well it does;
+``$RSCLIP_BUNDLE`` (or ``--bundle``) points the engine at a real exported model instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .bundle import MANIFEST, BundleError
+
+_REPO = Path(__file__).resolve().parents[2]
+RECIPE = _REPO / "training" / "configs" / "smoke" / "modality_gap.yaml"
+
+
+def default_bundle_home() -> Path:
+    """Kept apart from the index cache so that clearing indexes never forces a retrain."""
+    return Path(os.environ.get("RSCLIP_DEFAULT_BUNDLE_HOME", Path.home() / ".cache" / "rsclip" / "default-bundle"))
+
+
+def _recipe_key() -> str:
+    """Hash of the recipe and of the training and export code that turn it into a bundle."""
+    h = hashlib.sha256()
+    h.update(RECIPE.read_bytes())
+    for sub in ("training/methods/modality_gap", "training/models", "training/export", "training/data"):
+        for p in sorted((_REPO / sub).rglob("*.py")):
+            h.update(p.relative_to(_REPO).as_posix().encode())
+            h.update(p.read_bytes())
+    h.update((_REPO / "rs_clip_plugin" / "engine" / "bundle.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def default_bundle_path(build: bool = True, quiet: bool = False) -> Path:
+    """Path of the default bundle; builds it (once) when it is missing and ``build`` is true."""
+    env = os.environ.get("RSCLIP_BUNDLE")
+    if env:
+        return Path(env)
+    if not RECIPE.is_file():
+        raise BundleError(
+            f"no default bundle: the recipe {RECIPE} that builds it is not installed; pass --bundle "
+            "(a bundle directory or .zip) or set RSCLIP_BUNDLE"
+        )
+    target = default_bundle_home() / _recipe_key()
+    bundle_dir = target / "bundle"
+    if (bundle_dir / MANIFEST).is_file():
+        return bundle_dir
+    if not build:
+        raise BundleError(f"the default bundle has not been built yet (expected at {bundle_dir}); run `rsclip demo` once")
+    _build(target, quiet=quiet)
+    return bundle_dir
+
+
+def _build(target: Path, quiet: bool) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise BundleError(
+            "the default bundle must be built once with the training extras (torch, open_clip): "
+            "`pip install -e .[train]`, or pass --bundle / set RSCLIP_BUNDLE to an exported bundle"
+        ) from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        if not quiet:
+            print(
+                f"rsclip: building the default bundle once (modality-gap smoke recipe on {RECIPE.name}); "
+                f"it is cached in {target}",
+                file=sys.stderr,
+            )
+        cmd = [sys.executable, "-m", "training.cli", "run", str(RECIPE), "--out", str(work / "run")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            raise BundleError(f"building the default bundle failed (command: {' '.join(cmd)}):\n{tail}")
+        metrics = json.loads((work / "run" / "metrics.json").read_text())
+        produced = Path(metrics["bundle"])
+        if not produced.is_absolute():
+            produced = work / "run" / produced
+        shutil.move(str(produced), str(work / "bundle"))
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        shutil.rmtree(work / "run", ignore_errors=True)
+        if target.exists() and not (target / "bundle" / MANIFEST).is_file():
+            shutil.rmtree(target)  # a leftover of an interrupted build
+        try:
+            os.replace(work, target)
+        except OSError:
+            if not (target / "bundle" / MANIFEST).is_file():
+                raise
+            # Another process finished first; its bundle is the same recipe's.
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
