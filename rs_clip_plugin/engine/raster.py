@@ -1,0 +1,559 @@
+"""Reading rasters the way users have them: band identity, physical units, streamed windows.
+
+``open_source(path)`` accepts a GeoTIFF/COG/VRT, a folder of per-band files, or a Sentinel-2 SAFE
+folder/.zip (see :mod:`.sources`) and returns a :class:`RasterSource`. Its *working grid* is the grid of
+its finest band (10 m for Sentinel-2); every read is a window on that grid and returns float32
+``(C, h, w)`` in physical units:
+
+- Sentinel-2: reflectance ``(DN - offset) / 10000``; the +1000 offset of processing baseline >= 04.00
+  comes from the product metadata (MTD_MSIL*.xml), else the product name, else ``s2_offset``;
+  DN 0 is Sentinel-2's no-data value and becomes NaN;
+- Sentinel-1: backscatter as stored, in dB or linear power (``sar_units``, detected from the values);
+- RGB: uint8 / 255, uint16 / 65535, floats as stored.
+
+No-data (declared nodata, NaN, outside the file) is NaN. Bands coarser than the working grid are
+resampled on the fly (bilinear, GDAL warper via WarpedVRT), so 20/60 m bands line up with 10 m ones.
+
+Threads: a RasterSource holds open GDAL handles, which must not be shared between threads. Use one
+RasterSource per worker thread: ``source.reopen()`` gives an independent one without re-detection.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from .bands import (
+    MODALITIES,
+    S1_BANDS,
+    S2_BANDS,
+    S2_L1C_BANDS,
+    S2_L2A_BANDS,
+    S2_MISSING_IN_L2A,
+    S2_QUANTIFICATION,
+    S2_TRUE_COLOUR,
+    S2_TRUE_COLOUR_WHITE_REFLECTANCE,
+    SENSOR_BANDS,
+    canonical_band,
+    parse_s2_product,
+    s2_offset_dn,
+)
+from .bundle import EncoderSpec, Manifest
+from .radiometry import db_to_linear, linear_to_db
+from .sources import SOURCE_HELP, BandRef, Discovered, RasterError, discover, vrt_source_names
+
+__all__ = [
+    "ZERO_BAND",
+    "RasterError",
+    "RasterSource",
+    "encoder_for",
+    "mapping_error",
+    "open_source",
+]
+
+ZERO_BAND = "zero"
+SAR_UNITS = ("db", "linear")
+SENSOR_HELP = f"--sensor ({'|'.join(MODALITIES)}) and/or --bands NAME,NAME,... (one name per raster band, in order)"
+# Encoders a source can feed, best first. A 13-band (L1C) encoder takes L2A data with a zero B10
+# (Paper A); an L2A encoder takes L1C minus B10; an rgb encoder takes a Sentinel-2 true-colour composite.
+_COMPATIBLE: dict[str, tuple[str, ...]] = {
+    "s2-l2a": ("s2-l2a", "s2-l1c", "rgb"),
+    "s2-l1c": ("s2-l1c", "s2-l2a", "rgb"),
+    "s1-grd": ("s1-grd",),
+    "rgb": ("rgb",),
+}
+# Metres per degree, for a ground resolution of geographic (EPSG:4326) rasters.
+_M_PER_DEG_LAT = 110_574.0
+_M_PER_DEG_LON_EQUATOR = 111_320.0
+
+
+def mapping_error(
+    expected_modality: str,
+    expected_bands: Sequence[str],
+    found_sensor: str,
+    found_bands: Sequence[str],
+    source: str,
+    missing: Optional[Sequence[str]] = None,
+) -> RasterError:
+    """The one "expects X, found Y, use --sensor/--bands" error; returned, for the caller to raise."""
+    miss = f"; missing {list(missing)}" if missing else ""
+    return RasterError(
+        f"{source}: the bundle's {expected_modality} encoder expects bands {list(expected_bands)} but the raster "
+        f"has {list(found_bands)} (detected as {found_sensor}){miss}. If the detection is wrong, say what the "
+        f"raster holds with {SENSOR_HELP}; otherwise use a bundle with an encoder for {found_sensor}"
+    )
+
+
+@dataclass(frozen=True)
+class _Band:
+    ref: BandRef
+    name: str
+    offset_dn: float  # Sentinel-2 only
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """Everything detection decided, so reopen() can skip it."""
+
+    discovered: Discovered
+    sensor: str
+    bands: tuple[_Band, ...]
+    sar_units: Optional[str]
+    label: str
+
+
+def open_source(
+    path: Path | str,
+    *,
+    sensor: Optional[str] = None,
+    bands: Optional[Sequence[str]] = None,
+    s2_offset: Optional[float] = None,
+    sar_units: Optional[str] = None,
+) -> RasterSource:
+    """Open a raster for streaming reads in physical units.
+
+    sensor: "s2-l1c" | "s2-l2a" | "s1-grd" | "rgb" overrides detection.
+    bands: the band names of a single multi-band raster, in band order (overrides descriptions and heuristics).
+    s2_offset: DN offset to subtract from Sentinel-2 numbers (1000 for baseline >= 04.00), overriding metadata.
+    sar_units: "db" | "linear": what a Sentinel-1 raster holds, overriding detection from its values.
+    Raises RasterError (a ValueError) saying what is wrong and what to pass instead.
+    """
+    if sensor is not None and sensor not in MODALITIES:
+        raise RasterError(f"unknown sensor {sensor!r}; use one of {', '.join(MODALITIES)}")
+    if sar_units is not None and sar_units not in SAR_UNITS:
+        raise RasterError(f"unknown SAR units {sar_units!r}; use 'db' or 'linear'")
+    d = discover(path)
+    label = str(d.path)
+    if d.layout == "file":
+        refs = _single_file_bands(d.path, bands, sensor)
+    else:
+        if bands is not None:
+            raise RasterError(
+                f"{label}: --bands names the bands of a single multi-band raster; a {d.layout} names its bands by "
+                "file name (rename the files, e.g. B04.tif, or build a VRT)"
+            )
+        refs = d.bands
+    names = [r.name for r in refs]
+    detected = _detect_sensor(names, d, label, sensor)
+    if sensor is not None and not _names_fit(sensor, names):
+        raise RasterError(
+            f"{label}: --sensor {sensor} does not fit the raster's bands {names}; give the bands with --bands or "
+            "choose the matching sensor"
+        )
+    sensor = sensor or detected
+    # A 4th band of an RGB file (alpha / NIR) is not used.
+    refs = [r for r in refs if r.name is not None]
+    offsets = _s2_offsets(d, sensor, s2_offset, [r.name for r in refs])
+    resolved_bands = tuple(_Band(r, r.name, offsets.get(r.name, 0.0)) for r in refs)  # type: ignore[arg-type]
+    units = None
+    if sensor == "s1-grd":
+        units = sar_units or _detect_sar_units(refs[0])
+    return RasterSource(_Resolved(d, sensor, resolved_bands, units, label))
+
+
+def _open(uri: str, label: str) -> rasterio.io.DatasetReader:
+    try:
+        with warnings.catch_warnings():
+            # Plain photos (UC Merced) have no georeferencing; that is handled (res_m is None), not a warning.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(uri)
+    except RasterioIOError as exc:
+        raise RasterError(f"{label}: not a raster GDAL can read ({exc}); {SOURCE_HELP}") from exc
+
+
+def _single_file_bands(path: Path, bands: Optional[Sequence[str]], sensor: Optional[str]) -> list[BandRef]:
+    uri = str(path)
+    with _open(uri, str(path)) as ds:
+        count, dtype, driver = ds.count, ds.dtypes[0], ds.driver
+        descriptions = [canonical_band(d) if d else None for d in ds.descriptions]
+    if bands is not None:
+        names = [canonical_band(b) for b in bands]
+        bad = [b for b, n in zip(bands, names) if n is None]
+        if bad:
+            raise RasterError(f"{path}: --bands {bad} are not band names; use names such as B04, B8A, VV, red")
+        if len(names) != count:
+            raise RasterError(f"{path}: --bands lists {len(names)} names but the raster has {count} bands; give one per band")
+    elif all(descriptions):
+        names = descriptions
+    else:
+        names = vrt_source_names(path, count) if driver == "VRT" else [None] * count
+        if not all(names):
+            names = _names_from_count(path, count, dtype, sensor)
+    if len(set(names)) != len(names):
+        raise RasterError(f"{path}: band names {names} repeat a band; give each band once with --bands")
+    return [BandRef(n, uri, i + 1) for i, n in enumerate(names)]
+
+
+def _names_from_count(path: Path, count: int, dtype: str, sensor: Optional[str]) -> list[Optional[str]]:
+    """Band identity when nothing names the bands: the user's --sensor, else the band count and data type."""
+    if sensor is not None:
+        want = SENSOR_BANDS[sensor]
+        if count == len(want):
+            return list(want)
+        if sensor == "rgb" and count == 4:
+            return [*want, None]
+        raise RasterError(
+            f"{path}: --sensor {sensor} has {len(want)} bands {list(want)} but the raster has {count} unnamed bands; "
+            "name them with --bands"
+        )
+    is_float = np.issubdtype(np.dtype(dtype), np.floating)
+    if count == 13:
+        return list(S2_L1C_BANDS)
+    if count == 12:
+        return list(S2_L2A_BANDS)
+    if count == 2 and is_float:
+        return ["VV", "VH"]
+    if count in (3, 4) and dtype in ("uint8", "uint16"):
+        return ["red", "green", "blue"] + [None] * (count - 3)
+    raise RasterError(
+        f"{path}: cannot tell which band is which ({count} unnamed {dtype} bands, no band descriptions); "
+        f"say what the raster holds with {SENSOR_HELP}"
+    )
+
+
+def _names_fit(sensor: str, names: Sequence[Optional[str]]) -> bool:
+    known = [n for n in names if n is not None]
+    if sensor.startswith("s2"):
+        return all(n in S2_BANDS for n in known)
+    if sensor == "s1-grd":
+        return all(n in S1_BANDS for n in known)
+    return all(n in ("red", "green", "blue") for n in known)
+
+
+def _detect_sensor(names: Sequence[Optional[str]], d: Discovered, label: str, sensor: Optional[str]) -> str:
+    known = [n for n in names if n is not None]
+    if sensor is not None:
+        return sensor
+    if known and all(n in S1_BANDS for n in known):
+        return "s1-grd"
+    if known and all(n in ("red", "green", "blue") for n in known):
+        return "rgb"
+    if known and all(n in S2_BANDS for n in known):
+        if d.level:
+            return d.level
+        for hint in d.name_hints:
+            product = parse_s2_product(hint)
+            if product:
+                return product.level
+        # Without product metadata the band set decides: the cirrus band exists only in L1C. A partial
+        # set without B10 is assumed L2A (the common analysis-ready product); --sensor overrides.
+        return "s2-l1c" if S2_MISSING_IN_L2A in known else "s2-l2a"
+    raise RasterError(f"{label}: bands {list(names)} mix sensors or are unknown; say what the raster holds with {SENSOR_HELP}")
+
+
+def _s2_offsets(d: Discovered, sensor: str, override: Optional[float], names: Sequence[str]) -> dict[str, float]:
+    """DN offset per band: --s2-offset, else SAFE metadata, else the product name's processing baseline."""
+    if not sensor.startswith("s2"):
+        return {}
+    if override is not None:
+        return {n: float(override) for n in names}
+    if d.offsets_dn:
+        return {n: d.offsets_dn.get(n, 0.0) for n in names}
+    baseline = d.baseline
+    if baseline is None:
+        for hint in d.name_hints:
+            product = parse_s2_product(hint)
+            if product:
+                baseline = product.baseline
+                break
+    value = s2_offset_dn(baseline)
+    return {n: value for n in names}
+
+
+def _detect_sar_units(ref: BandRef) -> str:
+    """dB backscatter is mostly negative; linear power never is. Decided on a decimated read, not the whole scene."""
+    with _open(ref.uri, ref.uri) as ds:
+        for key in ("units", "UNITS", "unit"):
+            tag = (ds.tags(ref.index).get(key) or ds.tags().get(key) or "").lower()
+            if tag in ("db", "decibel", "decibels"):
+                return "db"
+            if tag in ("linear", "power", "intensity"):
+                return "linear"
+        if ds.units and ds.units[ref.index - 1]:
+            u = ds.units[ref.index - 1].lower()
+            if u in ("db", "decibel"):
+                return "db"
+        h, w = min(ds.height, 256), min(ds.width, 256)
+        sample = ds.read(ref.index, out_shape=(h, w), resampling=Resampling.nearest, masked=True)
+    values = np.asarray(sample.compressed(), dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return "db" if values.size and (values < 0).mean() > 0.01 else "linear"
+
+
+class RasterSource:
+    """A raster opened for streaming reads on its working grid (see the module docstring).
+
+    Attributes: path, sensor, band_names, crs, transform, width, height, res (ground units per pixel,
+    CRS units), res_m (metres per pixel or None when not georeferenced), sar_units, s2_offset_dn.
+    """
+
+    def __init__(self, resolved: _Resolved):
+        self._r = resolved
+        self.path: Path = resolved.discovered.path
+        self.sensor: str = resolved.sensor
+        self.sar_units: Optional[str] = resolved.sar_units
+        self.band_names: list[str] = [b.name for b in resolved.bands]
+        self._bands = {b.name: b for b in resolved.bands}
+        self._datasets: dict[str, rasterio.io.DatasetReader] = {}
+        self._warped: dict[str, WarpedVRT] = {}
+        self._closed = False
+        grid_ds = self._finest_dataset()
+        self.crs = grid_ds.crs
+        self.transform = grid_ds.transform
+        self.width: int = grid_ds.width
+        self.height: int = grid_ds.height
+        self.georeferenced: bool = grid_ds.crs is not None and not grid_ds.transform.is_identity
+        self._native = {n: self._on_grid(self._dataset(b.ref.uri)) for n, b in self._bands.items()}
+
+    # --- grid -------------------------------------------------------------------------------------
+    @property
+    def res(self) -> float:
+        """Pixel size of the working grid in CRS units (x); see res_m for metres."""
+        return float(abs(self.transform.a))
+
+    @property
+    def res_m(self) -> Optional[float]:
+        """Ground pixel size in metres (geometric mean of x and y); None for rasters without georeferencing."""
+        if not self.georeferenced:
+            return None
+        rx, ry = abs(self.transform.a), abs(self.transform.e)
+        if self.crs.is_geographic:
+            lat = np.deg2rad(self.transform.f + self.transform.e * self.height / 2)
+            rx, ry = rx * _M_PER_DEG_LON_EQUATOR * np.cos(lat), ry * _M_PER_DEG_LAT
+        elif self.crs.linear_units_factor:
+            factor = self.crs.linear_units_factor[1]
+            rx, ry = rx * factor, ry * factor
+        return float(np.sqrt(rx * ry))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) of the working grid in its CRS."""
+        return _bounds(self.transform, self.width, self.height)
+
+    @property
+    def s2_offset_dn(self) -> Optional[float]:
+        """The DN offset applied to Sentinel-2 bands (None for other sensors; the largest if bands differ)."""
+        if not self.sensor.startswith("s2"):
+            return None
+        return max(b.offset_dn for b in self._bands.values())
+
+    def describe(self) -> dict:
+        return {
+            "path": str(self.path),
+            "sensor": self.sensor,
+            "bands": self.band_names,
+            "width": self.width,
+            "height": self.height,
+            "crs": self.crs.to_string() if self.crs else None,
+            "res_m": self.res_m,
+            "s2_offset_dn": self.s2_offset_dn,
+            "sar_units": self.sar_units,
+        }
+
+    # --- reading ----------------------------------------------------------------------------------
+    def read(self, window: Window, bands: Optional[Sequence[str]] = None) -> np.ndarray:
+        """float32 (C, h, w) in physical units for a window of the working grid; NaN where there is no data.
+
+        The window may extend past the raster (tiles padded at the edge): those pixels are NaN.
+        """
+        if self._closed:
+            raise RasterError(f"{self._r.label}: read after close(); open the source again")
+        names = list(bands) if bands is not None else self.band_names
+        missing = [n for n in names if n not in self._bands]
+        if missing:
+            raise RasterError(f"{self._r.label}: no band {missing} in this raster (it has {self.band_names})")
+        col, row = int(window.col_off), int(window.row_off)
+        w, h = int(window.width), int(window.height)
+        out = np.full((len(names), h, w), np.nan, dtype=np.float32)
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + w, self.width), min(row + h, self.height)
+        if c1 <= c0 or r1 <= r0:
+            return out
+        inner = Window(c0, r0, c1 - c0, r1 - r0)
+        dst = (slice(None), slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
+        # Bands of one file on the working grid are read in one call; the others through a warped view.
+        groups: dict[tuple[str, bool], list[int]] = {}
+        for i, n in enumerate(names):
+            groups.setdefault((self._bands[n].ref.uri, self._native[n]), []).append(i)
+        for (uri, native), idx in groups.items():
+            indexes = [self._bands[names[i]].ref.index for i in idx]
+            ds = self._dataset(uri) if native else self._warped_view(uri)
+            raw = ds.read(indexes, window=inner)
+            src = self._dataset(uri)
+            for k, i in enumerate(idx):
+                j = indexes[k] - 1
+                nodata = src.nodatavals[j] if native else np.nan
+                out[(i, *dst[1:])] = self._to_physical(raw[k], nodata, np.dtype(src.dtypes[j]), self._bands[names[i]])
+        return out
+
+    def _to_physical(self, raw: np.ndarray, nodata: Optional[float], src_dtype: np.dtype, band: _Band) -> np.ndarray:
+        x = raw.astype(np.float32)
+        invalid = ~np.isfinite(x)
+        if nodata is not None and not np.isnan(nodata):
+            invalid |= raw == nodata
+        if self.sensor.startswith("s2"):
+            invalid |= raw == 0  # Sentinel-2's NO_DATA digital number
+            x = (x - np.float32(band.offset_dn)) / np.float32(S2_QUANTIFICATION)
+        elif self.sensor == "rgb":
+            if src_dtype == np.uint8:
+                x /= np.float32(255.0)
+            elif src_dtype == np.uint16:
+                x /= np.float32(65535.0)
+        x[invalid] = np.nan
+        return x
+
+    # --- encoder mapping --------------------------------------------------------------------------
+    def check_mapping(self, spec: EncoderSpec) -> None:
+        """Raise the mapping error when this source cannot feed ``spec``; silent when it can."""
+        self._plan(spec)
+
+    def encoder_input(self, spec: EncoderSpec) -> Callable[[Window], np.ndarray]:
+        """A reader of windows in the encoder's band order and units (checks the mapping now, not per tile)."""
+        self._plan(spec)
+        return lambda window: self.read_for(spec, window)
+
+    def read_for(self, spec: EncoderSpec, window: Window) -> np.ndarray:
+        """float32 (C, h, w) in ``spec``'s band order and units (before the bundle's transform); NaN = no data.
+
+        Handles the "zero" pseudo band (and B10 for L2A sources: Paper A feeds it as zeros), the rgb
+        encoder on Sentinel-2 data (B04/B03/B02 scaled so the product level's white reflectance is 1,
+        clipped to [0, 1]) and dB <-> linear when the encoder's units differ from the raster's.
+        """
+        plan, scale = self._plan(spec)
+        reads = [p for p in plan if p is not None]
+        data = self.read(window, reads) if reads else None
+        out = np.zeros((len(plan), int(window.height), int(window.width)), dtype=np.float32)
+        k = 0
+        for i, p in enumerate(plan):
+            if p is not None:
+                out[i] = data[k]  # type: ignore[index]
+                k += 1
+        if scale is not None:
+            out *= np.float32(scale)
+            np.clip(out, 0.0, 1.0, out=out)  # NaN passes through np.clip
+        if spec.modality == "s1-grd" and self.sar_units and spec.units in SAR_UNITS and spec.units != self.sar_units:
+            out = db_to_linear(out) if spec.units == "linear" else linear_to_db(out)
+        return out
+
+    def _plan(self, spec: EncoderSpec) -> tuple[list[Optional[str]], Optional[float]]:
+        """Per encoder band the source band to read (None = zeros), and a scale for S2 -> rgb composites."""
+        if spec.modality not in _COMPATIBLE[self.sensor]:
+            raise mapping_error(spec.modality, spec.bands, self.sensor, self.band_names, self._r.label)
+        plan: list[Optional[str]] = []
+        missing = []
+        scale = None
+        rgb_from_s2 = spec.modality == "rgb" and self.sensor.startswith("s2")
+        if rgb_from_s2:
+            scale = 1.0 / S2_TRUE_COLOUR_WHITE_REFLECTANCE[self.sensor]
+        for b in spec.bands:
+            if b == ZERO_BAND:
+                plan.append(None)
+                continue
+            name = S2_TRUE_COLOUR.get(b, b) if rgb_from_s2 else b
+            if name in self._bands:
+                plan.append(name)
+            elif name == S2_MISSING_IN_L2A and self.sensor == "s2-l2a":
+                plan.append(None)  # L2A has no cirrus band; Paper A inserts a zero band there
+            else:
+                missing.append(b)
+        if missing:
+            raise mapping_error(spec.modality, spec.bands, self.sensor, self.band_names, self._r.label, missing)
+        return plan, scale
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def reopen(self) -> RasterSource:
+        """An independent RasterSource on the same data (for another thread); detection is not repeated."""
+        return RasterSource(self._r)
+
+    def close(self) -> None:
+        for vrt in self._warped.values():
+            vrt.close()
+        for ds in self._datasets.values():
+            ds.close()
+        self._warped.clear()
+        self._datasets.clear()
+        self._closed = True
+
+    def __enter__(self) -> RasterSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RasterSource({str(self.path)!r}, sensor={self.sensor!r}, {self.width}x{self.height}, bands={self.band_names})"
+
+    # --- internals --------------------------------------------------------------------------------
+    def _dataset(self, uri: str) -> rasterio.io.DatasetReader:
+        ds = self._datasets.get(uri)
+        if ds is None:
+            ds = self._datasets[uri] = _open(uri, self._r.label)
+        return ds
+
+    def _finest_dataset(self) -> rasterio.io.DatasetReader:
+        """The working grid is the finest band's grid (first such band in canonical order)."""
+        best = None
+        for b in self._r.bands:
+            ds = self._dataset(b.ref.uri)
+            if best is None or abs(ds.transform.a) < abs(best.transform.a) - 1e-12:
+                best = ds
+        assert best is not None
+        return best
+
+    def _on_grid(self, ds: rasterio.io.DatasetReader) -> bool:
+        return (
+            ds.width == self.width
+            and ds.height == self.height
+            and ds.transform.almost_equals(self.transform, precision=1e-9 * max(1.0, abs(self.transform.a)))
+            and ds.crs == self.crs
+        )
+
+    def _warped_view(self, uri: str) -> WarpedVRT:
+        vrt = self._warped.get(uri)
+        if vrt is None:
+            ds = self._dataset(uri)
+            src_nodata = ds.nodata
+            if src_nodata is None:
+                src_nodata = 0 if self.sensor.startswith("s2") else (np.nan if ds.dtypes[0].startswith("float") else None)
+            finer = abs(ds.transform.a) < abs(self.transform.a)
+            vrt = self._warped[uri] = WarpedVRT(
+                ds,
+                crs=self.crs,
+                transform=self.transform,
+                width=self.width,
+                height=self.height,
+                # Coarse bands are interpolated onto the finer grid; a finer band is averaged down.
+                resampling=Resampling.average if finer else Resampling.bilinear,
+                src_nodata=src_nodata,
+                nodata=np.nan,
+                dtype="float32",
+            )
+        return vrt
+
+
+def _bounds(transform, width: int, height: int) -> tuple[float, float, float, float]:
+    xs = (transform.c, transform.c + transform.a * width)
+    ys = (transform.f, transform.f + transform.e * height)
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def encoder_for(manifest: Manifest, source: RasterSource) -> EncoderSpec:
+    """The bundle's encoder best suited to the source (exact modality first, then compatible ones)."""
+    have = {e.modality: e for e in manifest.encoders}
+    for modality in _COMPATIBLE[source.sensor]:
+        if modality in have:
+            return have[modality]
+    first = manifest.encoders[0]
+    raise mapping_error(
+        "/".join(have) or "(none)", first.bands, source.sensor, source.band_names, str(source.path)
+    )
