@@ -1,0 +1,295 @@
+"""ONNX Runtime sessions for a bundle's encoders: provider choice, CPU fallback, fp16 twins, batch size.
+
+One ``onnxruntime.InferenceSession`` per (bundle content, encoder, provider, threads, precision) is built
+the first time it is needed and then shared by every ``EncoderSession`` asking for the same thing, so a
+plugin that labels ten rasters in a row pays the graph optimisation once. The provider that actually
+runs is reported (``provider_used``, ``device``): Deepness users could not tell whether their GPU was used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .bundle import EMBEDDING_OUTPUT, IMAGE_INPUT, TEXT_INPUT, Bundle, BundleError
+from .settings import cache_dir
+
+log = logging.getLogger(__name__)
+
+PROVIDER_CHOICES = ("auto", "cuda", "cpu")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, CUDA)
+TEXT_ROLE = "text"
+
+_sessions: dict[tuple, tuple] = {}
+_sessions_lock = threading.Lock()
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _plan(provider: str) -> tuple[list[str], Optional[str]]:
+    """Providers to try, in order, and a message when the request cannot be honoured as asked."""
+    if provider not in PROVIDER_CHOICES:
+        raise ValueError(f"unknown provider {provider!r}: use one of {', '.join(PROVIDER_CHOICES)}")
+    avail = available_providers()
+    if provider == "cpu":
+        return [CPU], None
+    if provider == "auto":
+        return [p for p in (TENSORRT, CUDA) if p in avail] + [CPU], None
+    if CUDA in avail:
+        return [CUDA, CPU], None
+    return [CPU], (
+        "CUDA was requested but this ONNX Runtime has no CUDAExecutionProvider "
+        f"(available: {', '.join(avail)}); running on the CPU. Install onnxruntime-gpu to use the GPU."
+    )
+
+
+def resolve_providers(provider: str = "auto") -> list:
+    """ONNX Runtime provider list for 'auto' (TensorRT > CUDA > CPU), 'cuda' (CPU fallback) or 'cpu'."""
+    names, message = _plan(provider)
+    if message:
+        log.warning(message)
+    out: list = []
+    for name in names:
+        if name == TENSORRT:
+            # Engines take minutes to build; caching them makes the second run start fast.
+            trt_cache = cache_dir() / "tensorrt"
+            out.append((TENSORRT, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache),
+                                   "trt_fp16_enable": True}))
+        else:
+            out.append(name)
+    return out
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use: hyper-threads slow ORT's intra-op pool down, not up."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = os.cpu_count() or 1
+    cores = set()
+    try:
+        phys = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("physical id"):
+                phys = line.split(":")[1].strip()
+            elif line.startswith("core id"):
+                core = line.split(":")[1].strip()
+                cores.add((phys, core))
+    except OSError:
+        pass
+    n = len(cores) if cores else allowed
+    return max(1, min(n, allowed))
+
+
+def default_threads() -> int:
+    env = os.environ.get("RSCLIP_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError as exc:
+            raise ValueError(f"RSCLIP_THREADS={env!r} is not a whole number of threads") from exc
+    return physical_cores()
+
+
+def device_name(provider: str) -> str:
+    """A human name for the device a provider runs on (GPU model from the NVIDIA driver, CPU model)."""
+    if provider in GPU_PROVIDERS:
+        for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+            try:
+                for line in info.read_text().splitlines():
+                    if line.startswith("Model:"):
+                        return line.split(":", 1)[1].strip()
+            except OSError:
+                continue
+        return "NVIDIA GPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def auto_batch_size(input_size: int, channels: int = 3, provider: str = CPU, requested: Optional[int] = None) -> int:
+    """Tiles per inference call: an explicit request wins; else a power of two sized to the device.
+
+    On the CPU a batch whose input fits in a few MiB of cache keeps the matmuls hot; GPUs want large
+    batches to fill their cores (bounded so the activations of a ViT-L still fit).
+    """
+    if requested is not None:
+        if int(requested) < 1:
+            raise ValueError(f"batch size must be at least 1, got {requested}")
+        return int(requested)
+    per_image = max(1, input_size * input_size * channels * 4)
+    if provider in GPU_PROVIDERS:
+        budget, lo, hi = 192 << 20, 16, 256
+    else:
+        budget, lo, hi = 6 << 20, 4, 64
+    n = max(1, budget // per_image)
+    n = 1 << (n.bit_length() - 1)
+    return int(min(max(n, lo), hi))
+
+
+def _session_options(threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # ORT's own warnings (e.g. unused initialisers) are noise to a GIS user
+    return so
+
+
+def _create(path: Path, providers: list, threads: int):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), sess_options=_session_options(threads), providers=providers)
+
+
+class EncoderSession:
+    """The ONNX Runtime session of one encoder of a bundle ('text' or an image modality)."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        role: str,
+        provider: str = "auto",
+        threads: Optional[int] = None,
+        fp16: Optional[bool] = None,
+    ) -> None:
+        self.bundle = bundle
+        self.role = role
+        self.provider = provider
+        self.threads = int(threads) if threads else default_threads()
+        self.fp16_requested = fp16
+        m = bundle.manifest
+        if role == TEXT_ROLE:
+            self.input_name = TEXT_INPUT
+            self._fp32_rel, self._fp16_rel = m.text.onnx, m.text.onnx_fp16
+            self.spec = None
+        else:
+            self.spec = m.encoder(role)
+            self.input_name = IMAGE_INPUT
+            self._fp32_rel, self._fp16_rel = self.spec.onnx, self.spec.onnx_fp16
+        if fp16 and not self._fp16_rel:
+            raise BundleError(f"bundle {m.name!r} has no fp16 graph for {role!r}; run without fp16 or re-export with one")
+        self._names, self._plan_message = _plan(provider)
+        self._state: Optional[tuple] = None
+
+    # -- session creation (lazy, shared) -------------------------------------------------------------
+    def _ensure(self) -> tuple:
+        if self._state is not None:
+            return self._state
+        key = (self.bundle.digest, self.role, self.provider, self.threads, self.fp16_requested)
+        with _sessions_lock:
+            state = _sessions.get(key)
+            if state is None:
+                state = self._build()
+                _sessions[key] = state
+        self._state = state
+        return state
+
+    def _build(self) -> tuple:
+        providers = resolve_providers(self.provider)
+        message = self._plan_message
+        gpu = any((p[0] if isinstance(p, tuple) else p) in GPU_PROVIDERS for p in providers)
+        use_fp16 = bool(self._fp16_rel) and (self.fp16_requested if self.fp16_requested is not None else gpu)
+        rel = self._fp16_rel if use_fp16 else self._fp32_rel
+        try:
+            sess = _create(self.bundle.path(rel), providers, self.threads)
+        except Exception as exc:
+            if not gpu:
+                raise BundleError(f"{self.bundle.path(rel)}: ONNX Runtime cannot load this graph ({exc}); re-export the bundle") from exc
+            message = f"the GPU provider could not start ({str(exc).splitlines()[0][:200]}); running on the CPU instead"
+            use_fp16 = bool(self.fp16_requested) and bool(self._fp16_rel)
+            rel = self._fp16_rel if use_fp16 else self._fp32_rel
+            sess = _create(self.bundle.path(rel), [CPU], self.threads)
+        used = sess.get_providers()[0]
+        if gpu and used == CPU and message is None:
+            # ORT silently drops a provider whose libraries (CUDA, cuDNN) fail to load.
+            message = (
+                "a GPU provider was available but could not start (CUDA/cuDNN libraries missing or no device); "
+                "running on the CPU"
+            )
+        if message and message != self._plan_message:
+            log.warning(message)
+        inp = sess.get_inputs()[0]
+        dtype = np.float16 if "float16" in inp.type else (np.int64 if "int64" in inp.type else np.float32)
+        return sess, used, message, dtype, rel
+
+    # -- what is running ----------------------------------------------------------------------------
+    @property
+    def provider_used(self) -> str:
+        return self._ensure()[1]
+
+    @property
+    def device(self) -> str:
+        return device_name(self.provider_used)
+
+    @property
+    def fallback_message(self) -> Optional[str]:
+        return self._ensure()[2]
+
+    @property
+    def onnx_file(self) -> str:
+        return self._ensure()[4]
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.provider_used in GPU_PROVIDERS
+
+    def describe(self) -> dict:
+        return {
+            "provider": self.provider_used,
+            "device": self.device,
+            "fallback_message": self.fallback_message,
+            "onnx": self.onnx_file,
+            "threads": self.threads,
+        }
+
+    def auto_batch_size(self, requested: Optional[int] = None) -> int:
+        if self.spec is None:
+            return auto_batch_size(16, 1, self.provider_used, requested)
+        return auto_batch_size(self.spec.input_size, len(self.spec.bands), self.provider_used, requested)
+
+    # -- inference -----------------------------------------------------------------------------------
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw embeddings [N, D] float32 for a batch of encoder inputs (or token ids for 'text')."""
+        sess, _, _, dtype, _ = self._ensure()
+        x = np.ascontiguousarray(batch, dtype=dtype)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.bundle.manifest.embed_dim), np.float32)
+        out = sess.run([EMBEDDING_OUTPUT], {self.input_name: x})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """L2-normalised embeddings [N, D]."""
+        return l2_normalise(self.run(batch))
+
+
+def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(n, np.float32(1e-12))
+
+
+def clear_session_cache() -> None:
+    """Forget every shared session (frees their memory; the next use builds them again)."""
+    with _sessions_lock:
+        _sessions.clear()
