@@ -1,0 +1,168 @@
+"""Bundle export: parity of every exported encoder with torch, fp16 twins, metadata, CLI, atomic output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rs_clip_plugin.engine.bundle import ONNX_META_PREFIX, BundleError, load_bundle, onnx_io
+from training.export.parity import (
+    FP16_MIN_COSINE,
+    FP32_MIN_COSINE,
+    ParityError,
+    check_parity,
+    compare,
+    ort_session,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("name", ["rsclip-tiny", "rsclip-tiny-multilingual"])
+def test_export_fp32_and_fp16_parity(name: str, tmp_path: Path) -> None:
+    from training.export.exporter import export_model
+
+    report = export_model(name, out_dir=tmp_path / "b", fp16=True)
+    parity = report["parity"]
+    assert set(parity) == {"text", "text_fp16", "image_rgb", "image_rgb_fp16"}
+    for key, fig in parity.items():
+        assert fig["min_cosine"] >= (FP16_MIN_COSINE if key.endswith("fp16") else FP32_MIN_COSINE), key
+        assert fig["max_abs_diff"] < (5e-2 if key.endswith("fp16") else 1e-3), key
+    bundle = load_bundle(report["bundle"])
+    m = bundle.manifest
+    assert m.text.onnx_fp16 == "text.fp16.onnx" and m.encoders[0].onnx_fp16 == "image_rgb.fp16.onnx"
+    assert m.provenance["parity"] == parity
+    assert sorted(report["files"]) == sorted([*m.files, "manifest.json"])
+    print(f"\n{name}: export {report['seconds']:.2f} s, parity {json.dumps(parity)}")
+
+
+def test_tiny_bundle_manifest_and_metadata(tiny_bundle: Path) -> None:
+    m = load_bundle(tiny_bundle).manifest
+    assert (m.name, m.embed_dim, m.text.tokenizer_kind, m.text.languages) == ("rsclip-tiny", 64, "clip-bpe", ["en"])
+    enc = m.encoder("rgb")
+    assert (enc.bands, enc.units, enc.input_size, enc.tile_size_px, enc.gsd_m) == (["red", "green", "blue"], "unit", 64, 64, 10.0)
+    assert m.prompt_templates["en"][0] == "a satellite image of {}."
+    assert m.logit_scale == pytest.approx(1 / 0.07, rel=1e-4)  # open_clip's initial temperature, as a multiplier
+    _, meta = onnx_io(tiny_bundle / enc.onnx)
+    meta = {k[len(ONNX_META_PREFIX) :]: json.loads(v) for k, v in meta.items() if k.startswith(ONNX_META_PREFIX)}
+    assert meta["role"] == "image" and meta["modality"] == "rgb" and meta["bands"] == ["red", "green", "blue"]
+    assert meta["mean"] == pytest.approx(enc.mean) and meta["input_size"] == 64 and meta["embed_dim"] == 64
+    _, tmeta = onnx_io(tiny_bundle / m.text.onnx)
+    assert json.loads(tmeta[f"{ONNX_META_PREFIX}tokenizer"])["kind"] == "clip-bpe"
+    assert json.loads(tmeta[f"{ONNX_META_PREFIX}context_length"]) == 77
+
+
+def test_multilingual_bundle_has_ten_languages(tiny_multilingual_bundle: Path) -> None:
+    m = load_bundle(tiny_multilingual_bundle).manifest
+    langs = ["en", "pt", "es", "fr", "de", "nl", "it", "zh", "ko", "ru"]
+    assert m.text.languages == langs
+    assert list(m.prompt_templates) == langs
+    assert all("{}" in t for ts in m.prompt_templates.values() for t in ts)
+
+
+def test_engine_text_path_matches_torch_from_a_checkpoint(tmp_path: Path) -> None:
+    """BundleTokenizer + ONNX Runtime (the engine's path) against open_clip's encode_text, same weights."""
+    from rs_clip_plugin.engine.tokenizer import BundleTokenizer
+    from training.checkpoint import save_checkpoint
+    from training.export.exporter import export_model
+    from training.models import create_model
+
+    lm = create_model("rsclip-tiny-multilingual")
+    ckpt = save_checkpoint(lm.model, tmp_path / "ckpt", lm.model_name, step=7)
+    report = export_model("", checkpoint=ckpt, out_dir=tmp_path / "b")
+    bundle = load_bundle(report["bundle"])
+    assert bundle.manifest.provenance["checkpoint"] == str(ckpt)
+    prompts = ["a satellite image of a river.", "uma imagem de satélite de um rio.", "一张河流的卫星图像。", "Снимок ЛЕСА"]
+    ids = BundleTokenizer.from_bundle(bundle).encode(prompts)
+    got = ort_session(bundle.path("text.onnx")).run(None, {"input_ids": ids})[0]
+    with torch.no_grad():
+        ref = lm.model.encode_text(lm.tokenizer(prompts)).numpy()
+    assert compare(ref, got)["min_cosine"] >= FP32_MIN_COSINE
+
+
+def test_parity_check_fails_on_a_wrong_graph(tiny_bundle: Path) -> None:
+    """A graph that computes something else must be refused (the check can fail)."""
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(64))
+    x = torch.randn(3, 3, 64, 64)
+    with pytest.raises(ParityError, match=r"image_rgb\.onnx"):
+        check_parity(wrong, tiny_bundle / "image_rgb.onnx", "image", x)
+    assert compare(np.ones((2, 4)), np.ones((2, 4)))["min_cosine"] == pytest.approx(1.0)
+
+
+def test_refuses_non_empty_out_dir_and_leaves_no_partial_bundle(tmp_path: Path) -> None:
+    from training.export.exporter import export_model
+
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(BundleError, match="not empty"):
+        export_model("rsclip-tiny", out_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    with pytest.raises(ValueError, match="unknown model"):
+        export_model("no-such-model", out_dir=tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temp dirs left behind
+
+
+def test_cli_json_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli-bundle"
+    exe = Path(sys.executable).with_name("rsclip-train")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(exe), "export", "--model", "rsclip-tiny", "--out", str(out), "--json", "--zip"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for key in ("text", "image_rgb"):
+        assert report["parity"][key]["min_cosine"] >= FP32_MIN_COSINE
+        assert "max_abs_diff" in report["parity"][key]
+    assert Path(report["zip"]).is_file()
+    assert load_bundle(report["zip"]).manifest.name == "rsclip-tiny"
+
+    from training.cli import main as train_main
+
+    assert train_main(["export", "--model", "rsclip-tiny", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+class _TinyStudent(torch.nn.Module):
+    """A Sentinel-2 student in miniature: a multi-band patch embedding and a linear head to the CLIP space."""
+
+    def __init__(self, bands: int, dim: int):
+        super().__init__()
+        self.patch = torch.nn.Conv2d(bands, 16, 8, 8)
+        self.head = torch.nn.Linear(16, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.patch(x).mean(dim=(2, 3)))
+
+
+def test_export_with_a_sentinel2_student(tmp_path: Path) -> None:
+    from rs_clip_plugin.engine.bands import S2_L1C_BANDS
+    from rs_clip_plugin.engine.radiometry import default_transform
+    from training.export.exporter import ImageEncoderExport, export_model, rgb_encoder
+    from training.models import create_model
+
+    lm = create_model("rsclip-tiny-multilingual")
+    units, transforms, mean, std = default_transform("s2-l1c", len(S2_L1C_BANDS))
+    s2 = ImageEncoderExport(
+        modality="s2-l1c", module=_TinyStudent(13, lm.embed_dim), bands=list(S2_L1C_BANDS), units=units,
+        transforms=transforms, mean=mean, std=std, input_size=64, gsd_m=10.0, tile_size_px=64,
+    )  # fmt: skip
+    report = export_model(lm, out_dir=tmp_path / "b", image_encoders=[rgb_encoder(lm), s2], provenance={"method": "alignment"})
+    assert set(report["parity"]) == {"text", "image_rgb", "image_s2-l1c"}
+    m = load_bundle(report["bundle"]).manifest
+    assert m.modalities == ["rgb", "s2-l1c"] and m.encoder("s2-l1c").bands == list(S2_L1C_BANDS)
+    assert m.provenance["method"] == "alignment" and m.provenance["base_model"] == "rsclip-tiny-multilingual"

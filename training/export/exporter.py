@@ -1,0 +1,354 @@
+"""Model -> bundle: ONNX encoders, tokenizer.json, manifest; checked for parity, written atomically.
+
+Two levels:
+- ``export_model(name_or_loaded, ...)``: a CLIP model (open_clip name + tag, checkpoint, or an in-memory
+  ``LoadedModel``) with its visual tower as the ``rgb`` encoder, unless ``image_encoders`` says otherwise;
+- ``export_bundle(text_module, tokenizer, image_encoders, out_dir, ...)``: any text module and any image
+  encoders (e.g. Sentinel-2 / Sentinel-1 students trained by the alignment recipes) into one bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from rs_clip_plugin.engine.bands import RGB_BANDS
+from rs_clip_plugin.engine.bundle import (
+    IMAGE_INPUT,
+    SCHEMA_VERSION,
+    TEXT_INPUT,
+    BundleError,
+    EncoderSpec,
+    Manifest,
+    TextSpec,
+    load_bundle,
+    write_manifest,
+    zip_bundle,
+)
+from rs_clip_plugin.engine.radiometry import BandTransform, default_transform
+from training.models.factory import LoadedModel, create_model
+from training.models.tiny import MULTILINGUAL_LANGUAGES, RESOURCES, TINY_MULTILINGUAL
+
+from .onnx_export import ImageEncoder, TextEncoder, convert_fp16, export_onnx
+from .parity import FP16_MIN_COSINE, FP32_MIN_COSINE, check_parity, random_images
+from .tokenizer_export import TokenizerInfo, write_tokenizer
+
+PROMPT_TEMPLATES = RESOURCES / "prompt_templates.json"
+TOKENIZER_FILE = "tokenizer.json"
+TEXT_FILE = "text.onnx"
+# Real prompts for the text parity check: short, long (truncated), several scripts.
+_PARITY_CLASSES = ["forest", "river", "industrial buildings", "annual crop land", "sea or lake"]
+_PARITY_EXTRA = [
+    "一张森林的卫星图像。",
+    "спутниковый снимок реки",
+    "une image satellite d'une forêt",
+    " ".join(["many green trees near a river and a bridge"] * 12),
+]
+
+
+@dataclass
+class ImageEncoderExport:
+    """One image encoder for a bundle: a module [B, C, S, S] -> [B, D] and how its input is made."""
+
+    modality: str
+    module: torch.nn.Module
+    bands: list[str]
+    units: str
+    transforms: list[BandTransform]
+    mean: list[float]
+    std: list[float]
+    input_size: int
+    gsd_m: float = 10.0
+    tile_size_px: Optional[int] = None  # default: input_size
+
+    def spec(self, onnx: str, onnx_fp16: Optional[str]) -> EncoderSpec:
+        return EncoderSpec(
+            modality=self.modality,
+            onnx=onnx,
+            bands=list(self.bands),
+            transforms=list(self.transforms),
+            units=self.units,
+            mean=[float(v) for v in self.mean],
+            std=[float(v) for v in self.std],
+            input_size=int(self.input_size),
+            gsd_m=float(self.gsd_m),
+            tile_size_px=int(self.tile_size_px or self.input_size),
+            onnx_fp16=onnx_fp16,
+        )
+
+
+@dataclass
+class TextExport:
+    """The text side of a bundle: a module [B, L] int64 -> [B, D], its tokenizer and some real token ids."""
+
+    module: torch.nn.Module
+    tokenizer_json: Path
+    info: TokenizerInfo
+    languages: list[str]
+    parity_ids: torch.Tensor  # [N, context_length] int64, from the real tokenizer
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def rgb_encoder(loaded: LoadedModel, gsd_m: float = 10.0, tile_size_px: Optional[int] = None) -> ImageEncoderExport:
+    """The CLIP visual tower as the bundle's ``rgb`` encoder (RGB in [0, 1], the model's own mean/std)."""
+    units, transforms, _, _ = default_transform("rgb", 3)
+    return ImageEncoderExport(
+        modality="rgb",
+        module=ImageEncoder(loaded.model),
+        bands=list(RGB_BANDS),
+        units=units,
+        transforms=transforms,
+        mean=list(loaded.mean),
+        std=list(loaded.std),
+        input_size=loaded.image_size,
+        gsd_m=gsd_m,
+        tile_size_px=tile_size_px,
+    )
+
+
+def default_languages(loaded: LoadedModel) -> list[str]:
+    if loaded.model_name == TINY_MULTILINGUAL or "xlm-roberta" in loaded.model_name or "RS-M-CLIP" in loaded.model_name:
+        return list(MULTILINGUAL_LANGUAGES)
+    return ["en"]
+
+
+def default_prompt_templates(languages: list[str]) -> dict[str, list[str]]:
+    if not PROMPT_TEMPLATES.is_file():
+        raise FileNotFoundError(f"{PROMPT_TEMPLATES}: prompt templates missing; restore resources/ from the repository")
+    table = json.loads(PROMPT_TEMPLATES.read_text(encoding="utf-8"))
+    missing = [lang for lang in languages if lang not in table]
+    if missing:
+        raise ValueError(f"no default prompt templates for {missing} in {PROMPT_TEMPLATES}; pass prompt_templates")
+    return {lang: table[lang] for lang in languages}
+
+
+def text_export(loaded: LoadedModel, work_dir: Path, languages: Optional[list[str]] = None) -> TextExport:
+    """Tokenizer written into ``work_dir`` and the text module of ``loaded``."""
+    path = Path(work_dir) / TOKENIZER_FILE
+    info = write_tokenizer(loaded, path)
+    prompts = [f"a satellite image of {c}." for c in _PARITY_CLASSES] + _PARITY_EXTRA
+    ids = loaded.tokenizer(prompts)
+    return TextExport(TextEncoder(loaded.model), path, info, languages or default_languages(loaded), ids.long())
+
+
+def export_model(
+    model: Union[str, LoadedModel],
+    pretrained: Optional[str] = None,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    out_dir: Union[str, os.PathLike, None] = None,
+    *,
+    fp16: bool = False,
+    image_encoders: Optional[list[ImageEncoderExport]] = None,
+    languages: Optional[list[str]] = None,
+    prompt_templates: Optional[dict[str, list[str]]] = None,
+    provenance: Optional[dict[str, Any]] = None,
+    zip_path: Union[str, os.PathLike, None] = None,
+    overwrite: bool = False,
+    name: Optional[str] = None,
+) -> dict[str, Any]:
+    """Export a CLIP model to a bundle at ``out_dir``; returns the report (paths, parity figures, seconds)."""
+    if out_dir is None:
+        raise ValueError("out_dir is required: the directory the bundle is written to")
+    out_dir = Path(out_dir)
+    _check_target(out_dir, overwrite)
+    t0 = time.perf_counter()
+    loaded = model if isinstance(model, LoadedModel) else create_model(model, pretrained=pretrained, checkpoint=checkpoint)
+    loaded.model.eval()
+    with tempfile.TemporaryDirectory(prefix="rsclip-tok-") as tok_dir:
+        text = text_export(loaded, Path(tok_dir), languages)
+        encoders = image_encoders if image_encoders is not None else [rgb_encoder(loaded)]
+        prov = {
+            "base_model": loaded.model_name,
+            "pretrained": loaded.pretrained,
+            "checkpoint": loaded.checkpoint,
+            "method": "export",
+        }
+        prov = {k: v for k, v in prov.items() if v is not None} | (provenance or {})
+        report = export_bundle(
+            text,
+            encoders,
+            out_dir,
+            name=name or _bundle_name(loaded),
+            embed_dim=loaded.embed_dim,
+            logit_scale=float(loaded.model.logit_scale.detach().exp()) if hasattr(loaded.model, "logit_scale") else 100.0,
+            prompt_templates=prompt_templates,
+            provenance=prov,
+            fp16=fp16,
+            zip_path=zip_path,
+            overwrite=overwrite,
+        )
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def export_bundle(
+    text: TextExport,
+    image_encoders: list[ImageEncoderExport],
+    out_dir: Union[str, os.PathLike],
+    *,
+    name: str,
+    embed_dim: int,
+    logit_scale: float,
+    prompt_templates: Optional[dict[str, list[str]]] = None,
+    provenance: Optional[dict[str, Any]] = None,
+    fp16: bool = False,
+    zip_path: Union[str, os.PathLike, None] = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write a complete bundle: every encoder exported and parity-checked, manifest last, then moved into place."""
+    out_dir = Path(out_dir)
+    _check_target(out_dir, overwrite)
+    if not image_encoders:
+        raise ValueError("a bundle needs at least one image encoder")
+    t0 = time.perf_counter()
+    templates = prompt_templates or default_prompt_templates(text.languages)
+    info = text.info
+    common = {
+        "schema_version": SCHEMA_VERSION,
+        "model": name,
+        "embed_dim": int(embed_dim),
+        "logit_scale": float(logit_scale),
+    }
+    parity: dict[str, dict[str, float]] = {}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        shutil.copyfile(text.tokenizer_json, work / TOKENIZER_FILE)
+        text_meta = {
+            **common,
+            "role": "text",
+            "input": TEXT_INPUT,
+            "context_length": info.context_length,
+            "tokenizer": {
+                "file": TOKENIZER_FILE,
+                "kind": info.kind,
+                "sot_id": info.sot_id,
+                "eot_id": info.eot_id,
+                "pad_id": info.pad_id,
+                "lowercase": info.lowercase,
+                "vocab_size": info.vocab_size,
+            },
+            "languages": text.languages,
+        }
+        text_fp16 = _export_one(
+            text.module, text.parity_ids, work, TEXT_FILE, TEXT_INPUT, text_meta, fp16, parity, "text"
+        )
+        text_spec = TextSpec(
+            onnx=TEXT_FILE,
+            tokenizer=TOKENIZER_FILE,
+            context_length=info.context_length,
+            languages=list(text.languages),
+            tokenizer_kind=info.kind,
+            sot_id=info.sot_id,
+            eot_id=info.eot_id,
+            pad_id=info.pad_id,
+            lowercase=info.lowercase,
+            onnx_fp16=text_fp16,
+        )
+        specs = []
+        for enc in image_encoders:
+            fname = f"image_{enc.modality}.onnx"
+            spec = enc.spec(fname, None)
+            meta = {
+                **common,
+                "role": "image",
+                "modality": enc.modality,
+                "input": IMAGE_INPUT,
+                "bands": spec.bands,
+                "units": spec.units,
+                "transforms": [t.to_dict() for t in spec.transforms],
+                "mean": spec.mean,
+                "std": spec.std,
+                "input_size": spec.input_size,
+                "gsd_m": spec.gsd_m,
+                "tile_size_px": spec.tile_size_px,
+            }
+            example = random_images(4, len(spec.bands), spec.input_size, seed=len(specs))
+            spec.onnx_fp16 = _export_one(enc.module, example, work, fname, IMAGE_INPUT, meta, fp16, parity, f"image_{enc.modality}")
+            specs.append(spec)
+        manifest = Manifest(
+            name=name,
+            embed_dim=int(embed_dim),
+            logit_scale=float(logit_scale),
+            text=text_spec,
+            encoders=specs,
+            prompt_templates=templates,
+            provenance={**(provenance or {}), "parity": parity},
+        )
+        write_manifest(work, manifest)
+        load_bundle(work)  # the reader's own checks: hashes, ONNX inputs against the manifest
+        _move_into_place(work, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    files = {rel: (out_dir / rel).stat().st_size for rel in [*manifest.files, "manifest.json"]}
+    report: dict[str, Any] = {
+        "bundle": str(out_dir),
+        "name": name,
+        "parity": parity,
+        "files": files,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if zip_path:
+        report["zip"] = str(zip_bundle(out_dir, Path(zip_path)))
+    return report
+
+
+def _export_one(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    work: Path,
+    fname: str,
+    input_name: str,
+    meta: dict[str, Any],
+    fp16: bool,
+    parity: dict[str, dict[str, float]],
+    key: str,
+) -> Optional[str]:
+    """Export fp32 (and fp16) of one encoder, check both against torch; returns the fp16 file name or None."""
+    module.eval()
+    path = export_onnx(module, example[:2], work / fname, input_name, {**meta, "precision": "fp32"})
+    parity[key] = check_parity(module, path, input_name, example, FP32_MIN_COSINE)
+    if not fp16:
+        return None
+    half = fname.replace(".onnx", ".fp16.onnx")
+    convert_fp16(path, work / half, meta)
+    parity[f"{key}_fp16"] = check_parity(module, work / half, input_name, example, FP16_MIN_COSINE)
+    return half
+
+
+def _bundle_name(loaded: LoadedModel) -> str:
+    base = loaded.model_name.replace("hf-hub:", "").replace("/", "-")
+    return f"{base}-{loaded.pretrained}" if loaded.pretrained else base
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(f"{out_dir}: exists and is not a directory; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise BundleError(f"{out_dir}: exists and is not empty; choose another --out or pass --overwrite")
+
+
+def _move_into_place(work: Path, out_dir: Path, overwrite: bool) -> None:
+    _check_target(out_dir, overwrite)
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    try:
+        os.replace(work, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
