@@ -46,6 +46,14 @@ def demo_scene() -> Path:
     return scenes[0]
 
 
+def _check_replaceable(out_dir: Path) -> None:
+    """The demo replaces its own earlier output folder (it holds demo.json), and nothing else."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "demo.json").is_file():
+        raise ValueError(
+            f"{out_dir} exists and is not an earlier demo output; choose another --out or empty that folder"
+        )
+
+
 def run_demo(
     out_dir: Path,
     *,
@@ -67,29 +75,21 @@ def run_demo(
     scene = demo_scene()
     classes = eurosat_classes()
 
-    # The demo owns its output folder: a re-run replaces the previous run's files, and only those.
+    _check_replaceable(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         classified = classify_raster(
-            scene, classes, staging / "classify", bundle=bundle, provider=provider, progress=progress.sub(0.0, 0.6)
+            scene, classes, staging, bundle=bundle, provider=provider, progress=progress.sub(0.0, 0.6)
         )
         qvec = text_query_vector(bundle, query)
         found = search(
-            [scene], qvec, staging / "search", bundle=bundle, top_k=top_k, heatmap=True, progress=progress.sub(0.6, 0.95)
+            [scene], qvec, staging, bundle=bundle, top_k=top_k, heatmap=True, provider=provider,
+            progress=progress.sub(0.6, 0.95), query_info={"text": query},
         )
-        files = {}
-        for p in [classified.labels_path, classified.confidence_path, classified.qml_path, classified.summary_path]:
-            files[Path(p).name] = str(shutil.move(str(p), staging / Path(p).name))
-        for p in [found.gpkg_path, found.heatmap_path]:
-            if p:
-                files[Path(p).name] = str(shutil.move(str(p), staging / Path(p).name))
-        shutil.rmtree(staging / "classify", ignore_errors=True)
-        shutil.rmtree(staging / "search", ignore_errors=True)
         preview = staging / "preview.png"
         render_preview(scene, staging / "labels.tif", classified.summary, found.hits, preview, query=query)
-        files["preview.png"] = str(preview)
         summary = {
             "bundle": bundle.summary()["name"],
             "bundle_path": str(bundle.root),
@@ -105,14 +105,14 @@ def run_demo(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         (staging / "demo.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        files["demo.json"] = str(staging / "demo.json")
+        _check_replaceable(out_dir)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    files = {k: str(out_dir / Path(v).name) for k, v in files.items()}
+    files = {p.name: str(p) for p in sorted(out_dir.iterdir())}
     progress.update(1.0, "done")
     return DemoResult(out_dir, files, summary)
 

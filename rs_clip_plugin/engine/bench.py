@@ -1,0 +1,273 @@
+"""`rsclip bench`: throughput and memory figures, side by side in one run on the same bundle and batch.
+
+- ``bare_images_per_s``: ``session.run`` in a loop on a preprocessed random batch (the encoder alone);
+- ``pipeline_tiles_per_s``: ``embed_tiles`` on a real raster (read, resample, transform, resize, encode),
+  same session and batch size; ``pipeline_over_bare`` is their ratio (1.0 = the pipeline never starves
+  the encoder);
+- ``ort_images_per_s`` vs ``torch_images_per_s`` (open_clip eager, same threads, same batch) for the rgb
+  tower when torch + open_clip are importable and the bundle names a model the factory can build;
+  ``ort_over_torch`` their ratio, else ``torch_skipped`` says why;
+- ``query_ms``: matrix-vector + argpartition top-10 over N random normalised embeddings (float32, the
+  index's default storage) for each N, median of several repeats;
+- ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``);
+- ``large_scene`` (with ``large_scene=True``): a 10980 x 10980 px, 12-band Sentinel-2 scene made on the fly
+  as VRTs that repeat the real Major-TOM band files, whose tiles (all of them, or a strip of ``rows``
+  rows) are embedded as the labeller does; reports the tiles done and the peak RSS during it.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .progress import Progress
+
+QUERY_SIZES = (10_000, 100_000, 1_000_000)
+LARGE_SCENE_PX = 10980
+
+
+def peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return round(r / (1024 * 1024) if sys.platform == "darwin" else r / 1024, 1)
+
+
+def _rate(fn, items_per_call: int, min_seconds: float, min_calls: int) -> tuple[float, int]:
+    """Items per second of fn() over at least min_calls calls and min_seconds (after one warm-up call)."""
+    fn()
+    calls, t0 = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - t0 < min_seconds:
+        fn()
+        calls += 1
+    return items_per_call * calls / (time.perf_counter() - t0), calls
+
+
+def query_latency_ms(n: int, dim: int, repeats: int = 5, k: int = 10, seed: int = 0) -> float:
+    """Median ms of scores = E @ q and a top-k argpartition over n random L2-normalised float32 rows."""
+    from .index import score_rows, top_k
+
+    rng = np.random.default_rng(seed)
+    emb = np.empty((n, dim), np.float32)
+    for s in range(0, n, 1 << 16):  # generated in chunks: no float64 copy of the whole matrix
+        block = rng.standard_normal((min(1 << 16, n - s), dim), dtype=np.float32)
+        emb[s : s + block.shape[0]] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    q = emb[n // 2].copy()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        top_k(score_rows(emb, q), k)
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 3)
+
+
+def _torch_rate(bundle: Bundle, batch: np.ndarray, threads: int, min_seconds: float, min_calls: int) -> tuple[Optional[float], str]:
+    name = (bundle.manifest.provenance or {}).get("base_model")
+    try:
+        import torch
+
+        from training.models.factory import create_model
+    except ImportError as exc:
+        return None, f"torch/open_clip not importable ({exc.name}); install the training extras"
+    if not name:
+        return None, "the bundle's provenance names no base model the factory can build"
+    try:
+        loaded = create_model(name)  # random or default weights: speed does not depend on them
+    except Exception as exc:  # any factory failure is a reason to skip, reported as such
+        return None, f"cannot build {name!r} in torch ({str(exc).splitlines()[0][:160]})"
+    torch.set_num_threads(threads)
+    model = loaded.model.eval()
+    x = torch.from_numpy(batch)
+    with torch.no_grad():
+        rate, _ = _rate(lambda: model.encode_image(x), batch.shape[0], min_seconds, min_calls)
+    return rate, ""
+
+
+def make_large_scene(band_dir: Path, out_dir: Path, size: int = LARGE_SCENE_PX) -> Path:
+    """A folder of per-band VRTs, ``size`` px at 10 m (20/60 m bands at their own resolution), each tiling
+    the real band file of ``band_dir`` over and over. Nothing is copied: the VRTs only reference the files."""
+    from xml.sax.saxutils import escape
+
+    import rasterio
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for tif in sorted(band_dir.glob("B*.tif")):
+        with rasterio.open(tif) as ds:
+            w, h, t, dtype = ds.width, ds.height, ds.transform, ds.dtypes[0]
+            crs_wkt = ds.crs.to_wkt()
+        factor = abs(t.a) / 10.0  # 1 for 10 m bands, 2 for 20 m, 6 for 60 m
+        n = round(size / factor)
+        gdal_type = {"uint16": "UInt16", "uint8": "Byte", "int16": "Int16", "float32": "Float32"}[dtype]
+        sources = []
+        for r0 in range(0, n, h):
+            for c0 in range(0, n, w):
+                cw, ch = min(w, n - c0), min(h, n - r0)
+                sources.append(
+                    f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(tif.resolve()))}</SourceFilename>'
+                    f'<SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="{cw}" ySize="{ch}"/>'
+                    f'<DstRect xOff="{c0}" yOff="{r0}" xSize="{cw}" ySize="{ch}"/></SimpleSource>'
+                )
+        gt = f"{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}"
+        xml = (
+            f'<VRTDataset rasterXSize="{n}" rasterYSize="{n}"><SRS>{escape(crs_wkt)}</SRS><GeoTransform>{gt}</GeoTransform>'
+            f'<VRTRasterBand dataType="{gdal_type}" band="1"><NoDataValue>0</NoDataValue>{"".join(sources)}</VRTRasterBand>'
+            "</VRTDataset>"
+        )
+        (out_dir / f"{tif.stem}.vrt").write_text(xml)
+    return out_dir
+
+
+def run_bench(
+    bundle: Optional[Bundle | str | Path] = None,
+    raster: Optional[Path | str] = None,
+    *,
+    batch_size: Optional[int] = None,
+    provider: str = "auto",
+    min_seconds: float = 3.0,
+    min_calls: int = 3,
+    max_tiles: Optional[int] = None,
+    query_sizes: Sequence[int] = QUERY_SIZES,
+    torch_compare: bool = True,
+    large_scene: bool = False,
+    large_scene_rows: Optional[int] = None,
+    progress: Optional[Progress] = None,
+) -> dict:
+    """All figures as one dict (see the module docstring); every key is present, skipped parts say why."""
+    from .pipeline import TileStats, choose_modality, embed_tiles
+    from .raster import open_source
+    from .runtime import EncoderSession
+    from .settings import require_sample
+    from .tiling import make_grid, tile_size_px_for
+
+    progress = progress or Progress()
+    if bundle is None:
+        from .default_bundle import default_bundle_path
+
+        bundle = default_bundle_path()
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    raster_path = Path(raster) if raster is not None else next(p for p in sorted(require_sample("major_tom_s2l2a").iterdir()) if p.is_dir())
+    result: dict = {"bundle": b.manifest.name, "raster": str(raster_path)}
+
+    with open_source(raster_path) as src:
+        modality = choose_modality(src, b)
+        spec = b.manifest.encoder(modality)
+        session = EncoderSession(b, modality, provider=provider)
+        bs = session.auto_batch_size(batch_size)
+        result.update(modality=modality, provider=session.provider_used, device=session.device, threads=session.threads,
+                      batch_size=bs, input_size=spec.input_size, bands=len(spec.bands))
+        progress.update(0.05, "bare encoder")
+        rng = np.random.default_rng(0)
+        batch = rng.standard_normal((bs, len(spec.bands), spec.input_size, spec.input_size), dtype=np.float32)
+        bare, _ = _rate(lambda: session.run(batch), bs, min_seconds, min_calls)
+        result["bare_images_per_s"] = round(bare, 2)
+
+        progress.update(0.25, "pipeline")
+        grid = make_grid(src, tile_size_px_for(spec, src))
+        if max_tiles is not None:
+            grid.windows = grid.windows[: int(max_tiles)]
+        stats = TileStats()
+        t0 = time.perf_counter()
+        for _ in embed_tiles(src, b, modality, grid, session=session, batch_size=bs, stats=stats):
+            pass
+        dt = time.perf_counter() - t0
+        result["pipeline_tiles"] = stats.embedded
+        result["pipeline_tiles_per_s"] = round(stats.embedded / dt, 2) if dt > 0 else 0.0
+        result["pipeline_over_bare"] = round(result["pipeline_tiles_per_s"] / bare, 3) if bare > 0 else 0.0
+        result["pipeline_stats"] = stats.as_dict()
+
+    progress.update(0.5, "ORT vs torch")
+    result.update(ort_images_per_s=None, torch_images_per_s=None, ort_over_torch=None, torch_skipped="")
+    if torch_compare:
+        if "rgb" not in b.manifest.modalities:
+            result["torch_skipped"] = "the bundle has no rgb (CLIP visual) encoder to rebuild in torch"
+        else:
+            rgb = b.manifest.encoder("rgb")
+            rgb_sess = session if modality == "rgb" else EncoderSession(b, "rgb", provider=provider)
+            rgb_batch = rng.standard_normal((bs, 3, rgb.input_size, rgb.input_size), dtype=np.float32)
+            ort_rate, _ = _rate(lambda: rgb_sess.run(rgb_batch), bs, min_seconds, min_calls)
+            torch_rate, why = _torch_rate(b, rgb_batch, rgb_sess.threads, min_seconds, min_calls)
+            result["ort_images_per_s"] = round(ort_rate, 2)
+            if torch_rate:
+                result["torch_images_per_s"] = round(torch_rate, 2)
+                result["ort_over_torch"] = round(ort_rate / torch_rate, 3)
+            else:
+                result["torch_skipped"] = why
+    else:
+        result["torch_skipped"] = "not requested"
+
+    progress.update(0.7, "query latency")
+    result["query_ms"] = {str(n): query_latency_ms(int(n), b.manifest.embed_dim) for n in query_sizes}
+    result["query_dim"] = b.manifest.embed_dim
+    result["peak_rss_mb"] = peak_rss_mb()
+
+    result["large_scene"] = None
+    if large_scene:
+        progress.update(0.8, "large scene")
+        result["large_scene"] = large_scene_in_subprocess(b, raster_path, provider, bs, large_scene_rows)
+    progress.update(1.0, "done")
+    return result
+
+
+def large_scene_in_subprocess(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Optional[int]) -> dict:
+    """The large-scene figure from a fresh interpreter, so its peak RSS is the labelling's alone
+    (not the torch model or the 1M-row query matrix this process has already held)."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "rs_clip_plugin.engine.bench", str(b.root), str(band_dir), provider, str(bs),
+           str(rows if rows is not None else -1)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"large-scene benchmark failed: {tail[0]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Optional[int]) -> dict:
+    from .pipeline import TileStats, choose_modality, embed_tiles
+    from .raster import open_source
+    from .runtime import EncoderSession
+    from .tiling import make_grid, tile_size_px_for
+
+    with tempfile.TemporaryDirectory(prefix="rsclip-bench-scene-") as d:
+        scene = make_large_scene(band_dir, Path(d) / "scene")
+        with open_source(scene, sensor="s2-l2a") as src:
+            modality = choose_modality(src, b)
+            spec = b.manifest.encoder(modality)
+            grid = make_grid(src, tile_size_px_for(spec, src))
+            per_row = len({int(w.col_off) for w in grid.windows})
+            if rows is not None:
+                grid.windows = grid.windows[: per_row * int(rows)]
+            session = EncoderSession(b, modality, provider=provider)
+            stats = TileStats()
+            t0 = time.perf_counter()
+            for _ in embed_tiles(src, b, modality, grid, session=session, batch_size=bs, stats=stats):
+                pass
+            dt = time.perf_counter() - t0
+            return {
+                "width": src.width,
+                "height": src.height,
+                "bands": len(src.band_names),
+                "tiles": stats.embedded,
+                "tile_rows": rows if rows is not None else "all",
+                "seconds": round(dt, 2),
+                "tiles_per_s": round(stats.embedded / dt, 2) if dt > 0 else 0.0,
+                "peak_rss_mb": peak_rss_mb(),
+                "target_rss_mb": 1536,
+            }
+
+
+if __name__ == "__main__":  # the large-scene worker of large_scene_in_subprocess
+    import json
+
+    _root, _dir, _provider, _bs, _rows = sys.argv[1:6]
+    out = _large_scene(load_bundle(_root), Path(_dir), _provider, int(_bs), None if int(_rows) < 0 else int(_rows))
+    print(json.dumps(out))

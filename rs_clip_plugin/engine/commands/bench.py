@@ -1,0 +1,63 @@
+"""`rsclip bench`: encoder vs pipeline throughput, ORT vs torch, query latency, peak RSS (engine/bench.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..progress import ConsoleProgress
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure encoder and pipeline throughput, query latency and memory")
+    p.add_argument("--bundle", help="bundle directory or .zip (default: the embedded default bundle)")
+    p.add_argument("--raster", type=Path, help="raster for the pipeline figure (default: the Major-TOM sample)")
+    p.add_argument("--batch-size", type=int, help="tiles per inference call (default: chosen for the device)")
+    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--seconds", type=float, default=3.0, help="minimum seconds per throughput figure (default 3)")
+    p.add_argument("--query-sizes", default="10000,100000,1000000", help="N stored embeddings for query latency")
+    p.add_argument("--no-torch", action="store_true", help="skip the open_clip torch comparison")
+    p.add_argument("--large-scene", action="store_true", help="also embed a 10980x10980 12-band VRT scene (slow)")
+    p.add_argument("--large-scene-rows", type=int, help="only this many tile rows of the large scene")
+    p.add_argument("--json", action="store_true", help="print all figures as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import run_bench
+    from ..cli import UserError, emit
+    from .index import bundle_arg
+
+    try:
+        sizes = [int(v) for v in args.query_sizes.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserError(f"--query-sizes {args.query_sizes!r}: give whole numbers separated by commas") from exc
+    r = run_bench(
+        bundle_arg(args.bundle),
+        args.raster,
+        batch_size=args.batch_size,
+        provider=args.provider,
+        min_seconds=args.seconds,
+        query_sizes=sizes,
+        torch_compare=not args.no_torch,
+        large_scene=args.large_scene,
+        large_scene_rows=args.large_scene_rows,
+        progress=ConsoleProgress("bench"),
+    )
+    lines = [
+        f"{r['bundle']} ({r['modality']} encoder, batch {r['batch_size']}) on {r['provider']} / {r['device']}, {r['threads']} threads",
+        f"  bare encoder   {r['bare_images_per_s']:9.1f} images/s",
+        f"  pipeline       {r['pipeline_tiles_per_s']:9.1f} tiles/s   pipeline/bare = {r['pipeline_over_bare']:.3f}",
+    ]
+    if r["torch_images_per_s"]:
+        lines.append(f"  rgb ORT {r['ort_images_per_s']:.1f} vs torch {r['torch_images_per_s']:.1f} images/s: ORT/torch = {r['ort_over_torch']:.3f}")
+    else:
+        lines.append(f"  ORT vs torch: skipped ({r['torch_skipped']})")
+    lines.append("  query latency (" + f"{r['query_dim']}-d): " + ", ".join(f"{n}: {ms:.1f} ms" for n, ms in r["query_ms"].items()))
+    if r["large_scene"]:
+        s = r["large_scene"]
+        lines.append(f"  large scene {s['width']}x{s['height']}x{s['bands']}: {s['tiles']} tiles in {s['seconds']} s, "
+                     f"peak RSS {s['peak_rss_mb']} MB (target <= {s['target_rss_mb']})")
+    lines.append(f"  peak RSS {r['peak_rss_mb']} MB")
+    emit(args, r, "\n".join(lines))
+    return 0

@@ -1,0 +1,100 @@
+"""`rsclip search RASTER... --query TEXT | --image-file F | --point x,y | --box ...`: ranked places, hits.gpkg."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..progress import ConsoleProgress
+from .classify import _bands, _extent
+from .index import bundle_arg
+
+
+def _point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.replace(" ", "").split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the point as x,y in the query raster's CRS") from exc
+    return x, y
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="find the places in rasters that best match a text or an example image")
+    p.add_argument("rasters", nargs="+", help="rasters to search together (indexed on demand, cached)")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", help='text query; "-term" subtracts a term, e.g. "harbour -ships"')
+    q.add_argument("--image-file", type=Path, help="example image (JPEG/PNG or any GDAL raster)")
+    q.add_argument("--point", type=_point, help="x,y: example tile centred here in --query-raster (default: the first raster)")
+    q.add_argument("--box", type=_extent, help="xmin,ymin,xmax,ymax: example area in --query-raster (default: the first raster)")
+    p.add_argument("--query-raster", help="raster the --point/--box refers to (e.g. a Sentinel-1 scene for a cross-modal query)")
+    p.add_argument("--negative", action="append", default=[], help="a term to push away from (repeatable)")
+    p.add_argument("--lang", default="en", help="language of the text query (one the bundle supports)")
+    p.add_argument("--top-k", type=int, default=10, help="number of distinct places to return (default 10)")
+    p.add_argument("--nms-iou", type=float, default=0.3, help="overlap (IoU) above which a lower-scored tile is dropped")
+    p.add_argument("--out", required=True, type=Path, help="output folder (hits.gpkg, heatmap*.tif)")
+    p.add_argument("--heatmap", action="store_true", help="also write per-raster similarity heat maps (float32 GeoTIFF)")
+    p.add_argument("--bundle", help="bundle directory or .zip (default: the embedded default bundle)")
+    p.add_argument("--modality", choices=["rgb", "s2-l1c", "s2-l2a", "s1-grd"], help="encoder for the searched rasters")
+    p.add_argument("--sensor", choices=["s2-l1c", "s2-l2a", "s1-grd", "rgb"], help="what the searched rasters hold")
+    p.add_argument("--bands", type=_bands, help="band names of a multi-band raster in band order")
+    p.add_argument("--tile-size-m", type=float, help="tile size on the ground in metres (default: the bundle's)")
+    p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction in [0, 1) (default 0)")
+    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bundle import load_bundle
+    from ..cli import UserError, emit
+    from ..search import image_query_vector, search, text_query_vector
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.negative and args.query is None:
+        raise UserError("--negative applies to a text --query only")
+    bundle = load_bundle(bundle_arg(args.bundle))
+    if args.query is not None:
+        vec = text_query_vector(bundle, args.query, negative=args.negative, lang=args.lang, provider=args.provider)
+        info = {"kind": "text", "text": args.query, "negative": args.negative, "lang": args.lang}
+    else:
+        ref = args.query_raster or args.rasters[0]
+        vec = image_query_vector(
+            bundle,
+            raster=None if args.image_file else ref,
+            point=args.point,
+            box=args.box,
+            image_file=args.image_file,
+            tile_size_m=args.tile_size_m,
+            provider=args.provider,
+        )
+        if args.image_file:
+            info = {"kind": "image_file", "image_file": str(args.image_file)}
+        else:
+            info = {"kind": "point" if args.point else "box", "raster": str(ref), "at": list(args.point or args.box)}
+    res = search(
+        args.rasters,
+        vec,
+        args.out,
+        bundle=bundle,
+        top_k=args.top_k,
+        nms_iou=args.nms_iou,
+        heatmap=args.heatmap,
+        modality=args.modality,
+        tile_size_m=args.tile_size_m,
+        overlap=args.overlap,
+        sensor=args.sensor,
+        bands=args.bands,
+        provider=args.provider,
+        progress=ConsoleProgress("search"),
+        overwrite=args.overwrite,
+        query_info=info,
+    )
+    lines = [f"{len(res.hits)} distinct places in {len(args.rasters)} raster(s) on {res.provider} -> {res.gpkg_path}"]
+    for h in res.hits:
+        lines.append(f"  #{h.rank:<3d} {h.score:+.4f}  {Path(h.source).name}  ({', '.join(f'{v:.1f}' for v in h.bounds)})")
+    if res.heatmap_paths:
+        lines.append("  heat map(s): " + ", ".join(str(p) for p in res.heatmap_paths))
+    emit(args, res.to_dict(), "\n".join(lines))
+    return 0

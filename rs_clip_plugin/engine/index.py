@@ -1,0 +1,445 @@
+"""Embedding index: tile embeddings of one raster, cached on disk with their provenance.
+
+One index per (raster, bundle content, encoder modality, tiling, radiometry options) lives in
+``cache_dir()/index/<key>/``::
+
+    embeddings.npy   [N, D] float32 (default) or float16, L2-normalised, one row per encoded tile
+    tiles.npy        [N, 4] int32: window col, row, width, height on the raster's working grid
+    meta.json        provenance (below), written last
+
+``key`` hashes the identity items (resolved source path, bundle digest, modality, tile/stride pixels,
+extent window, sensor, bands, Sentinel-2 DN offset, SAR units, storage dtype), so a different bundle or
+tiling gets its own index and switching back reuses the old one. The *freshness* items (size and
+modification time of every file behind the raster) are checked on every open: a raster changed since
+the index was built is re-indexed in place. Tiles that are mostly no-data are not encoded and have no row.
+
+Never trusted: ``meta.json`` records the byte size and sha256 of both arrays; an index whose files are
+missing, truncated or altered (or whose meta does not parse) is rebuilt. The hash is computed once per
+file version per process, so repeated queries pay only for a stat. Builds go to a temporary directory
+that is renamed into place when complete: a cancelled or failed build leaves nothing behind.
+Queries memory-map ``embeddings.npy`` and score it in chunks (bounded RAM). float32 is the default because
+numpy has no BLAS kernel for float16: scoring 1M x 64 takes ~40 ms in float32 but ~1 s in float16 on one
+core. float16 halves the disk for very large indexes; its chunks are upcast for scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from affine import Affine
+
+from .bundle import Bundle, atomic_write_text, load_bundle, sha256_file
+from .progress import Progress
+from .settings import cache_dir
+
+INDEX_FORMAT = 1
+EMBEDDINGS = "embeddings.npy"
+TILES = "tiles.npy"
+META = "meta.json"
+STORAGE_DTYPES = ("float16", "float32")
+# Rows per matrix-vector product when scoring a memory-mapped index: bounds RAM for 1M+ rows.
+SCORE_CHUNK = 1 << 16
+
+_verified: dict[str, tuple[int, int, str]] = {}
+_verified_lock = threading.Lock()
+
+
+class IndexCacheError(ValueError):
+    """A cached index that cannot be trusted (missing, stale, corrupt); callers rebuild it."""
+
+
+def index_root() -> Path:
+    return cache_dir() / "index"
+
+
+def _sha256_cached(path: Path) -> str:
+    """sha256 of a file, remembered per (size, mtime) so a process hashes each file version once."""
+    st = path.stat()
+    key = str(path)
+    with _verified_lock:
+        hit = _verified.get(key)
+    if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        return hit[2]
+    digest = sha256_file(path)
+    with _verified_lock:
+        _verified[key] = (st.st_size, st.st_mtime_ns, digest)
+    return digest
+
+
+def source_files(source) -> list[Path]:
+    """The files whose change makes an index stale: the file itself, or every band file of a folder/SAFE."""
+    from .sources import discover
+
+    path = Path(source.path)
+    if path.is_file():
+        return [path.resolve()]
+    files = set()
+    for ref in discover(path).bands:
+        p = Path(ref.uri)
+        if p.is_file():
+            files.add(p.resolve())
+    return sorted(files) or [path.resolve()]
+
+
+def fingerprint(files: Sequence[Path]) -> list[dict]:
+    out = []
+    for p in files:
+        st = Path(p).stat()
+        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def _key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class Index:
+    """An opened, verified index. ``embeddings`` is memory-mapped (read-only)."""
+
+    root: Path
+    meta: dict
+    embeddings: np.ndarray
+    tiles: np.ndarray
+    reused: bool = False
+
+    def __len__(self) -> int:
+        return int(self.tiles.shape[0])
+
+    @property
+    def source_path(self) -> str:
+        return self.meta["source"]
+
+    @property
+    def modality(self) -> str:
+        return self.meta["modality"]
+
+    @property
+    def crs_wkt(self) -> str:
+        return self.meta["crs_wkt"]
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(*self.meta["transform"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def out_window(self) -> tuple[int, int, int, int]:
+        """(col, row, width, height) of the indexed extent on the working grid."""
+        return tuple(self.meta["out_window"])  # type: ignore[return-value]
+
+    def tile_bounds(self, i: int) -> tuple[float, float, float, float]:
+        b = self.all_bounds(np.asarray([i]))[0]
+        return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+
+    def tile_polygon(self, i: int) -> list[tuple[float, float]]:
+        """Closed ring of tile i's four corners in the source CRS (exact also for rotated grids)."""
+        col, row, w, h = (int(v) for v in self.tiles[i])
+        t = self.transform
+        corners = [(col, row + h), (col + w, row + h), (col + w, row), (col, row), (col, row + h)]
+        pts = [t * c for c in corners]
+        return [(float(x), float(y)) for x, y in pts]
+
+    def all_bounds(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """[n, 4] (xmin, ymin, xmax, ymax) of the given tiles (default all) in the source CRS."""
+        tl = self.tiles if rows is None else self.tiles[np.asarray(rows, dtype=np.int64)]
+        tl = tl.astype(np.float64)
+        t = self.transform
+        cols = np.stack([tl[:, 0], tl[:, 0] + tl[:, 2], tl[:, 0], tl[:, 0] + tl[:, 2]], 1)
+        rws = np.stack([tl[:, 1], tl[:, 1], tl[:, 1] + tl[:, 3], tl[:, 1] + tl[:, 3]], 1)
+        xs = t.a * cols + t.b * rws + t.c
+        ys = t.d * cols + t.e * rws + t.f
+        return np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], 1)
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """Cosine similarity [N] float32 of every tile with an L2-normalised query vector [D]."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ValueError(f"query vector has {q.shape[0]} dimensions but the index {self.root.name} has {self.dim}")
+        return score_rows(self.embeddings, q)
+
+    def top_k(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores of the k best tiles, best first (argpartition, then a sort of k)."""
+        return top_k(self.scores(query), k)
+
+    def summary(self) -> dict:
+        m = self.meta
+        return {
+            "index": str(self.root),
+            "source": m["source"],
+            "modality": m["modality"],
+            "tiles": len(self),
+            "grid_tiles": m["grid_tiles"],
+            "dim": m["dim"],
+            "dtype": m["dtype"],
+            "tile_px": m["tile_px"],
+            "stride_px": m["stride_px"],
+            "tile_size_m": m.get("tile_size_m"),
+            "provider": m.get("provider"),
+            "seconds": m.get("seconds"),
+            "created": m.get("created"),
+            "reused": self.reused,
+        }
+
+
+def score_rows(embeddings: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """embeddings [N, D] @ query [D] as float32, chunk by chunk (float16 chunks upcast to use BLAS)."""
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
+    n = embeddings.shape[0]
+    if embeddings.dtype == np.float32 and not isinstance(embeddings, np.memmap):
+        return embeddings @ q
+    out = np.empty(n, np.float32)
+    for s in range(0, n, SCORE_CHUNK):
+        e = min(s + SCORE_CHUNK, n)
+        out[s:e] = np.asarray(embeddings[s:e], dtype=np.float32) @ q
+    return out
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores).reshape(-1)
+    n = scores.shape[0]
+    k = max(0, min(int(k), n))
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    part = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+    order = part[np.argsort(-scores[part], kind="stable")]
+    return order.astype(np.int64), scores[order].astype(np.float32)
+
+
+def open_index(root: Path, expect: Optional[dict] = None) -> Index:
+    """Open and verify an index directory; raise IndexCacheError saying what is wrong if it cannot be trusted."""
+    root = Path(root)
+    meta_path = root / META
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexCacheError(f"{meta_path}: unreadable ({exc})") from exc
+    if meta.get("format") != INDEX_FORMAT:
+        raise IndexCacheError(f"{meta_path}: index format {meta.get('format')} is not {INDEX_FORMAT}")
+    if expect is not None:
+        changed = sorted(k for k, v in expect.items() if meta.get(k) != v)
+        if changed:
+            raise IndexCacheError(f"{root}: provenance changed ({', '.join(changed)})")
+    for name, size_key, sha_key in ((EMBEDDINGS, "embeddings_bytes", "embeddings_sha256"), (TILES, "tiles_bytes", "tiles_sha256")):
+        p = root / name
+        if not p.is_file():
+            raise IndexCacheError(f"{p}: missing")
+        if p.stat().st_size != meta.get(size_key):
+            raise IndexCacheError(f"{p}: {p.stat().st_size} bytes, meta says {meta.get(size_key)} (truncated or altered)")
+        if _sha256_cached(p) != meta.get(sha_key):
+            raise IndexCacheError(f"{p}: sha256 differs from meta.json (corrupt or altered)")
+    try:
+        emb = np.load(root / EMBEDDINGS, mmap_mode="r")
+        tiles = np.load(root / TILES)
+    except (OSError, ValueError) as exc:
+        raise IndexCacheError(f"{root}: arrays unreadable ({exc})") from exc
+    n = int(meta["n_tiles"])
+    if emb.shape != (n, int(meta["dim"])) or tiles.shape != (n, 4):
+        raise IndexCacheError(f"{root}: array shapes {emb.shape}, {tiles.shape} do not match meta ({n} tiles)")
+    return Index(root, meta, emb, tiles)
+
+
+def _as_bundle(bundle: Union[Bundle, str, os.PathLike]) -> Bundle:
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+
+
+def resolve_encoder(bundle: Bundle, source, modality: Optional[str]):
+    """The encoder spec for ``source``: the requested modality, else the best compatible one."""
+    if modality is not None:
+        spec = bundle.manifest.encoder(modality)
+    else:
+        from .pipeline import choose_modality
+
+        spec = bundle.manifest.encoder(choose_modality(source, bundle))
+    source.check_mapping(spec)
+    return spec
+
+
+def stride_for(tile_px: int, overlap: float) -> int:
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap}; e.g. 0.5 for half-tile overlap")
+    return max(1, round(tile_px * (1.0 - float(overlap))))
+
+
+def build_index(
+    source,
+    bundle: Union[Bundle, str, os.PathLike],
+    *,
+    modality: Optional[str] = None,
+    tile_size_m: Optional[float] = None,
+    overlap: float = 0.0,
+    extent: Optional[Sequence[float]] = None,
+    sensor: Optional[str] = None,
+    bands: Optional[Sequence[str]] = None,
+    s2_offset: Optional[float] = None,
+    sar_units: Optional[str] = None,
+    provider: str = "auto",
+    progress: Optional[Progress] = None,
+    force: bool = False,
+    dtype: str = "float32",
+    batch_size: Optional[int] = None,
+) -> Index:
+    """The index of ``source`` (a raster path or an open RasterSource) for ``bundle``; built only when needed.
+
+    A valid cached index with the same provenance is reused (``Index.reused``); a stale, corrupt or
+    missing one is (re)built atomically. ``force`` rebuilds regardless.
+    """
+    from .raster import RasterSource, open_source
+    from .tiling import make_grid, tile_size_px_for
+
+    progress = progress or Progress()
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"index dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+    bundle = _as_bundle(bundle)
+    own = not isinstance(source, RasterSource)
+    src = open_source(source, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units) if own else source
+    try:
+        spec = resolve_encoder(bundle, src, modality)
+        tile_px = tile_size_px_for(spec, src, tile_size_m)
+        stride_px = stride_for(tile_px, overlap)
+        grid = make_grid(src, tile_px, stride_px, extent)
+        ow = grid.out_window
+        identity = {
+            "format": INDEX_FORMAT,
+            "source": str(Path(src.path).resolve()),
+            "bundle_digest": bundle.digest,
+            "modality": spec.modality,
+            "tile_px": int(tile_px),
+            "stride_px": int(stride_px),
+            "out_window": [int(ow.col_off), int(ow.row_off), int(ow.width), int(ow.height)],
+            "sensor": src.sensor,
+            "bands": list(src.band_names),
+            "s2_offset_dn": src.s2_offset_dn,
+            "sar_units": src.sar_units,
+            "dtype": dtype,
+        }
+        files = fingerprint(source_files(src))
+        root = index_root() / _key(identity)
+        if not force and (root / META).is_file():
+            try:
+                idx = open_index(root, expect={**identity, "files": files})
+                idx.reused = True
+                progress.update(1.0, "index reused")
+                return idx
+            except IndexCacheError:
+                pass  # stale or corrupt: rebuilt below, never trusted
+        return _build(root, identity, files, src, bundle, spec, grid, provider, progress, dtype, batch_size, tile_size_m)
+    finally:
+        if own:
+            src.close()
+
+
+def _build(root, identity, files, src, bundle, spec, grid, provider, progress, dtype, batch_size, tile_size_m) -> Index:
+    from .pipeline import embed_tiles
+    from .runtime import EncoderSession
+
+    t0 = time.perf_counter()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        session = EncoderSession(bundle, spec.modality, provider=provider)
+        n_grid, dim = len(grid), bundle.manifest.embed_dim
+        full = np.lib.format.open_memmap(tmp / "all.npy", mode="w+", dtype=dtype, shape=(max(n_grid, 1), dim))
+        rows = np.zeros((n_grid, 4), np.int32)
+        count = 0
+        kwargs = {"session": session, "progress": progress}
+        if batch_size is not None:
+            kwargs["batch_size"] = batch_size
+        for tile_indices, emb in embed_tiles(src, bundle, spec.modality, grid, **kwargs):
+            progress.check()
+            idx = np.asarray(tile_indices, dtype=np.int64).reshape(-1)
+            m = idx.shape[0]
+            full[count : count + m] = np.asarray(emb, dtype=np.float32)
+            for j, ti in enumerate(idx):
+                w = grid.windows[int(ti)]
+                rows[count + j] = (int(w.col_off), int(w.row_off), int(w.width), int(w.height))
+            count += m
+        progress.check()
+        full.flush()
+        emb_path = tmp / EMBEDDINGS
+        if count == n_grid and n_grid > 0:
+            del full
+            os.replace(tmp / "all.npy", emb_path)
+        else:
+            # Skipped (no-data) tiles leave rows unused: copy the filled part in chunks, RAM stays bounded.
+            out = np.lib.format.open_memmap(emb_path, mode="w+", dtype=dtype, shape=(count, dim))
+            for s in range(0, count, SCORE_CHUNK):
+                e = min(s + SCORE_CHUNK, count)
+                out[s:e] = full[s:e]
+            out.flush()
+            del out, full
+            (tmp / "all.npy").unlink()
+        np.save(tmp / TILES, rows[:count])
+        t = grid.out_transform
+        src_t = src.transform
+        meta = {
+            **identity,
+            "files": files,
+            "n_tiles": int(count),
+            "grid_tiles": int(n_grid),
+            "dim": int(dim),
+            "tile_size_m": float(tile_size_m) if tile_size_m is not None else spec.tile_size_m,
+            "crs_wkt": src.crs.to_wkt() if src.crs else "",
+            "transform": [src_t.a, src_t.b, src_t.c, src_t.d, src_t.e, src_t.f],
+            "out_transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+            "width": int(src.width),
+            "height": int(src.height),
+            "bundle_name": bundle.manifest.name,
+            "embeddings_bytes": emb_path.stat().st_size,
+            "embeddings_sha256": sha256_file(emb_path),
+            "tiles_bytes": (tmp / TILES).stat().st_size,
+            "tiles_sha256": sha256_file(tmp / TILES),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "provider": session.provider_used,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        atomic_write_text(tmp / META, json.dumps(meta, indent=2) + "\n")
+        _swap_into_place(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    progress.update(1.0, f"indexed {count} tiles")
+    idx = open_index(root)
+    idx.reused = False
+    return idx
+
+
+def _swap_into_place(tmp: Path, root: Path) -> None:
+    """Rename the finished build to ``root``; a previous (stale) index there is moved aside, then deleted."""
+    old = None
+    if root.exists():
+        old = root.with_name(f".{root.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(root, old)
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not (root / META).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same build first
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def iter_indexes() -> Iterator[Path]:
+    """Index directories in the cache (for housekeeping)."""
+    root = index_root()
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.is_dir() and not p.name.startswith("."):
+                yield p
+

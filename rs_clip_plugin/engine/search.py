@@ -1,0 +1,457 @@
+"""Search rasters by text, by example image, or across sensors, over cached embedding indexes.
+
+Queries are L2-normalised vectors in the bundle's shared embedding space:
+
+- ``text_query_vector``: the query prompt-ensembled over the bundle's templates (like a zero-shot class).
+  Negative terms (``"harbour -ships"`` or ``negative=["ships"]``) are subtracted:
+  ``q = normalise(p - w * normalise(mean(n_i)))`` with ``w = NEGATIVE_WEIGHT`` (0.5). CLIP embeddings of
+  related phrases are strongly correlated, so a full subtraction (w = 1) would swamp the positive term;
+  a half weight pushes away from the negative concept while keeping the query's meaning.
+- ``image_query_vector``: a tile around a point, a box, or a whole image file, embedded with the encoder
+  matching that raster (Sentinel-1 -> ``s1-grd``, Sentinel-2 -> ``s2-*``, RGB/JPEG -> ``rgb``). Because
+  the bundle's encoders share one space, an S1 query vector searches S2 indexes and back (cross-modal).
+
+``search`` ranks the tiles of every source (each indexed with its own encoder, built on demand and
+cached, see :mod:`.index`) by cosine similarity, keeps distinct places by non-maximum suppression over
+all sources together (one ranked list), and writes ``hits.gpkg`` (and heat maps when asked).
+
+GeoPackage layout: one layer ``hits`` in the CRS of the first source. Hits from sources in another CRS
+are reprojected (tile outlines densified, so they stay exact polygons); their native CRS is kept in the
+``crs`` field. Fields: rank, score (cosine), source (raster path), tile (row in that raster's index), crs.
+Heat maps: one float32 GeoTIFF per source on that source's grid, the mean cosine similarity of the
+tiles covering each pixel (NaN = no tile): ``heatmap.tif`` for one source, ``heatmap_<n>_<name>.tif``
+for several.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .index import Index, build_index
+from .nms import nms
+from .progress import Progress
+
+NEGATIVE_WEIGHT = 0.5
+HITS_FILE = "hits.gpkg"
+HITS_LAYER = "hits"
+HEATMAP_FILE = "heatmap.tif"
+# Candidates per source before NMS: generous so that K distinct places survive suppression.
+_CANDIDATE_FACTOR = 20
+_MIN_CANDIDATES = 64
+_DENSIFY = 8  # points per tile edge when reprojecting outlines
+_NEGATIVE_SPLIT = re.compile(r"(?:^|\s)-(?=\S)")
+IMAGE_FILE_MAX_PX = 4096
+
+
+class OutputExistsError(FileExistsError, ValueError):
+    """The output folder already holds results; a ValueError too, so the CLI reports it in one line."""
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    source: str
+    tile: int
+    bounds: tuple[float, float, float, float]  # in the source's CRS
+    crs_wkt: str
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    gpkg_path: Path
+    heatmap_path: Optional[Path]
+    provider: str
+    timings: dict[str, float]
+    query: dict
+    heatmap_paths: list[Path] = field(default_factory=list)
+    indexes: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "gpkg": str(self.gpkg_path),
+            "heatmap": str(self.heatmap_path) if self.heatmap_path else None,
+            "heatmaps": [str(p) for p in self.heatmap_paths],
+            "provider": self.provider,
+            "timings": self.timings,
+            "query": self.query,
+            "hits": [
+                {"rank": h.rank, "score": round(h.score, 6), "source": h.source, "tile": h.tile, "bounds": list(h.bounds)}
+                for h in self.hits
+            ],
+            "indexes": self.indexes,
+        }
+
+
+def _bundle(bundle: Union[Bundle, str, os.PathLike]) -> Bundle:
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+
+
+def _normalise(v: np.ndarray, what: str) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32).reshape(-1)
+    n = float(np.linalg.norm(v))
+    if not np.isfinite(n) or n < 1e-12:
+        raise ValueError(f"the {what} query vector is zero or not finite; give a query with content")
+    return v / np.float32(n)
+
+
+# --- query vectors ---------------------------------------------------------------------------------
+def split_negatives(text: str) -> tuple[str, list[str]]:
+    """'harbour -ships -oil tanks' -> ('harbour', ['ships', 'oil tanks']); hyphenated words stay whole."""
+    parts = _NEGATIVE_SPLIT.split(text)
+    positive = parts[0].strip()
+    return positive, [p.strip() for p in parts[1:] if p.strip()]
+
+
+def text_query_vector(
+    bundle: Union[Bundle, str, os.PathLike],
+    text: str,
+    negative: Optional[Sequence[str]] = None,
+    lang: str = "en",
+    negative_weight: float = NEGATIVE_WEIGHT,
+    provider: str = "auto",
+) -> np.ndarray:
+    """Prompt-ensembled, L2-normalised text query [D]; '-term' in ``text`` and ``negative`` are subtracted."""
+    from .text import class_embeddings
+
+    b = _bundle(bundle)
+    positive, inline_neg = split_negatives(text or "")
+    negatives = [*inline_neg, *(n.strip() for n in (negative or []) if n and n.strip())]
+    if not positive:
+        raise ValueError(f"the text query {text!r} has no positive term; e.g. 'harbour -ships'")
+    # Each phrase is one "class": mean over the bundle's templates, renormalised (CLIP's zero-shot head).
+    emb = class_embeddings(b, [positive, *negatives], lang=lang, provider=provider)
+    q = emb[0]
+    if negatives:
+        q = q - np.float32(negative_weight) * _normalise(emb[1:].mean(axis=0), "negative")
+    return _normalise(q, "text")
+
+
+def _window_around(source, x: float, y: float, tile_px: int):
+    """Tile-sized window centred on map point (x, y), shifted inward to lie inside the raster when it fits."""
+    from rasterio.windows import Window
+
+    col, row = ~source.transform * (x, y)
+    if not (0 <= col < source.width and 0 <= row < source.height):
+        b = source.bounds
+        raise ValueError(
+            f"point ({x}, {y}) lies outside the raster {source.path} (bounds {tuple(round(v, 3) for v in b)} "
+            f"in {source.crs}); give the point in the raster's CRS"
+        )
+    c0 = int(np.floor(col - tile_px / 2))
+    r0 = int(np.floor(row - tile_px / 2))
+    c0 = min(max(c0, 0), max(source.width - tile_px, 0))
+    r0 = min(max(r0, 0), max(source.height - tile_px, 0))
+    return Window(c0, r0, tile_px, tile_px)
+
+
+def image_query_vector(
+    bundle: Union[Bundle, str, os.PathLike],
+    *,
+    raster: Union[str, os.PathLike, None] = None,
+    point: Optional[tuple[float, float]] = None,
+    box: Optional[tuple[float, float, float, float]] = None,
+    image_file: Union[str, os.PathLike, None] = None,
+    modality: Optional[str] = None,
+    tile_size_m: Optional[float] = None,
+    sensor: Optional[str] = None,
+    bands: Optional[Sequence[str]] = None,
+    provider: str = "auto",
+) -> np.ndarray:
+    """L2-normalised embedding [D] of an example: a tile around ``point`` or the ``box`` of ``raster``
+    (map coordinates in the raster's CRS), or a whole ``image_file`` (JPEG/PNG or any GDAL raster).
+
+    The encoder is the one matching the example's sensor (or ``modality``): a Sentinel-1 example is
+    embedded by the ``s1-grd`` encoder and can then search Sentinel-2 indexes (cross-modal).
+    """
+    from .index import resolve_encoder
+    from .pipeline import preprocess_tile
+    from .raster import open_source
+    from .runtime import EncoderSession
+    from .tiling import extent_window, tile_size_px_for
+
+    b = _bundle(bundle)
+    chosen = [k for k, v in (("point", point), ("box", box), ("image_file", image_file)) if v is not None]
+    if len(chosen) != 1:
+        raise ValueError(
+            f"give exactly one of point (with raster), box (with raster) or image_file for an image query, got {chosen or 'none'}"
+        )
+    if image_file is not None:
+        path = Path(image_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such image file; give a JPEG/PNG or a GDAL raster")
+        src = open_source(path, sensor=sensor, bands=bands)
+    else:
+        if raster is None:
+            raise ValueError("a point or box query needs the raster it refers to (--query-raster)")
+        src = open_source(raster, sensor=sensor, bands=bands)
+    with src:
+        spec = resolve_encoder(b, src, modality)
+        if image_file is not None:
+            from rasterio.windows import Window
+
+            if max(src.width, src.height) > IMAGE_FILE_MAX_PX:
+                raise ValueError(
+                    f"{image_file}: {src.width}x{src.height} px is too large for one example image; "
+                    "crop it, or pass the raster with --box"
+                )
+            window = Window(0, 0, src.width, src.height)
+        elif point is not None:
+            window = _window_around(src, float(point[0]), float(point[1]), tile_size_px_for(spec, src, tile_size_m))
+        else:
+            window = extent_window(src, box)  # type: ignore[arg-type]
+        raw = src.read_for(spec, window)
+        if np.isnan(raw).all():
+            raise ValueError(f"the query area of {src.path} holds no data (all no-data); choose another place")
+        x = preprocess_tile(raw, spec)[None]
+    sess = EncoderSession(b, spec.modality, provider=provider)
+    return _normalise(sess.embed(x)[0], "image")
+
+
+# --- search ----------------------------------------------------------------------------------------
+def _reproject_ring(ring: np.ndarray, src_wkt: str, dst_wkt: str) -> np.ndarray:
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    xs, ys = transform(CRS.from_wkt(src_wkt), CRS.from_wkt(dst_wkt), ring[:, 0].tolist(), ring[:, 1].tolist())
+    return np.stack([np.asarray(xs), np.asarray(ys)], 1)
+
+
+def _densified_ring(bounds: Sequence[float], n: int = _DENSIFY) -> np.ndarray:
+    xmin, ymin, xmax, ymax = bounds
+    t = np.linspace(0.0, 1.0, n, endpoint=False)
+    bottom = np.stack([xmin + (xmax - xmin) * t, np.full(n, ymin)], 1)
+    right = np.stack([np.full(n, xmax), ymin + (ymax - ymin) * t], 1)
+    top = np.stack([xmax - (xmax - xmin) * t, np.full(n, ymax)], 1)
+    left = np.stack([np.full(n, xmin), ymax - (ymax - ymin) * t], 1)
+    ring = np.concatenate([bottom, right, top, left])
+    return np.vstack([ring, ring[:1]])
+
+
+def _same_crs(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    from rasterio.crs import CRS
+
+    try:
+        return CRS.from_wkt(a) == CRS.from_wkt(b)
+    except Exception:  # unparsable WKT: treat as different, reprojection will then explain
+        return False
+
+
+def _candidates(indexes: list[Index], scores: list[np.ndarray], per_source: int, out_wkt: str):
+    """(source no., row, score, bbox in output CRS, ring in output CRS) of each source's best tiles."""
+    from .index import top_k
+
+    out = []
+    for s, (idx, sc) in enumerate(zip(indexes, scores)):
+        rows, vals = top_k(sc, per_source)
+        bounds = idx.all_bounds(rows)
+        same = _same_crs(idx.crs_wkt, out_wkt)
+        for r, v, bb in zip(rows, vals, bounds):
+            if same:
+                ring = np.asarray(idx.tile_polygon(int(r)))
+            else:
+                ring = _reproject_ring(_densified_ring(bb), idx.crs_wkt, out_wkt)
+            box = (ring[:, 0].min(), ring[:, 1].min(), ring[:, 0].max(), ring[:, 1].max())
+            out.append((s, int(r), float(v), box, ring))
+    return out
+
+
+def rank_distinct(indexes: list[Index], query: np.ndarray, top_k: int, nms_iou: float, out_wkt: str):
+    """Best ``top_k`` distinct places over all indexes: list of (source no., row, score, ring in out CRS)."""
+    scores = [idx.scores(query) for idx in indexes]
+    total = sum(len(i) for i in indexes)
+    per_source = max(_MIN_CANDIDATES, _CANDIDATE_FACTOR * top_k)
+    while True:
+        cands = _candidates(indexes, scores, per_source, out_wkt)
+        if not cands:
+            return []
+        keep = nms(np.asarray([c[3] for c in cands]), np.asarray([c[2] for c in cands]), nms_iou, limit=top_k)
+        exhausted = all(per_source >= len(i) for i in indexes)
+        if len(keep) >= top_k or exhausted or per_source >= total:
+            return [(cands[i][0], cands[i][1], cands[i][2], cands[i][4]) for i in keep]
+        per_source *= 4  # suppression ate too many candidates: look deeper
+
+
+def _heatmap(idx: Index, scores: np.ndarray, path: Path) -> Path:
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
+    from .tiling import LogitAccumulator, TileGrid
+    from .writers import geotiff_profile, open_geotiff
+
+    col, row, w, h = idx.out_window
+    out_t = Affine(*idx.meta["out_transform"])
+    crs = CRS.from_wkt(idx.crs_wkt) if idx.crs_wkt else None
+    grid = TileGrid([], idx.meta["tile_px"], idx.meta["stride_px"], Window(col, row, w, h), out_t, crs)
+    acc = LogitAccumulator(grid, 1)
+    try:
+        for (c, r, tw, th), s in zip(idx.tiles.tolist(), scores.tolist()):
+            acc.add(Window(c, r, tw, th), np.asarray([s], np.float32))
+        profile = geotiff_profile(w, h, out_t, crs, "float32", float("nan"))
+        with open_geotiff(path, profile) as dst:
+            dst.update_tags(RSCLIP_LAYER="cosine similarity of the search query", SOURCE=idx.source_path)
+            for win in acc.strips():
+                dst.write(acc.averaged(win)[0], 1, window=win)
+    finally:
+        acc.close()
+    return path
+
+
+def _heatmap_name(n: int, count: int, source: str) -> str:
+    if count == 1:
+        return HEATMAP_FILE
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).name)[:60]
+    return f"heatmap_{n + 1}_{stem}.tif"
+
+
+def search(
+    sources: Sequence[Union[str, os.PathLike, Index]],
+    query_vector: np.ndarray,
+    out_dir: Union[str, os.PathLike],
+    *,
+    bundle: Union[Bundle, str, os.PathLike],
+    top_k: int = 10,
+    nms_iou: float = 0.3,
+    heatmap: bool = False,
+    modality: Optional[str] = None,
+    tile_size_m: Optional[float] = None,
+    overlap: float = 0.0,
+    extent: Optional[Sequence[float]] = None,
+    sensor: Optional[str] = None,
+    bands: Optional[Sequence[str]] = None,
+    provider: str = "auto",
+    progress: Optional[Progress] = None,
+    overwrite: bool = False,
+    query_info: Optional[dict] = None,
+) -> SearchResult:
+    """Rank the tiles of all ``sources`` (indexed on demand) against ``query_vector``; write hits.gpkg.
+
+    ``top_k`` distinct places (NMS at ``nms_iou``) across all sources, best first; ``heatmap`` also
+    writes per-source similarity GeoTIFFs. Outputs are staged and moved into ``out_dir`` only when all
+    are written: on any error nothing is left there. Indexing options (modality, tiling, extent, sensor,
+    bands) apply to every source given as a path; ``modality=None`` lets each source use its own encoder.
+    """
+    from .gpkg import Feature, Layer, write_gpkg
+
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    if int(top_k) < 1:
+        raise ValueError(f"top-k must be at least 1, got {top_k}")
+    if not sources:
+        raise ValueError("no raster to search; give one or more rasters")
+    b = _bundle(bundle)
+    q = _normalise(query_vector, "search")
+    if q.shape[0] != b.manifest.embed_dim:
+        raise ValueError(f"the query vector has {q.shape[0]} dimensions but bundle {b.manifest.name!r} embeds in {b.manifest.embed_dim}")
+    out_dir = Path(out_dir)
+    targets = [out_dir / HITS_FILE]
+    if out_dir.exists() and not overwrite:
+        clash = [p.name for p in targets if p.exists()] + [p.name for p in out_dir.glob("heatmap*.tif")] * bool(heatmap)
+        if clash:
+            raise OutputExistsError(f"{out_dir} already holds {clash}; choose another output folder or allow overwriting")
+
+    indexes: list[Index] = []
+    n = len(sources)
+    for i, s in enumerate(sources):
+        progress.check()
+        sub = progress.sub(0.9 * i / n, 0.9 * (i + 1) / n)
+        if isinstance(s, Index):
+            indexes.append(s)
+        else:
+            indexes.append(
+                build_index(s, b, modality=modality, tile_size_m=tile_size_m, overlap=overlap, extent=extent,
+                            sensor=sensor, bands=bands, provider=provider, progress=sub)
+            )
+        if indexes[-1].dim != b.manifest.embed_dim:
+            raise ValueError(f"index {indexes[-1].root} was built with another bundle ({indexes[-1].dim}-d); rebuild it")
+    t_index = time.perf_counter()
+    progress.update(0.9, "ranking")
+
+    out_wkt = indexes[0].crs_wkt
+    ranked = rank_distinct(indexes, q, int(top_k), nms_iou, out_wkt)
+    hits = []
+    features = []
+    for rank, (s, row, score, ring) in enumerate(ranked, start=1):
+        idx = indexes[s]
+        bounds = idx.tile_bounds(row)
+        hits.append(Hit(rank, score, idx.source_path, row, bounds, idx.crs_wkt))
+        features.append(Feature([[(float(x), float(y)) for x, y in ring]],
+                                {"rank": rank, "score": score, "source": idx.source_path, "tile": row,
+                                 "crs": _crs_label(idx.crs_wkt)}))
+    t_rank = time.perf_counter()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".rsclip-search-", dir=out_dir))
+    heat_paths: list[Path] = []
+    try:
+        write_gpkg(
+            staging / HITS_FILE,
+            [Layer(HITS_LAYER, out_wkt, {"rank": int, "score": float, "source": str, "tile": int, "crs": str}, features,
+                   description=str((query_info or {}).get("text", "search hits")))],
+        )
+        if heatmap:
+            for i, idx in enumerate(indexes):
+                progress.check()
+                name = _heatmap_name(i, len(indexes), idx.source_path)
+                _heatmap(idx, idx.scores(q), staging / name)
+                heat_paths.append(out_dir / name)
+        progress.check()
+        for p in sorted(staging.iterdir()):
+            os.replace(p, out_dir / p.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_empty(out_dir)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    t_write = time.perf_counter()
+    progress.update(1.0, f"{len(hits)} hits")
+    providers = sorted({str(i.meta.get("provider")) for i in indexes})
+    return SearchResult(
+        hits=hits,
+        gpkg_path=out_dir / HITS_FILE,
+        heatmap_path=heat_paths[0] if heat_paths else None,
+        heatmap_paths=heat_paths,
+        provider=", ".join(providers),
+        timings={
+            "index_s": round(t_index - t0, 4),
+            "rank_s": round(t_rank - t_index, 4),
+            "write_s": round(t_write - t_rank, 4),
+            "total_s": round(t_write - t0, 4),
+        },
+        query=dict(query_info or {}),
+        indexes=[i.summary() for i in indexes],
+    )
+
+
+def _crs_label(wkt: str) -> str:
+    if not wkt:
+        return ""
+    from rasterio.crs import CRS
+
+    try:
+        crs = CRS.from_wkt(wkt)
+        epsg = crs.to_epsg()
+        return f"EPSG:{epsg}" if epsg else crs.to_string()[:200]
+    except Exception:
+        return wkt[:200]
+
+
+def _remove_if_empty(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        d.rmdir()

@@ -1,0 +1,35 @@
+"""A reduced `rsclip bench`: every figure present with the right type (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rs_clip_plugin.engine.bench import make_large_scene, query_latency_ms, run_bench
+from rs_clip_plugin.engine.cli import main
+
+
+def test_bench_json_keys(tiny_bundle: Path, capsys) -> None:
+    rc = main(["bench", "--bundle", str(tiny_bundle), "--seconds", "0.2", "--query-sizes", "1000,5000", "--provider", "cpu",
+               "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in ("bare_images_per_s", "pipeline_tiles_per_s", "pipeline_over_bare", "peak_rss_mb"):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    assert r["provider"] == "CPUExecutionProvider" and isinstance(r["batch_size"], int)
+    assert set(r["query_ms"]) == {"1000", "5000"} and all(isinstance(v, float) for v in r["query_ms"].values())
+    # torch + open_clip are installed here and rsclip-tiny is a registered name: the comparison runs.
+    assert isinstance(r["ort_over_torch"], float) and r["torch_skipped"] == ""
+    assert r["large_scene"] is None
+
+
+def test_large_scene_strip(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path) -> None:
+    scene = make_large_scene(major_tom_dir, tmp_path / "scene", size=2200)
+    assert len(list(scene.glob("B*.vrt"))) == 12
+    r = run_bench(tiny_bundle, major_tom_dir, provider="cpu", min_seconds=0.1, min_calls=1, max_tiles=8, query_sizes=[100],
+                  torch_compare=False, large_scene=True, large_scene_rows=1)
+    s = r["large_scene"]
+    assert (s["width"], s["height"], s["bands"]) == (10980, 10980, 12)
+    assert s["tiles"] == 172 and isinstance(s["peak_rss_mb"], float)
+    assert r["pipeline_tiles"] == 8 and r["torch_skipped"] == "not requested"
+    assert query_latency_ms(50, 8, repeats=1) >= 0.0
