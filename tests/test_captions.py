@@ -1,0 +1,97 @@
+"""Caption datasets in their published layouts, merged across languages, validated with clear messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data.captions import (
+    CaptionDataError,
+    class_folder_captions,
+    load_captions,
+    merge,
+    read_rgb,
+    validate,
+    write_manifest_jsonl,
+)
+from training.evaluate.multilingual import load_classnames, load_prompt_templates
+
+
+def _karpathy(tmp: Path) -> Path:
+    (tmp / "images").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (tmp / "images" / name).write_bytes(b"x")
+    data = {"images": [
+        {"filename": "a.jpg", "split": "train", "sentences": [{"raw": "A river  crosses fields ."}, {"raw": "a river"}]},
+        {"filename": "b.jpg", "split": "test", "sentences": [{"tokens": ["many", "planes"]}]},
+    ]}
+    path = tmp / "dataset_rsicd.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_karpathy_layout_and_translation_merge(tmp_path: Path):
+    recs = load_captions(_karpathy(tmp_path))
+    assert [r.image.name for r in recs] == ["a.jpg", "b.jpg"] and [r.split for r in recs] == ["train", "test"]
+    assert recs[0].captions["en"] == ["A river crosses fields .", "a river"]
+    assert recs[1].captions["en"] == ["many planes"]
+    manifest = tmp_path / "pt.csv"
+    manifest.write_text("image,caption,lang,split\nimages/a.jpg,um rio,pt,train\nimages/b.jpg,muitos aviões,pt,test\n",
+                        encoding="utf-8")
+    merged = merge(recs, load_captions(manifest))
+    assert len(merged) == 2 and merged[0].languages == ["en", "pt"]
+    assert validate(merged, languages=["en", "pt"])["captions"] == {"en": 3, "pt": 2}
+    out = write_manifest_jsonl(tmp_path / "all.jsonl", merged)
+    back = load_captions(out)
+    assert [r.captions for r in back] == [r.captions for r in merged]
+
+
+def test_nwpu_layout(tmp_path: Path):
+    data = {"airport": [{"filename": "airport_001.jpg", "split": "val", "raw": "an airport", "raw_1": "planes parked",
+                         "raw_2": "an airport"}]}
+    path = tmp_path / "dataset_nwpu.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    (rec,) = load_captions(path, image_dir=tmp_path / "NWPU-RESISC45")
+    assert rec.image == tmp_path / "NWPU-RESISC45" / "airport" / "airport_001.jpg"
+    assert rec.captions["en"] == ["an airport", "planes parked"] and rec.split == "val"
+
+
+def test_validation_names_what_is_missing(tmp_path: Path):
+    recs = load_captions(_karpathy(tmp_path))
+    (tmp_path / "images" / "b.jpg").unlink()
+    with pytest.raises(CaptionDataError, match=r"1 of 2 image files are missing.*b\.jpg"):
+        validate(recs)
+    with pytest.raises(CaptionDataError, match=r"no 'ko' caption.*translate --langs ko"):
+        validate(recs[:1], languages=["ko"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,text\nx.jpg,hello\n", encoding="utf-8")
+    with pytest.raises(CaptionDataError, match=r"columns \['caption', 'lang'\] are missing"):
+        load_captions(bad)
+    with pytest.raises(CaptionDataError, match="unrecognised caption layout"):
+        (tmp_path / "odd.json").write_text("[1, 2]", encoding="utf-8")
+        load_captions(tmp_path / "odd.json")
+
+
+def test_class_names_tables_cover_ten_languages():
+    for name, n in (("eurosat", 10), ("bigearthnet19", 19), ("ucmerced", 21)):
+        table = load_classnames(name)
+        assert set(table) == {"keys", "en", "pt", "es", "fr", "de", "nl", "it", "zh", "ko", "ru"}
+        assert all(len(v) == n and len(set(v)) == n for v in table.values())
+    assert load_classnames("eurosat")["keys"][0] == "AnnualCrop"
+    assert load_classnames("bigearthnet19")["keys"][-1] == "Marine waters"
+
+
+def test_class_folder_captions_on_real_eurosat(data_dir: Path):
+    langs = ["en", "zh"]
+    recs = class_folder_captions(data_dir / "eurosat_rgb_small", load_classnames("eurosat"), load_prompt_templates(langs),
+                                 langs, limit_per_class=1)
+    assert len(recs) == 10 and recs[1].source == "Forest"
+    assert "a satellite image of forest." in recs[1].captions["en"]
+    assert "一张森林的卫星图像。" in recs[1].captions["zh"]
+    img = read_rgb(recs[1].image)
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    tif = read_rgb(next((data_dir / "ucmerced" / "forest").glob("*.tif")))
+    assert tif.shape == (256, 256, 3)

@@ -1,0 +1,1 @@
+"""RS-M-CLIP (Paper B): multilingual CLIP fine-tuning with DINO-style self-distillation."""
