@@ -16,9 +16,9 @@ from typing import Optional
 import numpy as np
 
 from .progress import Progress
+from .resources import classnames
 from .settings import require_sample
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 DEMO_QUERY = "a river"
 DEMO_TOP_K = 5
 
@@ -31,11 +31,7 @@ class DemoResult:
 
 
 def eurosat_classes(lang: str = "en") -> list[str]:
-    path = RESOURCES / "classnames" / "eurosat.json"
-    names = json.loads(path.read_text(encoding="utf-8"))
-    if lang not in names:
-        raise ValueError(f"{path}: no class names in {lang!r}; available: {', '.join(k for k in names if k != 'keys')}")
-    return list(names[lang])
+    return classnames("eurosat", lang)
 
 
 def demo_scene() -> Path:

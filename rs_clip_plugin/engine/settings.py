@@ -27,3 +27,4 @@ def require_sample(*parts: str) -> Path:
             "(default ../shared/data beside the checkout; see README, 'Sample data')"
         )
     return p
+

@@ -8,42 +8,30 @@ sessions, its band transforms), so a bundle is scored exactly as the plugin woul
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Protocol
 
 import numpy as np
 
+from rs_clip_plugin.engine import resources
+
 from .retrieval import DEFAULT_KS, retrieval_by_language
 
-REPO = Path(__file__).resolve().parents[2]
-CLASSNAMES_DIR = REPO / "resources" / "classnames"
-PROMPT_TEMPLATES = REPO / "resources" / "prompt_templates.json"
-LANGUAGES = ("en", "pt", "es", "fr", "de", "nl", "it", "zh", "ko", "ru")
+LANGUAGES = resources.LANGUAGES
 
 
 def load_classnames(name: str) -> dict[str, list[str]]:
     """resources/classnames/<name>.json: {"keys": [...], "en": [...], ...} in the dataset's class order."""
-    path = CLASSNAMES_DIR / f"{name}.json"
-    if not path.is_file():
-        have = sorted(p.stem for p in CLASSNAMES_DIR.glob("*.json"))
-        raise FileNotFoundError(f"{path}: no class-name table {name!r}; available: {', '.join(have) or 'none'}")
-    table = json.loads(path.read_text(encoding="utf-8"))
-    n = len(table["keys"])
-    bad = [lang for lang, names in table.items() if len(names) != n]
-    if bad:
-        raise ValueError(f"{path}: languages {bad} do not list {n} class names like 'keys' does")
-    return table
+    return resources.load_classnames(name)
 
 
 def load_prompt_templates(languages: Sequence[str] = LANGUAGES) -> dict[str, list[str]]:
-    table = json.loads(PROMPT_TEMPLATES.read_text(encoding="utf-8"))
+    table = resources.prompt_templates()
     missing = [lang for lang in languages if lang not in table]
     if missing:
-        raise ValueError(f"{PROMPT_TEMPLATES}: no prompt templates for {missing}")
+        raise ValueError(f"{resources.resources_dir() / 'prompt_templates.json'}: no prompt templates for {missing}")
     return {lang: list(table[lang]) for lang in languages}
 
 

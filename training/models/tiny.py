@@ -17,18 +17,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from rs_clip_plugin.engine.resources import LANGUAGES, resources_dir
 from rs_clip_plugin.engine.settings import cache_dir
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-REPO = Path(__file__).resolve().parents[2]
-RESOURCES = REPO / "resources"
-CORPUS = RESOURCES / "tiny_multilingual_corpus.txt"
+CORPUS = resources_dir() / "tiny_multilingual_corpus.txt"
 
 TINY = "rsclip-tiny"
 TINY_MULTILINGUAL = "rsclip-tiny-multilingual"
 TINY_MODELS = (TINY, TINY_MULTILINGUAL)
-# The ten languages of RS-M-CLIP (Paper B): English plus nine machine-translated ones.
-MULTILINGUAL_LANGUAGES = ["en", "pt", "es", "fr", "de", "nl", "it", "zh", "ko", "ru"]
+MULTILINGUAL_LANGUAGES = list(LANGUAGES)
 
 # XLM-R's special tokens and their ids (sentencepiece order of the original model).
 XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
