@@ -9,7 +9,6 @@ Two levels:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from rs_clip_plugin.engine import resources
 from rs_clip_plugin.engine.bands import RGB_BANDS
 from rs_clip_plugin.engine.bundle import (
     IMAGE_INPUT,
@@ -35,13 +35,12 @@ from rs_clip_plugin.engine.bundle import (
 )
 from rs_clip_plugin.engine.radiometry import BandTransform, default_transform
 from training.models.factory import LoadedModel, create_model
-from training.models.tiny import MULTILINGUAL_LANGUAGES, RESOURCES, TINY_MULTILINGUAL
+from training.models.tiny import MULTILINGUAL_LANGUAGES, TINY_MULTILINGUAL
 
 from .onnx_export import ImageEncoder, TextEncoder, convert_fp16, export_onnx
 from .parity import FP16_MIN_COSINE, FP32_MIN_COSINE, check_parity, random_images
 from .tokenizer_export import TokenizerInfo, write_tokenizer
 
-PROMPT_TEMPLATES = RESOURCES / "prompt_templates.json"
 TOKENIZER_FILE = "tokenizer.json"
 TEXT_FILE = "text.onnx"
 # Real prompts for the text parity check: short, long (truncated), several scripts.
@@ -121,12 +120,10 @@ def default_languages(loaded: LoadedModel) -> list[str]:
 
 
 def default_prompt_templates(languages: list[str]) -> dict[str, list[str]]:
-    if not PROMPT_TEMPLATES.is_file():
-        raise FileNotFoundError(f"{PROMPT_TEMPLATES}: prompt templates missing; restore resources/ from the repository")
-    table = json.loads(PROMPT_TEMPLATES.read_text(encoding="utf-8"))
+    table = resources.prompt_templates()
     missing = [lang for lang in languages if lang not in table]
     if missing:
-        raise ValueError(f"no default prompt templates for {missing} in {PROMPT_TEMPLATES}; pass prompt_templates")
+        raise ValueError(f"no default prompt templates for {missing} in {resources.resources_dir()}; pass prompt_templates")
     return {lang: table[lang] for lang in languages}
 
 
