@@ -1,0 +1,84 @@
+"""Paper A checkpoint import (locally made files of the released layout) and `rsclip-train eval` on torch vs bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.checkpoint import CheckpointError
+from training.methods.modality_gap.import_paper import load_patched, student_state, visual_state
+from training.methods.modality_gap.students import TimmStudent
+
+
+def _paper_file(path: Path, model_state: dict) -> Path:
+    """The released layout: {'model': ..., 'optimizer': ..., 'scaler': ...}."""
+    torch.save({"model": model_state, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5, "params": [0]}]},
+                "scaler": {"scale": 65536.0, "growth_factor": 2.0}}, path)  # fmt: skip
+    return path
+
+
+def test_import_patched_and_aligned_into_bundle(tmp_path: Path, capsys):
+    from rs_clip_plugin.engine.bundle import load_bundle
+    from rs_clip_plugin.engine.runtime import EncoderSession
+    from training.cli import main
+    from training.models.factory import create_model
+
+    src = create_model("rsclip-tiny").model
+    with torch.no_grad():
+        src.visual.conv1.weight.add_(0.5)  # a "patched" encoder that differs from a fresh model
+    patched = _paper_file(tmp_path / "patched.pt", {f"model.{k}": v for k, v in src.state_dict().items() if k.startswith("visual.")})
+    student = TimmStudent("vit_tiny_patch16_224", 13, 64, 64).eval()
+    aligned = {**{k: v for k, v in student.backbone.state_dict().items()}, "head.weight": student.proj.weight, "head.bias": student.proj.bias}
+    aligned_pt = _paper_file(tmp_path / "aligned.pt", {f"module.{k}": v for k, v in aligned.items()})
+
+    target = create_model("rsclip-tiny").model
+    load_patched(target, patched)
+    assert torch.equal(target.visual.conv1.weight, src.visual.conv1.weight)
+    assert set(student_state(aligned_pt)) == set(student.state_dict())
+
+    out = tmp_path / "bundle"
+    rc = main(["import-checkpoint", "--model", "rsclip-tiny", "--patched", str(patched), "--aligned", str(aligned_pt),
+               "--student", "vit_tiny_patch16_224", "--student-size", "64", "--out", str(out)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    b = load_bundle(out)
+    assert b.manifest.modalities == ["rgb", "s2-l1c", "s2-l2a"]
+    x = np.random.default_rng(0).random((2, 13, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        want = student(torch.from_numpy(x)).numpy()
+    got = EncoderSession(b, "s2-l1c", provider="cpu").run(x)
+    assert np.allclose(got, want, atol=1e-4)
+
+
+def test_import_rejects_wrong_files(tmp_path: Path):
+    bad = _paper_file(tmp_path / "text_only.pt", {"model.token_embedding.weight": torch.zeros(3, 2)})
+    with pytest.raises(CheckpointError, match="no image-encoder tensors"):
+        visual_state(bad)
+    from training.models.factory import create_model
+
+    wrong = _paper_file(tmp_path / "wrong.pt", {"model.visual.conv1.weight": torch.zeros(1, 3, 2, 2)})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_patched(create_model("rsclip-tiny").model, wrong)
+
+
+def test_eval_bundle_matches_torch_source(tmp_path: Path, data_dir: Path, capsys):
+    """An exported bundle (ONNX Runtime) and its torch checkpoint give the same zero-shot scores."""
+    from training.checkpoint import save_checkpoint
+    from training.cli import main
+    from training.export.exporter import export_model
+    from training.models.factory import create_model
+
+    lm = create_model("rsclip-tiny")
+    ckpt = save_checkpoint(lm.model, tmp_path / "ckpt", "rsclip-tiny")
+    export_model(lm, out_dir=tmp_path / "bundle")
+    common = ["--dataset", "eurosat_rgb", "--json"]
+    assert main(["eval", "--model", "rsclip-tiny", "--checkpoint", str(ckpt), *common]) == 0
+    torch_res = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--bundle", str(tmp_path / "bundle"), *common, "--out", str(tmp_path / "ev")]) == 0
+    onnx_res = json.loads(capsys.readouterr().out)
+    assert torch_res["n"] == onnx_res["n"] == 100
+    assert np.allclose(torch_res["scores"], onnx_res["scores"], atol=1e-3)
+    assert (tmp_path / "ev" / "eval.md").is_file()

@@ -1,0 +1,222 @@
+"""The recipe's data: config sections -> in-memory tensors (small sets) or disk-backed datasets (BigEarthNet).
+
+Every stage works on *physical* arrays (RGB in [0, 1], S2 reflectance in the 13-band layout, S1 dB); encoder
+inputs are made from them with ``training.data.composites`` at batch time, so export and training agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from training.data.composites import rgb_composite
+from training.data.eurosat import EUROSAT_CLASSES, holdout_split, read_ms, read_rgb, scan_class_folders
+from training.data.readers import DataError, grid_windows, split_windows
+from training.data.samples import Scene, major_tom_scene, s1_s2_date_pairs, ssl4eo_location
+
+
+def classnames(spec, lang: str = "en") -> tuple[list[str], list[str]]:
+    """(folder keys, prompt names) from a resources/classnames/<name>.json name, or a {key: prompt} mapping."""
+    if isinstance(spec, dict):
+        return list(spec), list(spec.values())
+    if isinstance(spec, (list, tuple)):
+        return list(spec), list(spec)
+    from rs_clip_plugin.engine.resources import load_classnames
+
+    table = load_classnames(str(spec))
+    if lang not in table:
+        raise ValueError(f"class-name set {spec!r} has no {lang!r} names")
+    return list(table.get("keys", table[lang])), list(table[lang])
+
+
+@dataclass
+class LabelledImages:
+    """RGB images in [0, 1] [N, 3, H, W] with class indices [N] (or multi-hot [N, C])."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    classnames: list[str]
+
+
+def _resize_np(x: np.ndarray, size: int) -> np.ndarray:
+    import torch
+
+    from training.data.transforms import resize_batch
+
+    return resize_batch(torch.from_numpy(np.ascontiguousarray(x)), size).numpy()
+
+
+def load_rgb_set(spec: dict, data_dir: Path, size: int) -> tuple[LabelledImages, Optional[LabelledImages]]:
+    """A single-label RGB set (train, held-out): kinds eurosat_rgb, ucmerced (class folders), eurosat_ms_rgb."""
+    kind = spec["kind"]
+    root = data_dir / spec["root"]
+    keys, names = classnames(spec.get("classnames", "eurosat"))
+    if kind in ("eurosat_rgb", "ucmerced", "class_folders"):
+        items, _ = scan_class_folders(root, (".jpg", ".jpeg", ".png", ".tif"), keys, "RGB images")
+        read = read_rgb
+    elif kind == "bigearthnet":
+        return _bigearthnet_rgb(spec, root, size)
+    elif kind == "eurosat_ms_rgb":
+        items, _ = scan_class_folders(root, (".tif",), keys, "EuroSAT-MS GeoTIFFs")
+
+        def read(p: Path) -> np.ndarray:
+            return rgb_composite(read_ms(p), "s2-l1c")
+    else:
+        raise ValueError(f"unknown RGB dataset kind {kind!r}: use eurosat_rgb, ucmerced, eurosat_ms_rgb")
+    per_class = int(spec.get("holdout_per_class", 0))
+    train, held = holdout_split(items, per_class) if per_class else (items, [])
+
+    def build(part, suffix) -> LabelledImages:
+        imgs = np.stack([_resize_np(read(it.path)[None], size)[0] for it in part]).astype(np.float32)
+        return LabelledImages(spec.get("name", kind) + suffix, imgs, np.array([it.label for it in part]), names)
+
+    return build(train, ""), (build(held, "-heldout") if held else None)
+
+
+def _bigearthnet_rgb(spec: dict, root: Path, size: int) -> tuple[LabelledImages, Optional[LabelledImages]]:
+    """BigEarthNet-19 RGB composites (L2A scaling) with multi-hot labels; every k-th patch held out."""
+    from training.data.bigearthnet import LABELS_19, BigEarthNetV1, multi_hot
+
+    ben = BigEarthNetV1(root, require_labels=True)
+    limit = spec.get("max_patches")
+    patches = ben.s2[: int(limit)] if limit else ben.s2
+    every = int(spec.get("holdout_every", 0))
+    _, names = classnames(spec.get("classnames", "bigearthnet19"))
+    if len(names) != len(LABELS_19):
+        raise ValueError(f"BigEarthNet-19 needs 19 class names, got {len(names)}")
+
+    def build(part, suffix) -> LabelledImages:
+        imgs = np.stack([_resize_np(rgb_composite(ben.read_s2(p), "s2-l2a")[None], size)[0] for p in part]).astype(np.float32)
+        labels = np.stack([multi_hot(p.labels_19 or []) for p in part])
+        return LabelledImages(spec.get("name", "bigearthnet19") + suffix, imgs, labels, names)
+
+    held = [p for i, p in enumerate(patches) if every and i % every == every - 1]
+    train = [p for p in patches if p not in held]
+    return build(train, ""), (build(held, "-heldout") if held else None)
+
+
+@dataclass
+class S2Crops:
+    """Sentinel-2 crops: 13-band reflectance, product level per crop, label (-1: none), source name."""
+
+    data: list[np.ndarray] = field(default_factory=list)
+    levels: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    def add(self, arr: np.ndarray, level: str, label: int, source: str) -> None:
+        self.data.append(arr.astype(np.float32))
+        self.levels.append(level)
+        self.labels.append(label)
+        self.sources.append(source)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(reflectance [N, 13, S, S], RGB composites [N, 3, S, S], labels [N])."""
+        ms = np.stack(self.data)
+        rgb = np.stack([rgb_composite(a, lv) for a, lv in zip(self.data, self.levels)])
+        return ms, rgb, np.array(self.labels, dtype=np.int64)
+
+
+@dataclass
+class S1Crops:
+    """Sentinel-1 crops (dB) with the co-registered Sentinel-2 crop (13-band reflectance) and its level."""
+
+    s1: list[np.ndarray] = field(default_factory=list)
+    s2: list[np.ndarray] = field(default_factory=list)
+    levels: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.s1)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(S1 dB [N, 2, S, S], paired S2 reflectance [N, 13, S, S], composites of it [N, 3, S, S])."""
+        s2 = np.stack(self.s2)
+        rgb = np.stack([rgb_composite(a, lv) for a, lv in zip(self.s2, self.levels)])
+        return np.stack(self.s1), s2, rgb
+
+
+def _crop(a: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
+    return a[..., y : y + size, x : x + size]
+
+
+def _scene_windows(scene_hw: tuple[int, int], src: dict, crop: int) -> tuple[list, list]:
+    h, w = scene_hw
+    wins = grid_windows(h, w, crop, int(src.get("stride", crop)))
+    train, held = split_windows(wins, h, crop, float(src.get("holdout", 0.25)))
+    limit = src.get("max_crops")
+    if limit:
+        step = max(1, len(train) // int(limit))
+        train = train[::step][: int(limit)]
+    return train, held
+
+
+def load_s2_crops(sources: list[dict], data_dir: Path, crop: int) -> tuple[S2Crops, S2Crops]:
+    """(train, held-out) Sentinel-2 crops from the configured sources."""
+    train, held = S2Crops(), S2Crops()
+    for src in sources:
+        kind, root = src["kind"], data_dir / src["root"]
+        if kind == "eurosat_ms":
+            keys, _ = classnames(src.get("classnames", "eurosat"))
+            items, _ = scan_class_folders(root, (".tif",), keys or list(EUROSAT_CLASSES), "EuroSAT-MS GeoTIFFs")
+            every = int(src.get("holdout_every", 4))
+            for i, it in enumerate(items):
+                arr = _resize_np(read_ms(it.path)[None], crop)[0]
+                (held if every and i % every == every - 1 else train).add(arr, "s2-l1c", it.label, kind)
+            continue
+        if kind == "major_tom":
+            folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            if not folders:
+                raise DataError(f"{root}: no Major-TOM product folders")
+            scenes = [major_tom_scene(f) for f in folders]
+        elif kind == "ssl4eo":
+            loc = ssl4eo_location(root)
+            scenes = [s for lv in src.get("levels", ["s2-l1c", "s2-l2a"]) for s in loc[lv]]
+        elif kind == "bigearthnet_s2":
+            from training.data.bigearthnet import BigEarthNetV1
+
+            ben = BigEarthNetV1(root)
+            scenes = [Scene(p.name, "s2-l2a", ben.read_s2(p)) for p in ben.s2]
+        else:
+            raise ValueError(f"unknown Sentinel-2 source kind {kind!r}: use eurosat_ms, major_tom, ssl4eo, bigearthnet_s2")
+        for sc in scenes:
+            tr, he = _scene_windows(sc.data.shape[-2:], src, crop)
+            for part, wins in ((train, tr), (held, he)):
+                for y, x in wins:
+                    part.add(_crop(sc.data, y, x, crop), sc.kind, -1, f"{kind}:{sc.name}")
+    if not len(train):
+        raise DataError("no Sentinel-2 training crops: check stage2.s2.sources")
+    return train, held
+
+
+def load_s1_crops(sources: list[dict], data_dir: Path, crop: int) -> tuple[S1Crops, S1Crops]:
+    """(train, held-out) co-registered S1/S2 crops: SSL4EO-S12 dates, BigEarthNet S1/S2 pairs."""
+    train, held = S1Crops(), S1Crops()
+    for src in sources:
+        kind, root = src["kind"], data_dir / src["root"]
+        if kind == "ssl4eo":
+            loc = ssl4eo_location(root)
+            pairs = [(a.data, b.data, b.kind) for a, b in s1_s2_date_pairs(loc["s1-grd"], loc[src.get("s2_level", "s2-l2a")])]
+        elif kind == "bigearthnet":
+            from training.data.bigearthnet import BigEarthNetV1
+
+            ben = BigEarthNetV1(root)
+            pairs = [(ben.read_s1(a), ben.read_s2(b), "s2-l2a") for a, b in ben.pairs()]
+        else:
+            raise ValueError(f"unknown Sentinel-1 source kind {kind!r}: use ssl4eo or bigearthnet")
+        for s1, s2, level in pairs:
+            tr, he = _scene_windows(s1.shape[-2:], src, crop)
+            for part, wins in ((train, tr), (held, he)):
+                for y, x in wins:
+                    part.s1.append(_crop(s1, y, x, crop).astype(np.float32))
+                    part.s2.append(_crop(s2, y, x, crop).astype(np.float32))
+                    part.levels.append(level)
+    if not len(train):
+        raise DataError("no co-registered Sentinel-1/2 training crops: check stage2.s1.sources")
+    return train, held

@@ -1,0 +1,53 @@
+"""Stage 1: fine-tune the CLIP image encoder through the frozen zero-shot head, and evaluate classifiers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.data.transforms import dihedral_batch
+
+from .losses import classification_loss
+from .zeroshot_head import ClassificationHead
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, augment: bool = True) -> Iterator:
+    """Endless shuffled batches of (x, y) from in-memory tensors, reproducible from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    bs = min(batch_size, n)
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n - bs + 1, bs):
+            idx = perm[i : i + bs]
+            xb = x[idx]
+            if augment:
+                (xb,) = dihedral_batch([xb], g)
+            yield xb, y[idx]
+
+
+def finetune_step(kind: str, label_smoothing: float, device: torch.device):
+    def step(model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        loss = classification_loss(model(x), y, kind, label_smoothing)
+        return loss, {"loss": float(loss.detach())}
+
+    return step
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 64) -> torch.Tensor:
+    encoder.eval()
+    return torch.cat([encoder(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def evaluate_head(encoder: nn.Module, head: ClassificationHead, x: torch.Tensor, y: np.ndarray, device: torch.device) -> float:
+    """Accuracy (single-label) or macro mAP (multi-label), in percent."""
+    from training.evaluate.zero_shot import accuracy, macro_map
+
+    scores = head.to(device)(embed(encoder, x, device).to(device)).cpu().numpy()
+    return macro_map(scores, y) if y.ndim == 2 else accuracy(scores, y)

@@ -1,0 +1,318 @@
+"""Paper A end to end from one config: stage 1 (fine-tune + patching), stage 2 (S2 and S1 alignment), export.
+
+``run_recipe(config, out_dir)`` writes under ``out_dir``: ``metrics.json``, ``patching.{json,md}``,
+``alignment.{json,md}``, ``checkpoints/`` (safetensors; stage-2 training resumes from them) and ``bundle/``.
+``dry_run=True`` builds every model of the recipe and runs one optimisation step of each stage on synthetic
+tensors: no data, no pretrained weights, nothing exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from rs_clip_plugin.engine.bands import S1_GRD_BANDS, S2_L1C_BANDS
+from rs_clip_plugin.engine.bundle import atomic_write_text
+from rs_clip_plugin.engine.radiometry import default_transform
+from rs_clip_plugin.engine.settings import sample_data_dir
+from training.data.composites import S2_L2A_AS_13, ms_input, rgb_input, s1_input
+from training.data.transforms import resize_batch
+from training.evaluate.retrieval import recall_at_k
+from training.evaluate.tables import write_table
+
+from . import data as recipe_data
+from .alignment import alignment_step, mean_cosine, paired_batches
+from .finetune import batches, embed, evaluate_head, finetune_step
+from .loop import OptimConfig, train
+from .patching import interpolate, max_abs_diff
+from .schedule import resolve_device, seed_everything
+from .students import build_student
+from .zeroshot_head import ClassificationHead, ImageClassifier, zeroshot_weights
+
+log = logging.getLogger(__name__)
+METHOD = "modality_gap"
+
+
+def _templates(spec: Any) -> list[str]:
+    if isinstance(spec, list):
+        return spec
+    from rs_clip_plugin.engine.resources import prompt_templates
+
+    return prompt_templates()[spec or "en"]
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _steps(section: dict, n: int) -> int:
+    if "steps" in section:
+        return int(section["steps"])
+    return max(1, math.ceil(float(section.get("epochs", 1)) * n / int(section["batch_size"])))
+
+
+class _Recipe:
+    def __init__(self, config: dict, out_dir: Path, dry_run: bool):
+        self.cfg = config
+        self.out = Path(out_dir)
+        self.dry_run = dry_run
+        self.seed = int(config.get("seed", 0))
+        self.device = resolve_device(str(config.get("device", "auto")))
+        self.data_dir = Path(config["data_dir"]) if config.get("data_dir") else sample_data_dir()
+        self.metrics: dict[str, Any] = {"method": METHOD, "dry_run": dry_run}
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def build_model(self):
+        from training.models.factory import create_model
+
+        m = self.cfg["model"]
+        self.lm = create_model(
+            m["name"], pretrained=None if self.dry_run else m.get("pretrained"), checkpoint=None if self.dry_run else m.get("checkpoint")
+        )
+        self.lm.model.to(self.device).eval()
+        for p in self.lm.model.parameters():
+            p.requires_grad_(False)
+        self.size = self.lm.image_size
+
+    def head(self, names: list[str]) -> ClassificationHead:
+        w = zeroshot_weights(self.lm.model, self.lm.tokenizer, names, _templates(self.cfg.get("templates", "en")))
+        return ClassificationHead(w).to(self.device)
+
+    def teacher_input(self, rgb01: np.ndarray) -> torch.Tensor:
+        return resize_batch(_t(rgb_input(rgb01, self.lm.mean, self.lm.std)), self.size)
+
+    # -- stage 1 -----------------------------------------------------------------------------------
+    def stage1(self) -> None:
+        s1 = self.cfg["stage1"]
+        visual = self.lm.model.visual
+        if self.dry_run:
+            names = recipe_data.classnames(s1["train"].get("classnames", "eurosat"))[1]
+            head = self.head(names)
+            multi = s1.get("loss", "ce") == "bce"
+            g = torch.Generator().manual_seed(self.seed)
+            x = torch.randn(2, 3, self.size, self.size, generator=g)
+            y = (torch.rand(2, len(names), generator=g) > 0.5).float() if multi else torch.tensor([0, 1])
+            train_set, held, controls, n = (x, y), None, [], 2
+        else:
+            train_ds, held_ds = recipe_data.load_rgb_set(s1["train"], self.data_dir, self.size)
+            head = self.head(train_ds.classnames)
+            train_set = (self.teacher_input(train_ds.images), torch.from_numpy(train_ds.labels))
+            held = held_ds
+            controls = [recipe_data.load_rgb_set(c, self.data_dir, self.size)[0] for c in s1.get("controls", [])]
+            n = len(train_ds.labels)
+        self.head_weights = head
+        zs_state = copy.deepcopy(visual.state_dict())
+        for p in visual.parameters():
+            p.requires_grad_(True)
+        clf = ImageClassifier(visual, head)
+        steps = 1 if self.dry_run else _steps(s1, n)
+        opt = OptimConfig.from_dict(s1["optim"], steps)
+        hist = train(
+            clf,
+            finetune_step(s1.get("loss", "ce"), float(s1.get("label_smoothing", 0.0)), self.device),
+            batches(*train_set, int(s1["batch_size"]), self.seed, augment=bool(s1.get("augment", True))),
+            opt,
+            self.device,
+        )
+        for p in visual.parameters():
+            p.requires_grad_(False)
+        ft_state = copy.deepcopy(visual.state_dict())
+        self.metrics["stage1"] = {"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "steps": len(hist),
+                                  "losses": [round(h["loss"], 5) for h in hist]}  # fmt: skip
+        # Patching: evaluate every alpha on the fine-tuning task's held-out part and on the control sets.
+        rows, alpha0 = [], None
+        for alpha in s1.get("alphas", [0.0, 0.5, 1.0]):
+            visual.load_state_dict(interpolate(zs_state, ft_state, float(alpha)))
+            if float(alpha) == 0.0:
+                alpha0 = max_abs_diff(visual.state_dict(), zs_state)
+            row: dict[str, Any] = {"alpha": float(alpha)}
+            for ds in ([held] if held is not None else []) + controls:
+                ctrl_head = head if ds is held else self.head(ds.classnames)
+                row[ds.name] = evaluate_head(visual, ctrl_head, self.teacher_input(ds.images), ds.labels, self.device)
+            rows.append(row)
+        self.metrics["patching"] = {"alpha0_max_abs_diff": alpha0 if alpha0 is not None else float("nan"), "table": rows}
+        if not self.dry_run:
+            write_table(rows, self.out / "patching", "Stage 1: weight-space patching (accuracy %, held-out and control sets)")
+        teacher_alpha = float(s1.get("teacher_alpha", 0.5))
+        visual.load_state_dict(interpolate(zs_state, ft_state, teacher_alpha))
+        self.metrics["patching"]["teacher_alpha"] = teacher_alpha
+        if not self.dry_run:
+            from training.checkpoint import save_checkpoint
+
+            save_checkpoint(self.lm.model, self.out / "checkpoints" / "patched", self.lm.model_name, pretrained=self.lm.pretrained,
+                            step=steps, extra={"method": METHOD, "alpha": teacher_alpha})  # fmt: skip
+
+    # -- stage 2 -----------------------------------------------------------------------------------
+    def stage2_data(self, which: str) -> dict[str, Any]:
+        s2cfg = self.cfg["stage2"]
+        crop = int(s2cfg.get("crop", self.size))
+        sec = s2cfg[which]
+        if self.dry_run:
+            g = torch.Generator().manual_seed(self.seed + 1)
+            c = len(S2_L1C_BANDS) if which == "s2" else len(S1_GRD_BANDS)
+            xs = torch.randn(2, c, self.size, self.size, generator=g)
+            xt = torch.randn(2, 3, self.size, self.size, generator=g)
+            if s2cfg.get("loss", "ce") == "bce":
+                y = (torch.rand(2, self.head_weights.out_features, generator=g) > 0.5).float()
+            else:
+                y = torch.tensor([0, -1])
+            return {"train": (xs, xt, y), "held": None, "n": 2}
+        if which == "s2":
+            tr, he = recipe_data.load_s2_crops(sec["sources"], self.data_dir, crop)
+
+            def tensors(part):
+                ms, rgb, labels = part.arrays()
+                return resize_batch(_t(ms_input(ms)), self.size), self.teacher_input(rgb), torch.from_numpy(labels), ms
+        else:
+            tr, he = recipe_data.load_s1_crops(sec["sources"], self.data_dir, crop)
+
+            def tensors(part):
+                s1, s2, rgb = part.arrays()
+                lab = torch.full((len(part),), -1, dtype=torch.long)
+                return resize_batch(_t(s1_input(s1)), self.size), self.teacher_input(rgb), lab, s2
+        train_t = tensors(tr)
+        held_t = tensors(he) if len(he) else None
+        return {"train": train_t[:3], "held": held_t, "n": len(tr), "n_held": len(he)}
+
+    def align(self, which: str, bands: list[str]) -> nn.Module:
+        s2cfg = self.cfg["stage2"]
+        sec = s2cfg[which]
+        d = self.stage2_data(which)
+        student_cfg = dict(sec.get("student", {}))
+        if self.dry_run:
+            student_cfg["checkpoint"] = None  # a dry run needs no weights
+        student = build_student(student_cfg, bands, self.lm.model.visual, self.lm.embed_dim, self.size).to(self.device)
+        teacher = self.lm.model.visual
+        held = d["held"]
+        before = mean_cosine(embed(student, held[0], self.device), embed(teacher, held[1], self.device)) if held else None
+        emb_before = embed(student, held[0], self.device) if held else None
+        steps = 1 if self.dry_run else _steps(sec, d["n"])
+        step = alignment_step(teacher, self.head_weights, float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce"),
+                              float(s2cfg.get("label_smoothing", 0.0)), self.device)  # fmt: skip
+        ckpt = None if self.dry_run else self.out / "checkpoints" / f"{which}_student"
+        hist = train(student, step, paired_batches(*d["train"], int(sec["batch_size"]), self.seed + 7,
+                     bool(sec.get("augment", True))), OptimConfig.from_dict(sec["optim"], steps), self.device, ckpt)  # fmt: skip
+        m: dict[str, Any] = {"steps": len(hist), "n_train": d["n"], "n_heldout": d.get("n_held", 0)}
+        if hist:
+            m.update({"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "mse_first": hist[0]["mse"], "mse_last": hist[-1]["mse"]})
+        if held:
+            after_emb = embed(student, held[0], self.device)
+            teacher_emb = embed(teacher, held[1], self.device)
+            m["cos_before"], m["cos_after"] = before, mean_cosine(after_emb, teacher_emb)
+            self._held[which] = {"before": emb_before, "after": after_emb, "teacher": teacher_emb, "s2_refl": held[3]}
+        self.metrics.setdefault("alignment", {})[which] = m
+        return student
+
+    def retrieval(self, s2_student: nn.Module) -> None:
+        out: dict[str, Any] = {}
+
+        def r(q: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
+            sim = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(g, dim=-1).T
+            return recall_at_k(sim.numpy(), np.arange(q.shape[0]), ks=(1, 5, 10))
+
+        h2 = self._held.get("s2")
+        if h2:
+            out["ms_to_rgb"] = r(h2["after"], h2["teacher"])
+            out["rgb_to_ms"] = r(h2["teacher"], h2["after"])
+            out["ms_to_rgb_before"] = r(h2["before"], h2["teacher"])
+            out["n_s2"] = int(h2["after"].shape[0])
+        h1 = self._held.get("s1")
+        if h1:
+            s2_in = resize_batch(_t(ms_input(h1["s2_refl"])), self.size)
+            s2_emb = embed(s2_student, s2_in, self.device)
+            out["s1_to_s2"] = r(h1["after"], s2_emb)
+            out["s2_to_s1"] = r(s2_emb, h1["after"])
+            out["s1_to_s2_before"] = r(h1["before"], s2_emb)
+            out["n_s1"] = int(h1["after"].shape[0])
+        self.metrics["retrieval"] = out
+        rows = [{"direction": k, **v} for k, v in out.items() if isinstance(v, dict)]
+        if rows:
+            write_table(rows, self.out / "retrieval", "Cross-modal retrieval on held-out patches (R@k, %)")
+
+    # -- export ------------------------------------------------------------------------------------
+    def export(self, s2_student: nn.Module, s1_student: nn.Module) -> None:
+        from training.export.exporter import ImageEncoderExport, export_model, rgb_encoder
+
+        ex = self.cfg.get("export", {})
+        gsd = float(ex.get("gsd_m", 10.0))
+
+        def enc(modality: str, module: nn.Module, bands: list[str]) -> ImageEncoderExport:
+            units, transforms, mean, std = default_transform(modality, len(bands))
+            return ImageEncoderExport(modality, module.eval(), list(bands), units, transforms, mean, std, self.size, gsd)
+
+        encoders = [
+            rgb_encoder(self.lm, gsd_m=gsd),
+            enc("s2-l1c", s2_student, list(S2_L1C_BANDS)),
+            enc("s2-l2a", s2_student, list(S2_L2A_AS_13)),
+            enc("s1-grd", s1_student, list(S1_GRD_BANDS)),
+        ]
+        provenance = {
+            "method": "modality-gap (Paper A: patching + cross-modal alignment)",
+            "paper": "Zavras et al., Mind the Modality Gap, arXiv 2402.09816",
+            "description": ex.get("description", ""),
+            "recipe": self.cfg.get("name", ""),
+            "data": self.cfg.get("data_description", ""),
+            "metrics": {k: v for k, v in self.metrics.items() if k in ("stage1", "patching", "alignment", "retrieval")},
+        }
+        # nn.MultiheadAttention's fused inference kernel (taken for frozen modules) has no ONNX export.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            report = export_model(self.lm, out_dir=self.out / "bundle", image_encoders=encoders, provenance=provenance,
+                                  name=ex.get("name"), fp16=bool(ex.get("fp16", False)), overwrite=True)  # fmt: skip
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+        self.metrics["bundle"] = str((self.out / "bundle").resolve())
+        self.metrics["export"] = {"parity": report.get("parity"), "seconds": report.get("seconds")}
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self._held: dict[str, dict] = {}
+        timings: dict[str, float] = {}
+
+        def timed(name: str, fn, *a):
+            t = time.perf_counter()
+            out = fn(*a)
+            timings[name] = round(time.perf_counter() - t, 2)
+            log.info("%s done in %.1f s", name, timings[name])
+            return out
+
+        timed("build", self.build_model)
+        timed("stage1", self.stage1)
+        s2_student = timed("align_s2", self.align, "s2", list(S2_L1C_BANDS))
+        s1_student = timed("align_s1", self.align, "s1", list(S1_GRD_BANDS))
+        if not self.dry_run:
+            timed("retrieval", self.retrieval, s2_student)
+            if self.cfg.get("export", {}).get("enabled", True):
+                timed("export", self.export, s2_student, s1_student)
+        self.metrics["timings_s"] = timings
+        if not self.dry_run:
+            rows = [{"student": k, **{m: v for m, v in a.items() if not isinstance(v, list)}} for k, a in self.metrics["alignment"].items()]
+            write_table(rows, self.out / "alignment", "Stage 2: student-teacher alignment (held-out mean cosine)")
+        self.metrics["seconds"] = round(time.perf_counter() - t0, 2)
+        return self.metrics
+
+
+def run_recipe(config: dict, out_dir: Path, *, dry_run: bool = False) -> dict:
+    """Run Paper A's recipe from ``config`` into ``out_dir``; returns (and writes) the metrics."""
+    for key in ("model", "stage1", "stage2"):
+        if key not in config:
+            raise ValueError(f"recipe has no {key!r} section; see training/configs/smoke/modality_gap.yaml for the layout")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads: Optional[int] = config.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    seed_everything(int(config.get("seed", 0)))
+    metrics = _Recipe(config, out, dry_run).run()
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
+    return metrics
