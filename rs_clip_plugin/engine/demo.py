@@ -21,6 +21,8 @@ from .settings import require_sample
 
 DEMO_QUERY = "a river"
 DEMO_TOP_K = 5
+# Tiles overlapping by half: each pixel's label averages four tiles' logits, so edges follow the scene.
+DEMO_OVERLAP = 0.5
 
 
 @dataclass
@@ -66,8 +68,8 @@ def run_demo(
 
     progress = progress or Progress()
     out_dir = Path(out_dir)
-    t0 = time.perf_counter()
     bundle = load_bundle(bundle_path or default_bundle_path())
+    t0 = time.perf_counter()
     scene = demo_scene()
     classes = eurosat_classes()
 
@@ -77,7 +79,8 @@ def run_demo(
     staging.mkdir(parents=True)
     try:
         classified = classify_raster(
-            scene, classes, staging, bundle=bundle, provider=provider, progress=progress.sub(0.0, 0.6)
+            scene, classes, staging, bundle=bundle, provider=provider, overlap=DEMO_OVERLAP,
+            progress=progress.sub(0.0, 0.6),
         )
         qvec = text_query_vector(bundle, query)
         found = search(
