@@ -1,0 +1,397 @@
+"""'Classify layer by prompt': choose a raster, type classes (or a preset), run the engine in a QgsTask."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+from qgis.core import (
+    Qgis,
+    QgsCoordinateTransform,
+    QgsMapLayerProxyModel,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsColorButton, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+)
+
+from ..engine.settings import cache_dir
+from ..models import ModelStore
+from ..presets import PRESETS, preset_classes, preset_languages
+from .layers import add_classification_layers
+from .status import ProviderStatusLabel
+from .tasks import EngineTask, log, start
+
+SENSORS = ["auto", "s2-l2a", "s2-l1c", "s1-grd", "rgb"]
+EXTENTS = ["Whole layer", "Current map canvas", "Selected features"]
+
+
+def results_root() -> Path:
+    """Where dialog runs write: beside the saved project, else the RS-CLIP cache."""
+    home = QgsProject.instance().homePath()
+    return Path(home) / "rsclip-results" if home else cache_dir() / "results"
+
+
+def unique_result_dir(root: Path, base: str) -> Path:
+    """A result folder name not used yet (two runs in the same second must not collide)."""
+    base = re.sub(r"[^\w.-]+", "_", base).strip("_") or "result"
+    candidate, n = root / base, 1
+    while candidate.exists() or (root / f".{candidate.name}.partial").exists():
+        n += 1
+        candidate = root / f"{base}-{n}"
+    return candidate
+
+
+class ClassifyDialog(QDialog):
+    def __init__(self, iface=None, store: Optional[ModelStore] = None, parent=None) -> None:
+        super().__init__(parent or (iface.mainWindow() if iface else None))
+        self.iface = iface
+        self.store = store or ModelStore()
+        self.task: Optional[EngineTask] = None
+        self.result = None
+        self.result_layers: tuple = ()
+        self._detected_bands: list[str] = []
+        self.setWindowTitle("RS-CLIP – Classify layer by prompt")
+        self.resize(620, 760)
+        self._build()
+        self.refresh_bundles()
+        self.on_layer_changed()
+
+    # -- layout -----------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        form = QFormLayout()
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.layerChanged.connect(self.on_layer_changed)
+        form.addRow("Raster layer", self.layer_combo)
+        self.detected_label = QLabel("—")
+        self.detected_label.setWordWrap(True)
+        form.addRow("Detected", self.detected_label)
+        self.sensor_combo = QComboBox()
+        self.sensor_combo.addItems(SENSORS)
+        form.addRow("Sensor", self.sensor_combo)
+        self.bands_edit = QLineEdit()
+        self.bands_edit.setPlaceholderText("band names in band order, e.g. B02,B03,B04,B08")
+        form.addRow("Band mapping", self.bands_edit)
+        self.bundle_combo = QComboBox()
+        form.addRow("Model bundle", self.bundle_combo)
+        root.addLayout(form)
+
+        box = QGroupBox("Classes")
+        bl = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(list(PRESETS))
+        self.lang_combo = QComboBox()
+        self.lang_combo.addItems(preset_languages(next(iter(PRESETS))))
+        self.preset_btn = QPushButton("Load preset")
+        self.preset_btn.clicked.connect(self.load_preset)
+        row.addWidget(QLabel("Preset"))
+        row.addWidget(self.preset_combo, 1)
+        row.addWidget(QLabel("Language"))
+        row.addWidget(self.lang_combo)
+        row.addWidget(self.preset_btn)
+        bl.addLayout(row)
+        self.classes_table = QTableWidget(0, 2)
+        self.classes_table.setHorizontalHeaderLabels(["Class (synonyms as forest|woodland)", "Colour"])
+        self.classes_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.classes_table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        bl.addWidget(self.classes_table)
+        row = QHBoxLayout()
+        add_btn, del_btn = QPushButton("Add class"), QPushButton("Remove selected")
+        add_btn.clicked.connect(lambda: self.add_class_row(""))
+        del_btn.clicked.connect(self.remove_selected)
+        row.addWidget(add_btn)
+        row.addWidget(del_btn)
+        row.addStretch(1)
+        bl.addLayout(row)
+        root.addWidget(box, 1)
+
+        opts = QFormLayout()
+        self.extent_combo = QComboBox()
+        self.extent_combo.addItems(EXTENTS)
+        opts.addRow("Extent", self.extent_combo)
+        self.tile_spin = QDoubleSpinBox()
+        self.tile_spin.setRange(0, 100000)
+        self.tile_spin.setSuffix(" m")
+        self.tile_spin.setSpecialValueText("bundle default")
+        opts.addRow("Tile size", self.tile_spin)
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0, 0.9)
+        self.overlap_spin.setSingleStep(0.25)
+        opts.addRow("Overlap (fraction)", self.overlap_spin)
+        row = QHBoxLayout()
+        self.threshold_check = QCheckBox("'unknown' below")
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0, 1)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(0.3)
+        row.addWidget(self.threshold_check)
+        row.addWidget(self.threshold_spin)
+        row.addStretch(1)
+        opts.addRow("Threshold", row)
+        self.out_widget = QgsFileWidget()
+        self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.out_widget.setFilePath(str(results_root()))
+        opts.addRow("Output folder", self.out_widget)
+        root.addLayout(opts)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        root.addWidget(self.progress)
+        self.status = ProviderStatusLabel()
+        root.addWidget(self.status)
+        self.message_label = QLabel("")
+        self.message_label.setWordWrap(True)
+        root.addWidget(self.message_label)
+        self.area_table = QTableWidget(0, 3)
+        self.area_table.setHorizontalHeaderLabels(["Class", "Area (ha)", "Share"])
+        self.area_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.area_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.area_table.setVisible(False)
+        root.addWidget(self.area_table, 1)
+
+        row = QHBoxLayout()
+        row.addStretch(1)
+        self.run_btn, self.cancel_btn, close_btn = QPushButton("Classify"), QPushButton("Cancel"), QPushButton("Close")
+        self.cancel_btn.setEnabled(False)
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+        close_btn.clicked.connect(self.close)
+        for b in (self.run_btn, self.cancel_btn, close_btn):
+            row.addWidget(b)
+        root.addLayout(row)
+
+    # -- inputs -----------------------------------------------------------------------------------------
+    def refresh_bundles(self) -> None:
+        self.bundle_combo.clear()
+        for b in self.store.installed():
+            label = f"{b.name}{' (default)' if b.is_default else ''} – {', '.join(b.modalities)}"
+            self.bundle_combo.addItem(label, str(b.path))
+            if b.is_default:
+                self.bundle_combo.setCurrentIndex(self.bundle_combo.count() - 1)
+        if self.bundle_combo.count() == 0:
+            self.bundle_combo.addItem("(none installed: add one in the model manager)", "")
+
+    def set_bundle_path(self, path: Path) -> None:
+        """Select (adding it when missing) a bundle folder or .zip."""
+        i = self.bundle_combo.findData(str(path))
+        if i < 0:
+            self.bundle_combo.addItem(Path(path).name, str(path))
+            i = self.bundle_combo.count() - 1
+        self.bundle_combo.setCurrentIndex(i)
+
+    def on_layer_changed(self, *_args) -> None:
+        layer = self.layer_combo.currentLayer()
+        self._detected_bands = []
+        if not isinstance(layer, QgsRasterLayer):
+            self.detected_label.setText("choose a raster layer")
+            return
+        try:
+            from ..engine.raster import open_source
+
+            with open_source(layer.source().split("|")[0]) as src:
+                self._detected_bands = list(src.band_names)
+                res = f"{src.res_m:.0f} m" if src.res_m else "not georeferenced"
+                self.detected_label.setText(
+                    f"{src.sensor}, {len(src.band_names)} bands ({', '.join(src.band_names)}), {res}"
+                )
+        except Exception as exc:  # the user can still fix it with sensor + band mapping
+            self.detected_label.setText(f"not detected: {exc}")
+        self.bands_edit.setText(",".join(self._detected_bands))
+
+    def add_class_row(self, name: str, colour: Optional[str] = None) -> None:
+        r = self.classes_table.rowCount()
+        self.classes_table.insertRow(r)
+        self.classes_table.setItem(r, 0, QTableWidgetItem(name))
+        btn = QgsColorButton()
+        btn.setColor(QColor(colour or "#808080"))
+        btn.setShowMenu(False)
+        self.classes_table.setCellWidget(r, 1, btn)
+
+    def remove_selected(self) -> None:
+        for r in sorted({i.row() for i in self.classes_table.selectedIndexes()}, reverse=True):
+            self.classes_table.removeRow(r)
+
+    def set_classes(self, names: list[str], colours: Optional[list[str]] = None) -> None:
+        from ..engine.classes import class_colours
+
+        colours = colours or class_colours(names)
+        self.classes_table.setRowCount(0)
+        for name, colour in zip(names, colours):
+            self.add_class_row(name, colour)
+
+    def load_preset(self) -> None:
+        try:
+            self.set_classes(preset_classes(self.preset_combo.currentText(), self.lang_combo.currentText()))
+        except ValueError as exc:
+            self.show_error(str(exc))
+
+    def classes(self) -> list[tuple[str, str]]:
+        out = []
+        for r in range(self.classes_table.rowCount()):
+            item = self.classes_table.item(r, 0)
+            name = item.text().strip() if item else ""
+            if name:
+                out.append((name, self.classes_table.cellWidget(r, 1).color().name()))
+        return out
+
+    def extent(self, layer: QgsRasterLayer) -> Optional[tuple[float, float, float, float]]:
+        """The chosen extent in the layer's CRS (None = whole layer)."""
+        choice = self.extent_combo.currentIndex()
+        if choice == 0 or self.iface is None:
+            return None
+        if choice == 1:
+            canvas = self.iface.mapCanvas()
+            rect, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
+        else:
+            vl = self.iface.activeLayer()
+            if not isinstance(vl, QgsVectorLayer) or vl.selectedFeatureCount() == 0:
+                raise ValueError("no features selected: select features in the active vector layer, or choose another extent")
+            rect, crs = vl.boundingBoxOfSelected(), vl.crs()
+        if crs != layer.crs():
+            rect = QgsCoordinateTransform(crs, layer.crs(), QgsProject.instance()).transformBoundingBox(rect)
+        rect = rect.intersect(layer.extent())
+        if rect.isEmpty():
+            raise ValueError("the chosen extent does not overlap the layer; pan the map onto the layer or choose 'Whole layer'")
+        return (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+
+    # -- running ----------------------------------------------------------------------------------------
+    def run(self, extent_override: Optional[QgsRectangle] = None) -> Optional[EngineTask]:
+        """Start the job; returns the task (tests wait on it)."""
+        from ..engine.bundle import load_bundle
+        from ..engine.classify import classify_raster
+
+        layer = self.layer_combo.currentLayer()
+        try:
+            if not isinstance(layer, QgsRasterLayer):
+                raise ValueError("choose a raster layer to classify")
+            classes = self.classes()
+            if not classes:
+                raise ValueError("no classes: type at least two class names, or load a preset")
+            bundle_path = self.bundle_combo.currentData()
+            bundle = load_bundle(self.store.resolve(bundle_path or ""))
+            if extent_override is not None:
+                extent = (extent_override.xMinimum(), extent_override.yMinimum(),
+                          extent_override.xMaximum(), extent_override.yMaximum())
+            else:
+                extent = self.extent(layer)
+        except Exception as exc:
+            self.show_error(str(exc))
+            return None
+        sensor = self.sensor_combo.currentText()
+        bands = [b.strip() for b in self.bands_edit.text().split(",") if b.strip()]
+        kwargs = dict(
+            bundle=bundle,
+            sensor=None if sensor == "auto" else sensor,
+            bands=bands if bands and bands != self._detected_bands else None,
+            lang=self.lang_combo.currentText() or "en",
+            threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
+            tile_size_m=self.tile_spin.value() or None,
+            overlap=self.overlap_spin.value(),
+            extent=extent,
+        )
+        source = layer.source().split("|")[0]
+        names = [n for n, _ in classes]
+        colours = {n.split("|")[0].strip(): c for n, c in classes}
+        title = f"{layer.name()} ({time.strftime('%H%M%S')})"
+        out_root = Path(self.out_widget.filePath() or results_root())
+        final = unique_result_dir(out_root, title)
+        staging = out_root / f".{final.name}.partial"
+
+        def job(progress):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            res = classify_raster(source, names, staging, progress=progress, **kwargs)
+            progress.check()
+            staging.rename(final)
+            for attr in ("labels_path", "confidence_path", "qml_path", "summary_path"):
+                p = getattr(res, attr, None)
+                if p:
+                    setattr(res, attr, final / Path(p).relative_to(staging))
+            return res
+
+        self.task = EngineTask(f"RS-CLIP: classify {layer.name()}", job, lambda r: self._done(r, title, colours),
+                               self._failed, staging=staging)
+        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        self.task.message.connect(self.message_label.setText)
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.message_label.setText("running in the background (QGIS stays usable)…")
+        start(self.task)
+        return self.task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _done(self, result, title: str, colours: dict) -> None:
+        self.result = result
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.progress.setValue(100)
+        self.result_layers = add_classification_layers(result, title, colours)
+        provider = result.summary.get("provider")
+        fallback = result.summary.get("provider_fallback") or ""
+        self.status.set_provider(provider, fallback, device=result.summary.get("device"))
+        self.fill_area_table(result.summary)
+        self.message_label.setText(f"done: {Path(result.labels_path).parent}")
+        if self.iface is not None:
+            self.iface.messageBar().pushMessage(
+                "RS-CLIP", f"classified {title} on {provider}", level=Qgis.Success, duration=5
+            )
+
+    def fill_area_table(self, summary: dict) -> None:
+        rows = list(summary.get("classes", []))
+        unknown = summary.get("unknown") or {}
+        if unknown.get("pixels"):
+            rows.append({"name": "unknown", "color": "#000000", **unknown})
+        valid = float(summary.get("valid_pixels") or 0) or float(sum(int(c.get("pixels", 0)) for c in rows)) or 1.0
+        self.area_table.setRowCount(0)
+        for c in rows:
+            r = self.area_table.rowCount()
+            self.area_table.insertRow(r)
+            item = QTableWidgetItem(str(c.get("name")))
+            item.setData(Qt.DecorationRole, QColor(c.get("color") or c.get("colour") or "#808080"))
+            self.area_table.setItem(r, 0, item)
+            area = c.get("area_ha")
+            self.area_table.setItem(r, 1, QTableWidgetItem("n/a" if area is None else f"{float(area):.1f}"))
+            self.area_table.setItem(r, 2, QTableWidgetItem(f"{100 * int(c.get('pixels', 0)) / valid:.1f} %"))
+        self.area_table.setVisible(True)
+
+    def _failed(self, message: str) -> None:
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.progress.setValue(0)
+        self.show_error(message)
+
+    def show_error(self, message: str) -> None:
+        self.message_label.setText(f"<span style='color:#b00'>{message}</span>")
+        log(message, Qgis.Warning)
+        if self.iface is not None:
+            self.iface.messageBar().pushMessage("RS-CLIP", message, level=Qgis.Warning, duration=10)

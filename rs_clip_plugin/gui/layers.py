@@ -1,0 +1,146 @@
+"""Turning engine outputs into styled QGIS layers (main thread only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from qgis.core import (
+    QgsColorRampShader,
+    QgsLayerTreeGroup,
+    QgsPalettedRasterRenderer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
+    QgsStyle,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QColor
+
+
+def provider_label(provider: Optional[str], device: Optional[str] = None) -> str:
+    """'CUDAExecutionProvider' -> 'CUDA (NVIDIA H100 ...)'; 'CPUExecutionProvider' -> 'CPU (model name)'."""
+    if not provider:
+        return "not run yet"
+    short = provider.replace("ExecutionProvider", "")
+    if device:
+        return f"{short} ({device})"
+    try:
+        from ..engine.runtime import device_name
+
+        return f"{short} ({device_name(provider)})"
+    except Exception:  # the label must never break showing a result
+        return short
+
+
+def _group(project: QgsProject, name: str) -> QgsLayerTreeGroup:
+    root = project.layerTreeRoot()
+    return root.findGroup(name) or root.insertGroup(0, name)
+
+
+def palette_classes(summary: dict) -> list[tuple[int, str, str]]:
+    """(value, name, colour) per class of an engine summary; value 0 is 'unknown' and not listed."""
+    out = []
+    for i, c in enumerate(summary.get("classes", [])):
+        value = int(c.get("value", i + 1))
+        if value == 0 or c.get("name") == "unknown":
+            continue
+        out.append((value, str(c["name"]), str(c.get("color") or c.get("colour") or "#808080")))
+    return out
+
+
+def style_labels(layer: QgsRasterLayer, summary: dict, qml: Optional[Path], colours: Optional[dict] = None) -> None:
+    """Paletted renderer with class names and colours: the engine's .qml when it gives one, else built here."""
+    if qml and Path(qml).is_file():
+        layer.loadNamedStyle(str(qml))
+    renderer = layer.renderer()
+    if not isinstance(renderer, QgsPalettedRasterRenderer) or not renderer.classes():
+        classes = [
+            QgsPalettedRasterRenderer.Class(value, QColor(colour), name) for value, name, colour in palette_classes(summary)
+        ]
+        renderer = QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes)
+        layer.setRenderer(renderer)
+    if colours:
+        recoloured = []
+        for c in renderer.classes():
+            if c.label in colours:
+                c.color = QColor(colours[c.label])
+            recoloured.append(c)
+        layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, recoloured))
+    layer.triggerRepaint()
+
+
+def style_ramp(layer: QgsRasterLayer, vmin: float, vmax: float, ramp_name: str = "Viridis") -> None:
+    ramp = QgsStyle.defaultStyle().colorRamp(ramp_name)
+    shader_fn = QgsColorRampShader(vmin, vmax, ramp)
+    shader_fn.classifyColorRamp(5, -1)
+    shader = QgsRasterShader(vmin, vmax)
+    shader.setRasterShaderFunction(shader_fn)
+    layer.setRenderer(QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader))
+
+
+def add_classification_layers(
+    result, title: str, colours: Optional[dict] = None, project: Optional[QgsProject] = None
+) -> tuple[QgsRasterLayer, QgsRasterLayer]:
+    """Class map (paletted, legend with class names) and confidence (0..1 ramp) in a group of their own."""
+    project = project or QgsProject.instance()
+    labels = QgsRasterLayer(str(result.labels_path), f"{title} – classes")
+    confidence = QgsRasterLayer(str(result.confidence_path), f"{title} – confidence")
+    for lyr, what in ((labels, "class map"), (confidence, "confidence")):
+        if not lyr.isValid():
+            raise RuntimeError(f"QGIS cannot open the {what} {lyr.source()}; see the RS-CLIP log")
+    style_labels(labels, result.summary, getattr(result, "qml_path", None), colours)
+    style_ramp(confidence, 0.0, 1.0)
+    group = _group(project, f"RS-CLIP: {title}")
+    for lyr in (labels, confidence):
+        project.addMapLayer(lyr, False)
+    group.addLayer(labels)
+    group.addLayer(confidence)
+    confidence.setOpacity(1.0)
+    group.findLayer(confidence.id()).setItemVisibilityChecked(False)
+    return labels, confidence
+
+
+def add_search_layers(result, title: str, project: Optional[QgsProject] = None) -> tuple[Optional[QgsVectorLayer], Optional[QgsRasterLayer]]:
+    project = project or QgsProject.instance()
+    group = _group(project, f"RS-CLIP search: {title}")
+    hits_layer = heat_layer = None
+    heatmaps = list(getattr(result, "heatmap_paths", None) or [])
+    if not heatmaps and getattr(result, "heatmap_path", None):
+        heatmaps = [result.heatmap_path]
+    for path in heatmaps:
+        lyr = QgsRasterLayer(str(path), f"{title} – similarity {Path(path).stem}")
+        if not lyr.isValid():
+            raise RuntimeError(f"QGIS cannot open the heat map {path}; see the RS-CLIP log")
+        stats = lyr.dataProvider().bandStatistics(1)
+        style_ramp(lyr, stats.minimumValue, stats.maximumValue, "Magma")
+        lyr.setOpacity(0.6)
+        project.addMapLayer(lyr, False)
+        group.addLayer(lyr)
+        heat_layer = heat_layer or lyr
+    if getattr(result, "gpkg_path", None):
+        hits_layer = QgsVectorLayer(str(result.gpkg_path), f"{title} – hits", "ogr")
+        if not hits_layer.isValid():
+            raise RuntimeError(f"QGIS cannot open the hits file {result.gpkg_path}; see the RS-CLIP log")
+        _style_hits(hits_layer)
+        project.addMapLayer(hits_layer, False)
+        group.insertLayer(0, hits_layer)
+    return hits_layer, heat_layer
+
+
+def _style_hits(layer: QgsVectorLayer) -> None:
+    from qgis.core import QgsPalLayerSettings, QgsVectorLayerSimpleLabeling
+
+    symbol = layer.renderer().symbol() if layer.renderer() is not None else None
+    if symbol is not None:
+        symbol.setColor(QColor(0, 0, 0, 0))
+        sl = symbol.symbolLayer(0)
+        if hasattr(sl, "setStrokeColor"):
+            sl.setStrokeColor(QColor("#ff2d2d"))
+            sl.setStrokeWidth(0.8)
+    if "rank" in layer.fields().names():
+        pal = QgsPalLayerSettings()
+        pal.fieldName = "rank"
+        layer.setLabeling(QgsVectorLayerSimpleLabeling(pal))
+        layer.setLabelsEnabled(True)

@@ -1,0 +1,1 @@
+"""Processing provider ``rsclip``: index, classify, search and heatmap algorithms over the engine."""

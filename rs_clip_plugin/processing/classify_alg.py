@@ -1,0 +1,143 @@
+"""rsclip:classify — zero-shot labelling of a raster by class names (``rsclip classify``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from ..presets import PRESETS, preset_classes
+from .base import RSClipAlgorithm
+from .common import (
+    engine_call,
+    extent_tuple,
+    feedback_progress,
+    layer_source,
+    load_bundle_spec,
+    move_into_place,
+    staging_dir,
+)
+
+PRESET_OPTIONS = ["(none: use CLASSES)", *PRESETS]
+
+
+class ClassifyAlgorithm(RSClipAlgorithm):
+    NAME = "classify"
+    DISPLAY = "Classify raster by prompt"
+    HELP = (
+        "Labels every pixel of a raster with one of the classes you type, by comparing image tiles with the "
+        "class names through the model bundle's aligned image and text encoders (zero-shot).\n\n"
+        "CLASSES: classes separated by ';' (synonyms as 'forest|woodland'), or a preset. Pixels whose best "
+        "probability is below THRESHOLD become 'unknown' (0). OUTPUT is a uint8 label raster with a "
+        "colour table and a .qml style beside it; CONFIDENCE holds the probability of the chosen class."
+    )
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster (Sentinel-2, Sentinel-1 or RGB)")))
+        self.addParameter(
+            QgsProcessingParameterString("CLASSES", self.tr("Classes (';'-separated)"), defaultValue="", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum("PRESET", self.tr("Class preset"), options=PRESET_OPTIONS, defaultValue=0)
+        )
+        self.addParameter(QgsProcessingParameterString("LANG", self.tr("Language of the class names"), defaultValue="en"))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                "THRESHOLD",
+                self.tr("'unknown' below this probability (0 = off)"),
+                type=QgsProcessingParameterNumber.Double,
+                defaultValue=0.0,
+                minValue=0.0,
+                maxValue=1.0,
+            )
+        )
+        self.add_tiling_params()
+        self.add_bundle_params()
+        self.addParameter(QgsProcessingParameterBoolean("OVERWRITE", self.tr("Overwrite outputs"), defaultValue=True))
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Class map")))
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                "CONFIDENCE", self.tr("Confidence"), optional=True, createByDefault=False
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                "SUMMARY", self.tr("Area table (JSON)"), fileFilter="JSON (*.json)", optional=True, createByDefault=False
+            )
+        )
+        self.addOutput(QgsProcessingOutputString("EXECUTION_PROVIDER", self.tr("Execution provider used")))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        from ..engine.classify import classify_raster
+
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        source = layer_source(layer)
+        lang = self.parameterAsString(parameters, "LANG", context).strip() or "en"
+        preset = PRESET_OPTIONS[self.parameterAsEnum(parameters, "PRESET", context)]
+        classes_text = self.parameterAsString(parameters, "CLASSES", context).strip()
+        if preset in PRESETS:
+            try:
+                classes = preset_classes(preset, lang)
+            except ValueError as exc:
+                raise QgsProcessingException(str(exc)) from exc
+        elif classes_text:
+            classes = classes_text
+        else:
+            raise QgsProcessingException('CLASSES is empty: type classes as "forest;water;town" or choose a PRESET')
+        threshold = self.parameterAsDouble(parameters, "THRESHOLD", context) or None
+        extent = extent_tuple(self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())) if parameters.get(
+            "EXTENT"
+        ) else None
+        output = Path(self.parameterAsOutputLayer(parameters, "OUTPUT", context))
+        conf_param = self.parameterAsOutputLayer(parameters, "CONFIDENCE", context)
+        summary_param = self.parameterAsFileOutput(parameters, "SUMMARY", context)
+        overwrite = self.parameterAsBool(parameters, "OVERWRITE", context)
+        if output.suffix.lower() not in (".tif", ".tiff"):
+            raise QgsProcessingException(f"OUTPUT {output}: the class map is written as GeoTIFF; give a .tif path")
+        if output.exists() and not overwrite:
+            raise QgsProcessingException(f"OUTPUT {output} exists; set OVERWRITE=true or choose another path")
+
+        bundle = load_bundle_spec(self.parameterAsString(parameters, "BUNDLE", context), feedback)
+        work = staging_dir(output)
+        try:
+            result = engine_call(
+                classify_raster,
+                source,
+                classes,
+                work,
+                bundle=bundle,
+                modality=self.modality_arg(parameters, context),
+                lang=lang,
+                threshold=threshold,
+                tile_size_m=self.tile_arg(parameters, context),
+                overlap=self.parameterAsDouble(parameters, "OVERLAP", context),
+                extent=extent,
+                provider=self.provider_arg(parameters, context),
+                progress=feedback_progress(feedback),
+                overwrite=True,
+            )
+            outputs = {"OUTPUT": move_into_place(result.labels_path, output)}
+            move_into_place(result.qml_path, output.with_suffix(".qml"))  # QGIS styles the layer from it on load
+            conf = Path(conf_param) if conf_param else output.with_name(f"{output.stem}_confidence.tif")
+            outputs["CONFIDENCE"] = move_into_place(result.confidence_path, conf)
+            summ = Path(summary_param) if summary_param else output.with_name(f"{output.stem}_summary.json")
+            outputs["SUMMARY"] = move_into_place(result.summary_path, summ)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        provider = str(result.summary.get("provider", ""))
+        feedback.pushInfo(f"Execution provider: {provider}")
+        for c in result.summary.get("classes", []):
+            feedback.pushInfo(f"  {c.get('name')}: {c.get('area_ha', 0):.1f} ha")
+        outputs["EXECUTION_PROVIDER"] = provider
+        return outputs

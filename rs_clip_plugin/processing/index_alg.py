@@ -1,0 +1,58 @@
+"""rsclip:index — embed a raster's tiles once so later searches only compare vectors (``rsclip index``)."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterRasterLayer,
+)
+
+from .base import RSClipAlgorithm
+from .common import engine_call, extent_tuple, feedback_progress, index_facts, layer_source, load_bundle_spec
+
+
+class IndexAlgorithm(RSClipAlgorithm):
+    NAME = "index"
+    DISPLAY = "Build search index"
+    HELP = (
+        "Embeds every tile of a raster with the bundle's image encoder and caches the embeddings, so that "
+        "searches over the layer are instant. An index is reused until the raster, the bundle or the tiling "
+        "changes (FORCE rebuilds it)."
+    )
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster")))
+        self.add_tiling_params()
+        self.add_bundle_params()
+        self.addParameter(QgsProcessingParameterBoolean("FORCE", self.tr("Rebuild even if cached"), defaultValue=False))
+        self.addOutput(QgsProcessingOutputString("INDEX", self.tr("Index location")))
+        self.addOutput(QgsProcessingOutputNumber("TILES", self.tr("Tiles indexed")))
+        self.addOutput(QgsProcessingOutputString("EXECUTION_PROVIDER", self.tr("Execution provider used")))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        from ..engine.index import build_index
+
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        source = layer_source(layer)
+        extent = extent_tuple(self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())) if parameters.get(
+            "EXTENT"
+        ) else None
+        bundle = load_bundle_spec(self.parameterAsString(parameters, "BUNDLE", context), feedback)
+        index = engine_call(
+            build_index,
+            source,
+            bundle,
+            modality=self.modality_arg(parameters, context),
+            tile_size_m=self.tile_arg(parameters, context),
+            overlap=self.parameterAsDouble(parameters, "OVERLAP", context),
+            extent=extent,
+            provider=self.provider_arg(parameters, context),
+            progress=feedback_progress(feedback),
+            force=self.parameterAsBool(parameters, "FORCE", context),
+        )
+        facts = index_facts(index)
+        state = "reused" if facts["reused"] else "built"
+        feedback.pushInfo(f"Index {state}: {facts['path']} ({facts['tiles']} tiles, provider {facts['provider']})")
+        return {"INDEX": facts["path"], "TILES": facts["tiles"], "EXECUTION_PROVIDER": facts["provider"]}

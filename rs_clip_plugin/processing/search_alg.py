@@ -1,0 +1,148 @@
+"""rsclip:search and rsclip:heatmap — find places by text or by example (``rsclip search``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputString,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterPoint,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+)
+
+from .base import RSClipAlgorithm
+from .common import (
+    engine_call,
+    feedback_progress,
+    layer_source,
+    load_bundle_spec,
+    move_into_place,
+    staging_dir,
+)
+
+
+class _SearchBase(RSClipAlgorithm):
+    def add_query_params(self) -> None:
+        self.addParameter(
+            QgsProcessingParameterMultipleLayers("LAYERS", self.tr("Rasters to search"), QgsProcessing.TypeRaster)
+        )
+        self.addParameter(
+            QgsProcessingParameterString("QUERY", self.tr("Text query (any language the bundle speaks)"), optional=True)
+        )
+        self.addParameter(QgsProcessingParameterString("NEGATIVE", self.tr("Not like (text)"), optional=True))
+        self.addParameter(QgsProcessingParameterString("LANG", self.tr("Query language"), defaultValue="en"))
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(
+                "QUERY_LAYER", self.tr("Find similar: raster holding the example (e.g. Sentinel-1)"), optional=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterPoint("QUERY_POINT", self.tr("Find similar: example point"), optional=True))
+        self.add_bundle_params()
+
+    def query_vector(self, parameters, context, bundle):
+        from ..engine.search import image_query_vector, text_query_vector
+
+        text = self.parameterAsString(parameters, "QUERY", context).strip()
+        qlayer = self.parameterAsRasterLayer(parameters, "QUERY_LAYER", context)
+        if qlayer is not None and parameters.get("QUERY_POINT"):
+            point = self.parameterAsPoint(parameters, "QUERY_POINT", context, qlayer.crs())
+            return engine_call(
+                image_query_vector, bundle, raster=layer_source(qlayer, "QUERY_LAYER"), point=(point.x(), point.y())
+            )
+        if not text:
+            raise QgsProcessingException(
+                "no query: give QUERY (text), or QUERY_LAYER and QUERY_POINT for a 'find similar' search"
+            )
+        negative = self.parameterAsString(parameters, "NEGATIVE", context).strip() or None
+        lang = self.parameterAsString(parameters, "LANG", context).strip() or "en"
+        return engine_call(text_query_vector, bundle, text, negative=negative, lang=lang)
+
+    def run_search(self, parameters, context, feedback, output: Path, top_k: int, heatmap: bool):
+        from ..engine.search import search
+
+        layers = self.parameterAsLayerList(parameters, "LAYERS", context)
+        if not layers:
+            raise QgsProcessingException("LAYERS is empty: choose at least one raster layer to search")
+        sources = [layer_source(lyr, "LAYERS") for lyr in layers]
+        bundle = load_bundle_spec(self.parameterAsString(parameters, "BUNDLE", context), feedback)
+        qvec = self.query_vector(parameters, context, bundle)
+        work = staging_dir(output)
+        try:
+            result = engine_call(
+                search, sources, qvec, work, bundle=bundle, top_k=top_k, heatmap=heatmap,
+                progress=feedback_progress(feedback), overwrite=True,
+            )
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        provider = str(getattr(result, "provider", "") or "")
+        feedback.pushInfo(f"Execution provider: {provider}")
+        for h in result.hits:
+            feedback.pushInfo(f"  #{h.rank} score {h.score:.3f} {Path(str(h.source)).name} {tuple(round(v, 1) for v in h.bounds)}")
+        return result, work, provider
+
+
+class SearchAlgorithm(_SearchBase):
+    NAME = "search"
+    DISPLAY = "Search rasters (text or find similar)"
+    HELP = (
+        "Finds the tiles of the chosen rasters that best match a text query (\"a river\", \"um rio\") or an "
+        "example place (QUERY_LAYER + QUERY_POINT; the example may come from a Sentinel-1 layer and the "
+        "results from Sentinel-2 layers). Indexes are built the first time and reused. OUTPUT is a "
+        "GeoPackage of hit polygons with rank, score and source."
+    )
+
+    def initAlgorithm(self, config=None):
+        self.add_query_params()
+        self.addParameter(QgsProcessingParameterNumber("TOP_K", self.tr("Number of hits"), defaultValue=10, minValue=1))
+        self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", self.tr("Hits")))
+        self.addOutput(QgsProcessingOutputString("EXECUTION_PROVIDER", self.tr("Execution provider used")))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        output = Path(self.parameterAsOutputLayer(parameters, "OUTPUT", context))
+        if output.suffix.lower() != ".gpkg":
+            raise QgsProcessingException(f"OUTPUT {output}: hits are written as GeoPackage; give a .gpkg path")
+        top_k = self.parameterAsInt(parameters, "TOP_K", context)
+        result, work, provider = self.run_search(parameters, context, feedback, output, top_k, heatmap=False)
+        try:
+            out = move_into_place(result.gpkg_path, output)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if out is None:
+            raise QgsProcessingException("the engine wrote no hits file; see the log above")
+        return {"OUTPUT": out, "EXECUTION_PROVIDER": provider}
+
+
+class HeatmapAlgorithm(_SearchBase):
+    NAME = "heatmap"
+    DISPLAY = "Similarity heat map"
+    HELP = (
+        "Writes the similarity of every tile of the chosen rasters to a text query or an example place as a "
+        "float32 raster (higher = more similar): where on the map does the query match?"
+    )
+
+    def initAlgorithm(self, config=None):
+        self.add_query_params()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Heat map")))
+        self.addOutput(QgsProcessingOutputString("EXECUTION_PROVIDER", self.tr("Execution provider used")))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        output = Path(self.parameterAsOutputLayer(parameters, "OUTPUT", context))
+        if output.suffix.lower() not in (".tif", ".tiff"):
+            raise QgsProcessingException(f"OUTPUT {output}: the heat map is written as GeoTIFF; give a .tif path")
+        result, work, provider = self.run_search(parameters, context, feedback, output, top_k=1, heatmap=True)
+        try:
+            out = move_into_place(result.heatmap_path, output)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if out is None:
+            raise QgsProcessingException("the engine wrote no heat map; see the log above")
+        return {"OUTPUT": out, "EXECUTION_PROVIDER": provider}

@@ -1,0 +1,168 @@
+"""The QGIS plugin, offscreen: loading through classFactory, the classify task, the search dock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from plugin_support import s2_crop
+
+pytest.importorskip("qgis.core")
+
+from qgis.core import (
+    QgsApplication,
+    QgsPalettedRasterRenderer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from rs_clip_plugin.models import MemorySettings, ModelStore
+
+pytestmark = pytest.mark.qgis
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def crop(tmp_path: Path, major_tom_dir: Path) -> Path:
+    return s2_crop(major_tom_dir, tmp_path / "data" / "s2_crop.tif")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "models", MemorySettings())
+
+
+@pytest.fixture
+def layer(crop: Path, qgis_new_project) -> QgsRasterLayer:
+    lyr = QgsRasterLayer(str(crop), "s2 crop")
+    assert lyr.isValid()
+    QgsProject.instance().addMapLayer(lyr)
+    return lyr
+
+
+def test_package_imports_without_qgis() -> None:
+    code = "import sys; sys.modules['qgis'] = None; import rs_clip_plugin, rs_clip_plugin.engine.bundle; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_plugin_loads_and_unloads(qgis_iface) -> None:
+    import rs_clip_plugin
+
+    plugin = rs_clip_plugin.classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        provider = QgsApplication.processingRegistry().providerById("rsclip")
+        assert provider is not None
+        assert sorted(a.name() for a in provider.algorithms()) == ["classify", "heatmap", "index", "search"]
+        assert [a.text() for a in plugin.actions][:2] == ["Classify layer by prompt…", "Map search panel"]
+        dock = plugin.toggle_search()
+        assert dock is not None and dock.widget() is not None
+    finally:
+        plugin.unload()
+    assert QgsApplication.processingRegistry().providerById("rsclip") is None
+    assert plugin.dock is None
+
+
+def _new_layers(before: set) -> list:
+    return [lyr for lid, lyr in QgsProject.instance().mapLayers().items() if lid not in before]
+
+
+def test_classify_task_adds_styled_layers(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
+    from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dlg = ClassifyDialog(qgis_iface, store=store)
+    dlg.layer_combo.setLayer(layer)
+    assert "s2-l2a" in dlg.detected_label.text() and "B04" in dlg.detected_label.text()
+    dlg.set_bundle_path(tiny_bundle)
+    dlg.set_classes(["forest", "river", "town"], ["#00aa00", "#0000ff", "#ff0000"])
+    dlg.out_widget.setFilePath(str(tmp_path / "out"))
+    # A small extent (2x2 tiles of the bundle's 640 m) keeps the test fast.
+    e = layer.extent()
+    before = set(QgsProject.instance().mapLayers())
+    task = dlg.run(extent_override=QgsRectangle(e.xMinimum(), e.yMaximum() - 1280, e.xMinimum() + 1280, e.yMaximum()))
+    assert task is not None, dlg.message_label.text()
+    assert wait_for(task), dlg.message_label.text()
+
+    added = _new_layers(before)
+    labels = next(lyr for lyr in added if lyr.name().endswith("classes"))
+    conf = next(lyr for lyr in added if lyr.name().endswith("confidence"))
+    renderer = labels.renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)
+    assert [c.label for c in renderer.classes()] == ["forest", "river", "town"]
+    assert [c.color.name() for c in renderer.classes()] == ["#00aa00", "#0000ff", "#ff0000"]
+    assert conf.renderer().type() == "singlebandpseudocolor"
+    assert dlg.area_table.rowCount() >= 3
+    assert "CPU" in dlg.status.text()
+    outs = list((tmp_path / "out").iterdir())
+    assert len(outs) == 1 and not outs[0].name.startswith(".")
+    assert {p.name for p in outs[0].iterdir()} >= {"labels.tif", "confidence.tif", "labels.qml", "summary.json"}
+
+
+def test_cancelled_classify_leaves_nothing(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
+    from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dlg = ClassifyDialog(qgis_iface, store=store)
+    dlg.layer_combo.setLayer(layer)
+    dlg.set_bundle_path(tiny_bundle)
+    dlg.set_classes(["forest", "water"])
+    dlg.out_widget.setFilePath(str(tmp_path / "out"))
+    before = set(QgsProject.instance().mapLayers())
+    task = dlg.run()
+    task.cancel()
+    assert not wait_for(task)
+    assert _new_layers(before) == []
+    out = tmp_path / "out"
+    assert not out.exists() or list(out.iterdir()) == []
+    assert "cancelled" in dlg.message_label.text()
+
+
+def test_search_dock_returns_hits_and_zooms(qgis_iface, layer, store, tiny_bundle) -> None:
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(layer.extent())
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        assert dock.checked_layers() == [layer]
+        dock.query_edit.setText("a river")
+        dock.topk_spin.setValue(3)
+        dock.heatmap_check.setChecked(True)
+        before = set(QgsProject.instance().mapLayers())
+        task = dock.search_text()
+        assert task is not None, dock.index_label.text()
+        assert wait_for(task), dock.index_label.text()
+        assert len(dock.result.hits) == 3
+        assert dock.results_list.count() == 3
+        assert not dock.results_list.item(0).icon().isNull()  # thumbnail rendered from the layer
+        added = _new_layers(before)
+        hits = [lyr for lyr in added if isinstance(lyr, QgsVectorLayer)]
+        assert len(hits) == 1 and hits[0].featureCount() == 3
+        assert any(isinstance(lyr, QgsRasterLayer) and "similarity" in lyr.name() for lyr in added)
+        assert "index built" in dock.index_label.text()
+
+        canvas.setExtent(QgsRectangle(0, 0, 1000, 1000))  # somewhere else, so the zoom must move the map
+        old = QgsRectangle(canvas.extent())
+        dock._item_clicked(dock.results_list.item(0))
+        new = canvas.extent()
+        assert new != old
+        x0, y0, x1, y1 = dock.result.hits[0].bounds
+        assert new.contains(QgsRectangle(x0, y0, x1, y1))
+
+        # Second search: the index is reused, and a find-similar query from a map point works.
+        task = dock.find_similar_at(layer, layer.extent().center())
+        assert task is not None, dock.index_label.text()
+        assert wait_for(task), dock.index_label.text()
+        assert dock.result.hits and "index reused" in dock.index_label.text()
+    finally:
+        dock.cleanup()

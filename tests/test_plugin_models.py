@@ -1,0 +1,116 @@
+"""Model manager logic (profile bundles, zip/URL installs with checks) and the dependency helper."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from rs_clip_plugin import deps
+from rs_clip_plugin.engine.bundle import BundleError, zip_bundle
+from rs_clip_plugin.models import DEFAULT_KEY, MemorySettings, ModelStore
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch) -> ModelStore:
+    monkeypatch.setenv("RSCLIP_BUNDLE", str(tmp_path / "no-builtin"))  # keep the user's default bundle out
+    return ModelStore(tmp_path / "models", MemorySettings())
+
+
+def test_add_folder_zip_url_default_remove(store: ModelStore, tiny_bundle: Path, tmp_path: Path) -> None:
+    a = store.add_folder(tiny_bundle, name="tiny-a")
+    assert a.modalities == ["rgb"] and a.languages == ["en"] and a.size_bytes > 0
+    with pytest.raises(BundleError, match="no model bundle chosen"):
+        store.resolve("")  # nothing chosen and no built-in default: the message says what to do
+
+    z = zip_bundle(tiny_bundle, tmp_path / "tiny.zip")
+    b = store.add_zip(z, name="tiny-b", sha256=hashlib.sha256(z.read_bytes()).hexdigest())
+    url = z.resolve().as_uri()
+    c = store.add_url(url, sha256=hashlib.sha256(z.read_bytes()).hexdigest(), name="tiny-c")
+    assert [x.name for x in store.installed()] == ["tiny-a", "tiny-b", "tiny-c"]
+    assert {x.name for x in (a, b, c)} == {"tiny-a", "tiny-b", "tiny-c"}
+
+    store.set_default("tiny-b")
+    assert store.settings.value(DEFAULT_KEY) == str(store.root / "tiny-b")
+    assert store.resolve("") == store.root / "tiny-b"
+    assert [x.is_default for x in store.installed()] == [False, True, False]
+    assert store.resolve("tiny-c") == store.root / "tiny-c"
+
+    store.remove("tiny-b")
+    assert not (store.root / "tiny-b").exists()
+    assert store.settings.value(DEFAULT_KEY) is None
+    with pytest.raises(BundleError, match="installed already"):
+        store.add_folder(tiny_bundle, name="tiny-a")
+    with pytest.raises(BundleError, match="no installed bundle"):
+        store.remove("tiny-b")
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_zip_with_traversal_is_refused(store: ModelStore, tiny_bundle: Path, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.write(tiny_bundle / "manifest.json", "manifest.json")
+        zf.writestr("../../outside.txt", "pwned")
+    with pytest.raises(BundleError, match="outside the bundle"):
+        store.add_zip(evil)
+    assert not (tmp_path / "outside.txt").exists() and not (store.root.parent / "outside.txt").exists()
+    assert not list(store.root.iterdir())
+
+
+def test_checksum_and_corrupt_bundle_refused(store: ModelStore, tiny_bundle: Path, tmp_path: Path) -> None:
+    z = zip_bundle(tiny_bundle, tmp_path / "tiny.zip")
+    with pytest.raises(BundleError, match="sha256"):
+        store.add_url(z.resolve().as_uri(), sha256="0" * 64)
+    # A bundle whose ONNX file was altered fails the engine's hash check and is not installed.
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(tiny_bundle, broken)
+    onnx = next(broken.glob("*.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[:-10])
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        store.add_folder(broken)
+    assert store.installed() == []
+    with pytest.raises(BundleError, match="download failed"):
+        store.add_url((tmp_path / "missing.zip").as_uri())
+
+
+def test_resolve_errors(store: ModelStore, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="no such bundle folder"):
+        store.resolve(str(tmp_path / "nowhere"))
+    with pytest.raises(BundleError, match="model manager"):
+        store.resolve("not-installed")
+
+
+def test_missing_packages_and_private_site(tmp_path: Path, monkeypatch) -> None:
+    reqs = (deps.Requirement("numpy", "numpy<2", "arrays"), deps.Requirement("rsclip_no_such_pkg", "nope", "test"))
+    assert [r.module for r in deps.missing_packages(reqs)] == ["rsclip_no_such_pkg"]
+    assert deps.missing_packages() == []  # this venv has the whole engine
+
+    site = tmp_path / "site"
+    (site / "rsclip_no_such_pkg").mkdir(parents=True)
+    (site / "rsclip_no_such_pkg" / "__init__.py").write_text("VALUE = 1\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert deps.activate_private_site(site) == site
+    assert sys.path[-1] == str(site)  # appended: QGIS's own packages keep priority
+    assert deps.missing_packages(reqs) == []
+
+
+def test_constraints_and_pip_command(tmp_path: Path) -> None:
+    import numpy
+
+    lines = deps.frozen_constraints()
+    assert f"numpy=={numpy.__version__}" in lines
+    c = deps.write_constraints(tmp_path / "c.txt")
+    assert f"numpy=={numpy.__version__}" in c.read_text()
+    missing = [deps.Requirement("onnxruntime", "onnxruntime>=1.16", "x"), deps.Requirement("tokenizers", "tokenizers>=0.15", "y")]
+    cmd = deps.pip_install_command(missing, tmp_path / "t", c, gpu=True)
+    assert cmd[1:4] == ["-m", "pip", "install"]
+    assert cmd[cmd.index("--target") + 1] == str(tmp_path / "t")
+    assert cmd[cmd.index("-c") + 1] == str(c)
+    assert cmd[-2:] == ["onnxruntime-gpu>=1.16", "tokenizers>=0.15"]
+    assert deps.pip_install_command(missing, tmp_path / "t", c, gpu=False)[-2] == "onnxruntime>=1.16"
+    assert Path(cmd[0]).name.startswith("python")

@@ -1,0 +1,124 @@
+"""Processing provider rsclip: algorithms through processing.run and through qgis_process (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from plugin_support import s2_crop
+
+pytest.importorskip("qgis.core")
+
+from qgis.core import QgsApplication, QgsRasterLayer, QgsVectorLayer
+
+pytestmark = pytest.mark.qgis
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory, major_tom_dir: Path) -> Path:
+    return s2_crop(major_tom_dir, tmp_path_factory.mktemp("proc") / "s2_crop.tif")
+
+
+@pytest.fixture
+def provider(qgis_processing):
+    from rs_clip_plugin.plugin import RSClipPlugin
+
+    plugin = RSClipPlugin(None)
+    plugin.initProcessing()
+    yield QgsApplication.processingRegistry().providerById("rsclip")
+    QgsApplication.processingRegistry().removeProvider(plugin.provider)
+
+
+def test_classify_through_processing_run(provider, crop, tiny_bundle, tmp_path) -> None:
+    import processing
+
+    out = tmp_path / "labels.tif"
+    res = processing.run(
+        "rsclip:classify",
+        {"INPUT": str(crop), "CLASSES": "forest;water;town", "BUNDLE": str(tiny_bundle), "PROVIDER": 1, "OUTPUT": str(out)},
+    )
+    assert res["OUTPUT"] == str(out)
+    assert res["EXECUTION_PROVIDER"] == "CPUExecutionProvider"
+    assert out.with_suffix(".qml").is_file()
+    summary = json.loads(Path(res["SUMMARY"]).read_text())
+    assert [c["name"] for c in summary["classes"]] == ["forest", "water", "town"]
+    # The sidecar .qml styles the layer as soon as QGIS opens it: paletted, with the class names.
+    layer = QgsRasterLayer(str(out), "labels")
+    assert layer.renderer().type() == "paletted"
+    assert [c.label for c in layer.renderer().classes()][:3] == ["forest", "water", "town"]
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_classify_preset_and_errors(provider, crop, tiny_bundle, tmp_path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    out = tmp_path / "eurosat.tif"
+    res = processing.run(
+        "rsclip:classify", {"INPUT": str(crop), "PRESET": 1, "BUNDLE": str(tiny_bundle), "OUTPUT": str(out)}
+    )
+    summary = json.loads(Path(res["SUMMARY"]).read_text())
+    assert len(summary["classes"]) == 10 and summary["classes"][1]["name"] == "forest"
+    # The tiny bundle's text encoder speaks English only: the engine's refusal reaches the user verbatim.
+    with pytest.raises(QgsProcessingException, match="does not support prompts in 'pt'"):
+        processing.run("rsclip:classify", {"INPUT": str(crop), "PRESET": 1, "LANG": "pt", "BUNDLE": str(tiny_bundle),
+                                           "OUTPUT": str(tmp_path / "pt.tif")})
+    with pytest.raises(QgsProcessingException, match="CLASSES is empty"):
+        processing.run("rsclip:classify", {"INPUT": str(crop), "BUNDLE": str(tiny_bundle), "OUTPUT": str(tmp_path / "x.tif")})
+    with pytest.raises(QgsProcessingException, match="no such bundle folder"):
+        processing.run("rsclip:classify", {"INPUT": str(crop), "CLASSES": "a;b", "BUNDLE": str(tmp_path / "nope"),
+                                           "OUTPUT": str(tmp_path / "y.tif")})
+    assert {p.name for p in tmp_path.iterdir()} == {"eurosat.tif", "eurosat.qml", "eurosat_confidence.tif",
+                                                    "eurosat_summary.json"}
+
+
+def test_index_search_heatmap(provider, crop, tiny_bundle, tmp_path) -> None:
+    import processing
+
+    idx = processing.run("rsclip:index", {"INPUT": str(crop), "BUNDLE": str(tiny_bundle)})
+    assert idx["TILES"] == 9  # 192 px at 10 m in tiles of the bundle's 64 px
+    again = processing.run("rsclip:index", {"INPUT": str(crop), "BUNDLE": str(tiny_bundle)})
+    assert again["INDEX"] == idx["INDEX"]
+
+    hits = processing.run(
+        "rsclip:search",
+        {"LAYERS": [str(crop)], "QUERY": "a river", "TOP_K": 4, "BUNDLE": str(tiny_bundle), "OUTPUT": str(tmp_path / "hits.gpkg")},
+    )
+    layer = QgsVectorLayer(hits["OUTPUT"], "hits", "ogr")
+    assert layer.isValid() and layer.featureCount() == 4
+    assert "score" in layer.fields().names()
+
+    heat = processing.run(
+        "rsclip:heatmap",
+        {"LAYERS": [str(crop)], "QUERY": "a river", "BUNDLE": str(tiny_bundle), "OUTPUT": str(tmp_path / "heat.tif")},
+    )
+    hl = QgsRasterLayer(heat["OUTPUT"], "heat")
+    assert hl.isValid() and hl.width() > 0
+
+    # Find similar: an example point of the same raster.
+    c = QgsRasterLayer(str(crop), "c").extent().center()
+    sim = processing.run(
+        "rsclip:search",
+        {"LAYERS": [str(crop)], "QUERY_LAYER": str(crop), "QUERY_POINT": f"{c.x()},{c.y()} [EPSG:32648]", "TOP_K": 1,
+         "BUNDLE": str(tiny_bundle), "OUTPUT": str(tmp_path / "similar.gpkg")},
+    )
+    best = next(QgsVectorLayer(sim["OUTPUT"], "s", "ogr").getFeatures())
+    assert best.geometry().boundingBox().contains(c)  # the example's own tile is the most similar
+
+
+def test_qgis_process_script(crop, tiny_bundle, tmp_path) -> None:
+    """The documented command line: scripts/qgis_process.sh run rsclip:classify -- INPUT=.. CLASSES=.. OUTPUT=.."""
+    out = tmp_path / "qp" / "labels.tif"
+    env = dict(os.environ, RSCLIP_BUNDLE=str(tiny_bundle), RSCLIP_QGIS_HOME=str(tmp_path / "qgis-home"))
+    cmd = [str(REPO / "scripts" / "qgis_process.sh"), "--json", "run", "rsclip:classify", "--",
+           f"INPUT={crop}", "CLASSES=forest;water", f"OUTPUT={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["results"]["OUTPUT"] == str(out)
+    assert result["results"]["EXECUTION_PROVIDER"] == "CPUExecutionProvider"
+    assert out.is_file() and out.with_suffix(".qml").is_file()
