@@ -166,3 +166,20 @@ def test_export_with_a_sentinel2_student(tmp_path: Path) -> None:
     m = load_bundle(report["bundle"]).manifest
     assert m.modalities == ["rgb", "s2-l1c"] and m.encoder("s2-l1c").bands == list(S2_L1C_BANDS)
     assert m.provenance["method"] == "alignment" and m.provenance["base_model"] == "rsclip-tiny-multilingual"
+
+
+def test_export_of_a_fully_frozen_model(tmp_path: Path) -> None:
+    """All parameters frozen: nn.MultiheadAttention would take its fused fast path, which has no ONNX export;
+    the exporter turns that path off for the export only and restores the previous setting."""
+    from training.export.exporter import export_model
+    from training.models import create_model
+
+    lm = create_model("rsclip-tiny")
+    lm.model.requires_grad_(False)
+    before = torch.backends.mha.get_fastpath_enabled()
+    report = export_model(lm, out_dir=tmp_path / "frozen")
+    assert torch.backends.mha.get_fastpath_enabled() == before
+    assert set(report["parity"]) == {"text", "image_rgb"}
+    for fig in report["parity"].values():
+        assert fig["min_cosine"] >= FP32_MIN_COSINE
+    assert load_bundle(report["bundle"]).manifest.modalities == ["rgb"]

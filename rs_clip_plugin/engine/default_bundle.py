@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .atomic import replace_dir
 from .bundle import MANIFEST, BundleError
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -91,14 +92,9 @@ def _build(target: Path, quiet: bool) -> None:
         shutil.move(str(produced), str(work / "bundle"))
         (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
         shutil.rmtree(work / "run", ignore_errors=True)
-        if target.exists() and not (target / "bundle" / MANIFEST).is_file():
-            shutil.rmtree(target)  # a leftover of an interrupted build
-        try:
-            os.replace(work, target)
-        except OSError:
-            if not (target / "bundle" / MANIFEST).is_file():
-                raise
-            # Another process finished first; its bundle is the same recipe's.
+        # A leftover of an interrupted build is replaced; a bundle another process finished first is the same
+        # recipe's, so either copy will do.
+        replace_dir(work, target, complete=lambda d: (d / "bundle" / MANIFEST).is_file())
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)

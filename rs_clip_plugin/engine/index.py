@@ -40,7 +40,8 @@ from typing import Optional, Union
 import numpy as np
 from affine import Affine
 
-from .bundle import Bundle, atomic_write_text, load_bundle, sha256_file
+from .atomic import atomic_write_text, replace_dir
+from .bundle import Bundle, load_bundle, sha256_file
 from .progress import Progress
 from .settings import cache_dir
 
@@ -409,7 +410,7 @@ def _build(root, identity, files, src, bundle, spec, grid, provider, progress, d
             "seconds": round(time.perf_counter() - t0, 3),
         }
         atomic_write_text(tmp / META, json.dumps(meta, indent=2) + "\n")
-        _swap_into_place(tmp, root)
+        replace_dir(tmp, root, complete=lambda d: (d / META).is_file())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -417,22 +418,6 @@ def _build(root, identity, files, src, bundle, spec, grid, provider, progress, d
     idx = open_index(root)
     idx.reused = False
     return idx
-
-
-def _swap_into_place(tmp: Path, root: Path) -> None:
-    """Rename the finished build to ``root``; a previous (stale) index there is moved aside, then deleted."""
-    old = None
-    if root.exists():
-        old = root.with_name(f".{root.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(root, old)
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        if not (root / META).is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same build first
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def iter_indexes() -> Iterator[Path]:

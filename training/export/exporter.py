@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 import torch
 
 from rs_clip_plugin.engine import resources
+from rs_clip_plugin.engine.atomic import replace_dir
 from rs_clip_plugin.engine.bands import RGB_BANDS
 from rs_clip_plugin.engine.bundle import (
     IMAGE_INPUT,
@@ -283,7 +284,8 @@ def export_bundle(
         )
         write_manifest(work, manifest)
         load_bundle(work)  # the reader's own checks: hashes, ONNX inputs against the manifest
-        _move_into_place(work, out_dir, overwrite)
+        _check_target(out_dir, overwrite)  # again: the export took a while
+        replace_dir(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -333,19 +335,3 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         raise BundleError(f"{out_dir}: exists and is not a directory; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise BundleError(f"{out_dir}: exists and is not empty; choose another --out or pass --overwrite")
-
-
-def _move_into_place(work: Path, out_dir: Path, overwrite: bool) -> None:
-    _check_target(out_dir, overwrite)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    try:
-        os.replace(work, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

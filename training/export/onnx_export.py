@@ -10,6 +10,8 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,21 @@ class ImageEncoder(torch.nn.Module):
         return self.clip.encode_image(image, normalize=False)
 
 
+@contextmanager
+def mha_fastpath_disabled() -> Iterator[None]:
+    """Turn off nn.MultiheadAttention's fused inference kernel for the block, restoring the previous setting.
+
+    PyTorch takes that kernel (aten::_native_multi_head_attention, which has no ONNX symbolic) whenever no
+    input needs a gradient, e.g. under no_grad or for a model whose parameters are all frozen.
+    """
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
 def export_onnx(
     module: torch.nn.Module,
     example: torch.Tensor,
@@ -57,9 +74,7 @@ def export_onnx(
     module = module.eval()
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        # Not under no_grad: there nn.MultiheadAttention takes its fused fast path
-        # (aten::_native_multi_head_attention), which has no ONNX symbolic.
-        with warnings.catch_warnings():
+        with mha_fastpath_disabled(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about python control flow on constant shapes
             torch.onnx.export(
                 module,

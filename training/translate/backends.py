@@ -63,21 +63,28 @@ class Translator:
     def translate(self, texts: Sequence[str], tgt: str) -> list[str]:
         raise NotImplementedError
 
-
-class Seq2SeqTranslator(Translator):
-    backend = "seq2seq"
-
-    def _load(self, tgt: str):
+    def _load(self, tgt: str) -> tuple:
+        """The loaded model for ``tgt``, opened once per model directory and kept."""
         path = self.model_dir(tgt)
         key = str(path)
         if key not in self._loaded:
             _check_dir(path)
-            from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(path))
-            model = AutoModelForSeq2SeqLM.from_pretrained(str(path)).to(self.device).eval()
-            self._loaded[key] = (tok, model, self._family(tok, model))
+            self._loaded[key] = self._open(path)
         return self._loaded[key]
+
+    def _open(self, path: Path) -> tuple:
+        raise NotImplementedError
+
+
+class Seq2SeqTranslator(Translator):
+    backend = "seq2seq"
+
+    def _open(self, path: Path) -> tuple:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(path)).to(self.device).eval()
+        return tok, model, self._family(tok, model)
 
     @staticmethod
     def _family(tok, model) -> str:
@@ -120,20 +127,15 @@ class Seq2SeqTranslator(Translator):
 class CausalTranslator(Translator):
     backend = "causal"
 
-    def _load(self, tgt: str):
-        path = self.model_dir(tgt)
-        key = str(path)
-        if key not in self._loaded:
-            _check_dir(path)
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+    def _open(self, path: Path) -> tuple:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(str(path))
-            tok.padding_side = "left"  # generation continues from the right end of every row
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token or tok.unk_token
-            model = AutoModelForCausalLM.from_pretrained(str(path)).to(self.device).eval()
-            self._loaded[key] = (tok, model)
-        return self._loaded[key]
+        tok = AutoTokenizer.from_pretrained(str(path))
+        tok.padding_side = "left"  # generation continues from the right end of every row
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token or tok.unk_token
+        model = AutoModelForCausalLM.from_pretrained(str(path)).to(self.device).eval()
+        return tok, model
 
     def prompt(self, tok, text: str, tgt: str) -> str:
         body = TOWER_PROMPT.format(src=LANGUAGE_NAMES[self.src], tgt=LANGUAGE_NAMES[tgt], text=text)

@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..progress import ConsoleProgress
+from .common import add_bundle_args, add_provider_args, bundle_or_default
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure encoder and pipeline throughput, query latency and memory")
-    p.add_argument("--bundle", help="bundle directory or .zip (default: the embedded default bundle)")
+    add_bundle_args(p)
     p.add_argument("--raster", type=Path, help="raster for the pipeline figure (default: the Major-TOM sample)")
-    p.add_argument("--batch-size", type=int, help="tiles per inference call (default: chosen for the device)")
-    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
+    add_provider_args(p)
     p.add_argument("--seconds", type=float, default=3.0, help="minimum seconds per throughput figure (default 3)")
     p.add_argument("--query-sizes", default="10000,100000,1000000", help="N stored embeddings for query latency")
     p.add_argument("--no-torch", action="store_true", help="skip the open_clip torch comparison")
@@ -26,14 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
     from ..cli import UserError, emit
-    from .index import bundle_arg
 
     try:
         sizes = [int(v) for v in args.query_sizes.split(",") if v.strip()]
     except ValueError as exc:
         raise UserError(f"--query-sizes {args.query_sizes!r}: give whole numbers separated by commas") from exc
     r = run_bench(
-        bundle_arg(args.bundle),
+        bundle_or_default(args.bundle),
         args.raster,
         batch_size=args.batch_size,
         provider=args.provider,

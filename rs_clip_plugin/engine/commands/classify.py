@@ -6,41 +6,29 @@ import argparse
 from pathlib import Path
 
 from ..progress import ConsoleProgress
-
-
-def _extent(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"{text!r}: give the extent as xmin,ymin,xmax,ymax in the raster's CRS")
-    return values
-
-
-def _bands(text: str) -> list[str]:
-    return [b.strip() for b in text.split(",") if b.strip()]
+from .common import (
+    RASTER_HELP,
+    add_bundle_args,
+    add_output_args,
+    add_provider_args,
+    add_raster_args,
+    raster_kwargs,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="label a raster by class prompts; writes labels.tif, confidence.tif, a .qml and a summary")
-    p.add_argument("raster", help="GeoTIFF/COG/VRT, Sentinel-2 .SAFE folder or .zip, or a folder of per-band files")
+    p.add_argument("raster", help=RASTER_HELP)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--classes", help='classes separated by ";", synonyms by "|", e.g. "forest|woodland;river;annual crop"')
     g.add_argument("--classes-file", type=Path, help="text file with one class per line (# comments allowed)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--bundle", help="bundle directory or .zip (default: the embedded default bundle)")
-    p.add_argument("--sensor", choices=["s2-l1c", "s2-l2a", "s1-grd", "rgb"], help="what the raster holds, when detection is wrong")
-    p.add_argument("--bands", type=_bands, help="band names of a multi-band raster in band order, e.g. B04,B03,B02")
     p.add_argument("--lang", default="en", help="language of the class names (one the bundle supports; default en)")
     p.add_argument("--threshold", type=float, help="pixels whose confidence is below this (0-1) become 'unknown'")
-    p.add_argument("--tile-size-m", type=float, help="tile size on the ground in metres (default: the bundle's)")
-    p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction in [0, 1) (default 0)")
-    p.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the raster's CRS (default: whole raster)")
-    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--batch-size", type=int, help="tiles per inference call (default: chosen for the device)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_bundle_args(p)
+    add_raster_args(p, modality=False)
+    add_provider_args(p)
+    add_output_args(p)
     p.set_defaults(func=run)
 
 
@@ -54,15 +42,9 @@ def run(args: argparse.Namespace) -> int:
         classes,
         args.out,
         bundle=args.bundle,
-        sensor=args.sensor,
-        bands=args.bands,
         lang=args.lang,
         threshold=args.threshold,
-        tile_size_m=args.tile_size_m,
-        overlap=args.overlap,
-        extent=args.extent,
-        provider=args.provider,
-        batch_size=args.batch_size,
+        **raster_kwargs(args),
         progress=ConsoleProgress("classify"),
         overwrite=args.overwrite,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..bundle import load_bundle
+from .common import bundle_or_default
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,12 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import emit
 
-    path = args.bundle
-    if path is None:
-        from ..default_bundle import default_bundle_path
-
-        path = default_bundle_path()
-    bundle = load_bundle(path)
+    bundle = load_bundle(bundle_or_default(args.bundle))
     s = bundle.summary()
     lines = [
         f"{s['name']}  (schema {s['schema_version']}, {s['size_bytes'] / 1e6:.1f} MB)  {s['path']}",

@@ -6,16 +6,16 @@ import argparse
 from pathlib import Path
 
 from ..progress import ConsoleProgress
-from .classify import _bands, _extent
-from .index import bundle_arg
-
-
-def _point(text: str) -> tuple[float, float]:
-    try:
-        x, y = (float(v) for v in text.replace(" ", "").split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: give the point as x,y in the query raster's CRS") from exc
-    return x, y
+from .common import (
+    add_bundle_args,
+    add_output_args,
+    add_provider_args,
+    add_raster_args,
+    bundle_or_default,
+    parse_extent,
+    parse_point,
+    raster_kwargs,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--query", help='text query; "-term" subtracts a term, e.g. "harbour -ships"')
     q.add_argument("--image-file", type=Path, help="example image (JPEG/PNG or any GDAL raster)")
-    q.add_argument("--point", type=_point, help="x,y: example tile centred here in --query-raster (default: the first raster)")
-    q.add_argument("--box", type=_extent, help="xmin,ymin,xmax,ymax: example area in --query-raster (default: the first raster)")
+    q.add_argument("--point", type=parse_point, help="x,y: example tile centred here in --query-raster (default: the first raster)")
+    q.add_argument("--box", type=parse_extent, help="xmin,ymin,xmax,ymax: example area in --query-raster (default: the first raster)")
     p.add_argument("--query-raster", help="raster the --point/--box refers to (e.g. a Sentinel-1 scene for a cross-modal query)")
     p.add_argument("--negative", action="append", default=[], help="a term to push away from (repeatable)")
     p.add_argument("--lang", default="en", help="language of the text query (one the bundle supports)")
@@ -33,15 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nms-iou", type=float, default=0.3, help="overlap (IoU) above which a lower-scored tile is dropped")
     p.add_argument("--out", required=True, type=Path, help="output folder (hits.gpkg, heatmap*.tif)")
     p.add_argument("--heatmap", action="store_true", help="also write per-raster similarity heat maps (float32 GeoTIFF)")
-    p.add_argument("--bundle", help="bundle directory or .zip (default: the embedded default bundle)")
-    p.add_argument("--modality", choices=["rgb", "s2-l1c", "s2-l2a", "s1-grd"], help="encoder for the searched rasters")
-    p.add_argument("--sensor", choices=["s2-l1c", "s2-l2a", "s1-grd", "rgb"], help="what the searched rasters hold")
-    p.add_argument("--bands", type=_bands, help="band names of a multi-band raster in band order")
-    p.add_argument("--tile-size-m", type=float, help="tile size on the ground in metres (default: the bundle's)")
-    p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction in [0, 1) (default 0)")
-    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_bundle_args(p)
+    add_raster_args(p, what="the searched rasters", extent=False)
+    add_provider_args(p, batch_size=False)
+    add_output_args(p)
     p.set_defaults(func=run)
 
 
@@ -54,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.negative and args.query is None:
         raise UserError("--negative applies to a text --query only")
-    bundle = load_bundle(bundle_arg(args.bundle))
+    bundle = load_bundle(bundle_or_default(args.bundle))
     if args.query is not None:
         vec = text_query_vector(bundle, args.query, negative=args.negative, lang=args.lang, provider=args.provider)
         info = {"kind": "text", "text": args.query, "negative": args.negative, "lang": args.lang}
@@ -81,12 +76,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         nms_iou=args.nms_iou,
         heatmap=args.heatmap,
-        modality=args.modality,
-        tile_size_m=args.tile_size_m,
-        overlap=args.overlap,
-        sensor=args.sensor,
-        bands=args.bands,
-        provider=args.provider,
+        **raster_kwargs(args),
         progress=ConsoleProgress("search"),
         overwrite=args.overwrite,
         query_info=info,

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.data.transforms import dihedral_batch
-
+from .finetune import shuffled_batches
 from .losses import alignment_loss
 from .zeroshot_head import ClassificationHead
 
@@ -17,17 +16,7 @@ from .zeroshot_head import ClassificationHead
 def paired_batches(student_x: torch.Tensor, teacher_x: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int,
                    augment: bool = True) -> Iterator:  # fmt: skip
     """Endless shuffled (student input, teacher input, label) batches; the same flip/rotation on both inputs."""
-    g = torch.Generator().manual_seed(seed)
-    n = student_x.shape[0]
-    bs = min(batch_size, n)
-    while True:
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - bs + 1, bs):
-            idx = perm[i : i + bs]
-            s, t = student_x[idx], teacher_x[idx]
-            if augment:
-                s, t = dihedral_batch([s, t], g)
-            yield s, t, labels[idx]
+    return shuffled_batches([student_x, teacher_x], labels, batch_size, seed, augment)
 
 
 def alignment_step(teacher: nn.Module, head: ClassificationHead, lam: float, kind: str, label_smoothing: float,

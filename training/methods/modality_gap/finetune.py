@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -14,19 +14,28 @@ from .losses import classification_loss
 from .zeroshot_head import ClassificationHead
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, augment: bool = True) -> Iterator:
-    """Endless shuffled batches of (x, y) from in-memory tensors, reproducible from ``seed``."""
+def shuffled_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch_size: int, seed: int,
+                     augment: bool = True) -> Iterator[tuple[torch.Tensor, ...]]:  # fmt: skip
+    """Endless shuffled batches (*images, labels) from in-memory tensors, reproducible from ``seed``.
+
+    With ``augment`` every image tensor of a batch gets the same random flip/rotation (pairs stay aligned).
+    """
     g = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
+    n = labels.shape[0]
     bs = min(batch_size, n)
     while True:
         perm = torch.randperm(n, generator=g)
         for i in range(0, n - bs + 1, bs):
             idx = perm[i : i + bs]
-            xb = x[idx]
+            xs = [x[idx] for x in images]
             if augment:
-                (xb,) = dihedral_batch([xb], g)
-            yield xb, y[idx]
+                xs = dihedral_batch(xs, g)
+            yield (*xs, labels[idx])
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, augment: bool = True) -> Iterator:
+    """Endless shuffled batches of (x, y)."""
+    return shuffled_batches([x], y, batch_size, seed, augment)
 
 
 def finetune_step(kind: str, label_smoothing: float, device: torch.device):

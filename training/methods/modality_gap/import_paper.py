@@ -115,9 +115,4 @@ def import_checkpoints(
         "aligned_checkpoint": str(aligned) if aligned else None,
         "student": student if aligned else None,
     }
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX export
-    try:
-        return export_model(lm, out_dir=Path(out_dir), image_encoders=encoders, provenance=provenance, overwrite=overwrite)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return export_model(lm, out_dir=Path(out_dir), image_encoders=encoders, provenance=provenance, overwrite=overwrite)

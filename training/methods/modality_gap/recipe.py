@@ -263,14 +263,8 @@ class _Recipe:
             "data": self.cfg.get("data_description", ""),
             "metrics": {k: v for k, v in self.metrics.items() if k in ("stage1", "patching", "alignment", "retrieval")},
         }
-        # nn.MultiheadAttention's fused inference kernel (taken for frozen modules) has no ONNX export.
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)
-        try:
-            report = export_model(self.lm, out_dir=self.out / "bundle", image_encoders=encoders, provenance=provenance,
-                                  name=ex.get("name"), fp16=bool(ex.get("fp16", False)), overwrite=True)  # fmt: skip
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
+        report = export_model(self.lm, out_dir=self.out / "bundle", image_encoders=encoders, provenance=provenance,
+                              name=ex.get("name"), fp16=bool(ex.get("fp16", False)), overwrite=True)  # fmt: skip
         self.metrics["bundle"] = str((self.out / "bundle").resolve())
         self.metrics["export"] = {"parity": report.get("parity"), "seconds": report.get("seconds")}
 

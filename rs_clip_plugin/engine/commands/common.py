@@ -1,0 +1,79 @@
+"""Arguments shared by the `rsclip` subcommands, defined once so every command spells and parses them alike."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..runtime import PROVIDER_CHOICES
+
+SENSORS = ("s2-l1c", "s2-l2a", "s1-grd", "rgb")
+MODALITIES = ("rgb", "s2-l1c", "s2-l2a", "s1-grd")
+RASTER_HELP = "GeoTIFF/COG/VRT, Sentinel-2 .SAFE folder or .zip, or a folder of per-band files"
+# Namespace attributes that map one-to-one onto keyword arguments of build_index / classify_raster / search.
+_RASTER_KWARGS = ("modality", "sensor", "bands", "tile_size_m", "overlap", "extent", "provider", "batch_size")
+
+
+def parse_extent(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the extent as xmin,ymin,xmax,ymax in the raster's CRS")
+    return values
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.replace(" ", "").split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the point as x,y in the query raster's CRS") from exc
+    return x, y
+
+
+def parse_bands(text: str) -> list[str]:
+    return [b.strip() for b in text.split(",") if b.strip()]
+
+
+def add_bundle_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", help="bundle directory or .zip (default: the embedded default bundle)")
+
+
+def add_provider_args(p: argparse.ArgumentParser, batch_size: bool = True) -> None:
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES,
+                   help="ONNX Runtime device; auto (default): TensorRT or CUDA when usable, else CPU")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, help="tiles per inference call (default: chosen for the device)")
+
+
+def add_raster_args(p: argparse.ArgumentParser, *, what: str = "the raster", modality: bool = True, extent: bool = True) -> None:
+    """How a raster is read and tiled: --modality, --sensor, --bands, --tile-size-m, --overlap, --extent."""
+    if modality:
+        p.add_argument("--modality", choices=MODALITIES, help=f"encoder for {what} (default: each raster's own)")
+    p.add_argument("--sensor", choices=SENSORS, help=f"sensor and product level of {what}, when detection is wrong")
+    p.add_argument("--bands", type=parse_bands, help="band names of a multi-band raster in band order, e.g. B04,B03,B02")
+    p.add_argument("--tile-size-m", type=float, help="tile size on the ground in metres (default: the bundle's)")
+    p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction in [0, 1) (default 0)")
+    if extent:
+        p.add_argument("--extent", type=parse_extent, help="xmin,ymin,xmax,ymax in the raster's CRS (default: whole raster)")
+
+
+def add_output_args(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def raster_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The raster, tiling and provider keyword arguments this command's parser defined, taken from ``args``."""
+    return {k: getattr(args, k) for k in _RASTER_KWARGS if hasattr(args, k)}
+
+
+def bundle_or_default(value: Any) -> Any:
+    """--bundle, else the embedded default bundle (built once on first use)."""
+    if value:
+        return value
+    from ..default_bundle import default_bundle_path
+
+    return default_bundle_path()
