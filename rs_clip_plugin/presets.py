@@ -1,47 +1,40 @@
-"""Class-name presets (EuroSAT, BigEarthNet-19 in ten languages) and where the plugin's resources are.
+"""Class-name presets for the GUI (EuroSAT, BigEarthNet-19 in ten languages) and the plugin icon.
 
-The preset files are ``resources/classnames/*.json`` (``keys`` plus one list per language). In a
-checkout they sit at the repository's top level; in the installed plugin zip they sit inside the plugin.
+A thin layer over ``engine.resources``, which owns the resource files and their reading, so a preset
+means the same class names in the dialog, the Processing algorithms, the CLI and training.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-PLUGIN_DIR = Path(__file__).resolve().parent
+from .engine.resources import classnames, load_classnames, resources_dir
 
-PRESETS = {"EuroSAT": "eurosat.json", "BigEarthNet-19": "bigearthnet19.json"}
+# GUI label -> the engine's class-name set (resources/classnames/<set>.json).
+PRESETS = {"EuroSAT": "eurosat", "BigEarthNet-19": "bigearthnet19"}
 
-def resources_dir() -> Path:
-    for candidate in (PLUGIN_DIR / "resources", PLUGIN_DIR.parent / "resources"):
-        if (candidate / "icon.png").is_file():
-            return candidate
-    raise FileNotFoundError(f"RS-CLIP resources not found beside {PLUGIN_DIR}; reinstall the plugin")
+__all__ = ["PRESETS", "icon_path", "preset_classes", "preset_languages", "resources_dir", "split_classes"]
 
 
 def icon_path() -> str:
-    return str(resources_dir() / "icon.png")
+    icon: Path = resources_dir() / "icon.png"
+    if not icon.is_file():
+        raise FileNotFoundError(f"RS-CLIP icon {icon} is missing; reinstall the plugin")
+    return str(icon)
+
+
+def _dataset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset]
 
 
 def preset_languages(preset: str) -> list[str]:
-    data = _load(preset)
-    return [k for k in data if k != "keys"]
+    return [k for k in load_classnames(_dataset(preset)) if k != "keys"]
 
 
 def preset_classes(preset: str, lang: str = "en") -> list[str]:
-    data = _load(preset)
-    if lang not in data or lang == "keys":
-        langs = ", ".join(k for k in data if k != "keys")
-        raise ValueError(f"preset {preset!r} has no class names in {lang!r}; available languages: {langs}")
-    return list(data[lang])
-
-
-def _load(preset: str) -> dict:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    path = resources_dir() / "classnames" / PRESETS[preset]
-    return json.loads(path.read_text(encoding="utf-8"))
+    return classnames(_dataset(preset), lang)
 
 
 def split_classes(text: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     app = QgsApplication([], True)
     app.setPrefixPath("/usr", True)
     app.initQgis()
+    work = Path(tempfile.mkdtemp(prefix="rsclip-shots-"))
     try:
         from plugin_support import s2_crop
 
@@ -75,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         from rs_clip_plugin.models import MemorySettings, ModelStore
         from rs_clip_plugin.presets import preset_classes
 
-        work = Path(tempfile.mkdtemp(prefix="rsclip-shots-"))
         bundle = _bundle(args.bundle, work)
         scene = next(p for p in sorted(require_sample("major_tom_s2l2a").iterdir()) if p.is_dir())
         crop = s2_crop(scene, work / "s2_crop.tif", size=384, col=200, row=300)
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         QgsProject.instance().clear()
         app.exitQgis()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

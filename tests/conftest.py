@@ -54,3 +54,29 @@ def tiny_multilingual_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "rsclip-tiny-multilingual"
     export_model("rsclip-tiny-multilingual", out_dir=out)
     return out
+
+
+@pytest.fixture(scope="session")
+def multimodal_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """rsclip-tiny's text + rgb towers plus small Sentinel-2 L2A and Sentinel-1 students (random weights)."""
+    import torch
+    from torch import nn
+
+    from rs_clip_plugin.engine.bands import S1_GRD_BANDS, S2_L2A_BANDS
+    from rs_clip_plugin.engine.radiometry import default_transform
+    from training.export.exporter import ImageEncoderExport, export_model, rgb_encoder
+    from training.models.factory import create_model
+
+    torch.manual_seed(0)
+    loaded = create_model("rsclip-tiny")
+
+    def student(modality: str, bands: tuple[str, ...]) -> ImageEncoderExport:
+        c = len(bands)
+        module = nn.Sequential(nn.Conv2d(c, 16, 8, 8), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 64))
+        units, transforms, mean, std = default_transform(modality, c)
+        return ImageEncoderExport(modality, module.eval(), list(bands), units, transforms, mean, std, input_size=64)
+
+    out = tmp_path_factory.mktemp("bundles") / "rsclip-tiny-s1s2"
+    export_model(loaded, out_dir=out, name="rsclip-tiny-s1s2",
+                 image_encoders=[rgb_encoder(loaded), student("s2-l2a", S2_L2A_BANDS), student("s1-grd", S1_GRD_BANDS)])
+    return out

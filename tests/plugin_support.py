@@ -30,3 +30,44 @@ def s2_crop(scene: Path, out: Path, size: int = 192, col: int = 300, row: int = 
         for i, band in enumerate(S2_BANDS, start=1):
             dst.set_band_description(i, band)
     return out
+
+
+def stack_bands(band_files: dict[str, Path], out: Path) -> Path:
+    """One multi-band GeoTIFF (descriptions name the bands) on the grid of the first file, resampled bilinearly.
+
+    The SSL4EO-S12 samples keep each band in its own file at its native resolution; a QGIS layer is one file.
+    """
+    import numpy as np
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    names = list(band_files)
+    with rasterio.open(band_files[names[0]]) as ref:
+        profile = ref.profile.copy()
+        grid = dict(crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height)
+    arrays = []
+    for name in names:
+        with rasterio.open(band_files[name]) as ds, WarpedVRT(ds, resampling=Resampling.bilinear, **grid) as vrt:
+            arrays.append(vrt.read(1))
+    profile.update(count=len(names), driver="GTiff", compress="deflate", tiled=False)
+    profile.pop("blockxsize", None)
+    profile.pop("blockysize", None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(np.stack(arrays).astype(profile["dtype"]))
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+    return out
+
+
+def ssl4eo_s1_s2(data_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Co-located Sentinel-1 (VV, VH dB) and Sentinel-2 L2A (12 bands) GeoTIFFs of the SSL4EO-S12 sample."""
+    from rs_clip_plugin.engine.bands import canonical_band
+
+    s1 = sorted((data_dir / "ssl4eo_s12" / "s1" / "0000200").iterdir())[0]
+    s2 = sorted((data_dir / "ssl4eo_s12" / "s2a" / "0000200").iterdir())[0]
+    s1_tif = stack_bands({b: s1 / f"{b}.tif" for b in ("VV", "VH")}, out_dir / "s1_vv_vh.tif")
+    files = sorted(s2.glob("B*.tif"), key=lambda p: (p.stem != "B2", canonical_band(p.stem)))  # a 10 m band first
+    s2_tif = stack_bands({canonical_band(p.stem): p for p in files}, out_dir / "s2_l2a.tif")
+    return s1_tif, s2_tif

@@ -13,6 +13,8 @@ pytest.importorskip("qgis.core")
 
 from qgis.core import (
     QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
     QgsPalettedRasterRenderer,
     QgsProject,
     QgsRasterLayer,
@@ -103,6 +105,70 @@ def test_classify_task_adds_styled_layers(qgis_iface, layer, store, tiny_bundle,
     outs = list((tmp_path / "out").iterdir())
     assert len(outs) == 1 and not outs[0].name.startswith(".")
     assert {p.name for p in outs[0].iterdir()} >= {"labels.tif", "confidence.tif", "labels.qml", "summary.json"}
+
+
+def test_classify_canvas_extent(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
+    """'Current map canvas': the canvas extent (in the map's CRS) becomes the classified area in the layer's CRS."""
+    import rasterio
+
+    from rs_clip_plugin.gui.classify_dialog import EXTENTS, ClassifyDialog
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    canvas = qgis_iface.mapCanvas()
+    mercator = QgsCoordinateReferenceSystem("EPSG:3857")
+    canvas.setDestinationCrs(mercator)
+    e = layer.extent()
+    to_map = QgsCoordinateTransform(layer.crs(), mercator, QgsProject.instance())
+    want = QgsRectangle(e.xMinimum() + 300, e.yMaximum() - 700, e.xMinimum() + 700, e.yMaximum() - 300)
+    canvas.setExtent(to_map.transformBoundingBox(want))
+    dlg = ClassifyDialog(qgis_iface, store=store)
+    dlg.layer_combo.setLayer(layer)
+    dlg.set_bundle_path(tiny_bundle)
+    dlg.set_classes(["forest", "water"])
+    dlg.out_widget.setFilePath(str(tmp_path / "out"))
+    dlg.extent_combo.setCurrentIndex(EXTENTS.index("Current map canvas"))
+
+    x0, y0, x1, y1 = dlg.extent(layer)
+    # The canvas widens the extent to its own aspect ratio; the dialog clips what it shows to the layer.
+    shown = QgsCoordinateTransform(mercator, layer.crs(), QgsProject.instance()).transformBoundingBox(canvas.extent())
+    shown = shown.intersect(e)
+    assert (x0, y0, x1, y1) == pytest.approx(
+        (shown.xMinimum(), shown.yMinimum(), shown.xMaximum(), shown.yMaximum()), abs=1e-3)
+    assert (x1 - x0) * (y1 - y0) < e.width() * e.height() / 2  # a part of the layer, not all of it
+
+    task = dlg.run()
+    assert task is not None, dlg.message_label.text()
+    assert wait_for(task), dlg.message_label.text()
+    with rasterio.open(dlg.result.labels_path) as ds:
+        b = ds.bounds
+    # The class map covers the canvas area (tiles may round it out by one tile), not the whole layer.
+    assert b.left <= x0 + 1 and b.top >= y1 - 1 and b.right >= x1 - 1 and b.bottom <= y0 + 1
+    assert (b.right - b.left) * (b.top - b.bottom) < e.width() * e.height()
+
+    canvas.setExtent(to_map.transformBoundingBox(QgsRectangle(e.xMaximum() + 5000, e.yMinimum(),
+                                                              e.xMaximum() + 6000, e.yMinimum() + 1000)))
+    with pytest.raises(ValueError, match="does not overlap"):
+        dlg.extent(layer)
+
+
+def test_classify_dialog_keeps_class_table_tall(qgis_iface, layer, store) -> None:
+    """With the area table shown the class table still shows >= 6 rows (the dialog scrolls / splits instead)."""
+    from rs_clip_plugin.gui.classify_dialog import MIN_CLASS_ROWS, ClassifyDialog, table_height
+
+    dlg = ClassifyDialog(qgis_iface, store=store)
+    dlg.set_classes([f"class {i}" for i in range(10)])
+    dlg.fill_area_table({"classes": [{"name": f"class {i}", "pixels": 10, "area_ha": 1.0} for i in range(10)],
+                         "valid_pixels": 100})
+    dlg.resize(620, 600)  # shorter than the content: it must scroll, not squeeze
+    dlg.show()
+    QgsApplication.processEvents()
+    try:
+        assert dlg.area_table.isVisible()
+        assert MIN_CLASS_ROWS >= 6
+        assert dlg.classes_table.height() >= table_height(dlg.classes_table, MIN_CLASS_ROWS)
+        assert dlg.area_table.height() >= table_height(dlg.area_table, 3)
+    finally:
+        dlg.close()
 
 
 def test_cancelled_classify_leaves_nothing(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:

@@ -27,6 +27,7 @@ from qgis.PyQt.QtWidgets import (
     QDialog,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -34,9 +35,12 @@ from qgis.PyQt.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
+    QWidget,
 )
 
 from ..engine.settings import cache_dir
@@ -48,6 +52,13 @@ from .tasks import EngineTask, log, start
 
 SENSORS = ["auto", "s2-l2a", "s2-l1c", "s1-grd", "rgb"]
 EXTENTS = ["Whole layer", "Current map canvas", "Selected features"]
+MIN_CLASS_ROWS = 6
+
+
+def table_height(table: QTableWidget, rows: int) -> int:
+    """Pixels a table needs to show its header and ``rows`` rows without scrolling."""
+    header = table.horizontalHeader().sizeHint().height()
+    return header + rows * table.verticalHeader().defaultSectionSize() + 2 * table.frameWidth()
 
 
 def results_root() -> Path:
@@ -83,7 +94,17 @@ class ClassifyDialog(QDialog):
 
     # -- layout -----------------------------------------------------------------------------------------
     def _build(self) -> None:
-        root = QVBoxLayout(self)
+        # Everything but the buttons scrolls, and the class and area tables share a splitter: on a short
+        # screen the dialog scrolls instead of squeezing the class table to a few rows.
+        outer = QVBoxLayout(self)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        body = QWidget()
+        root = QVBoxLayout(body)
+        root.setContentsMargins(0, 0, 0, 0)
+        scroll.setWidget(body)
+        outer.addWidget(scroll, 1)
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
@@ -121,7 +142,8 @@ class ClassifyDialog(QDialog):
         self.classes_table.setHorizontalHeaderLabels(["Class (synonyms as forest|woodland)", "Colour"])
         self.classes_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         self.classes_table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        bl.addWidget(self.classes_table)
+        self.classes_table.setMinimumHeight(table_height(self.classes_table, MIN_CLASS_ROWS))
+        bl.addWidget(self.classes_table, 1)
         row = QHBoxLayout()
         add_btn, del_btn = QPushButton("Add class"), QPushButton("Remove selected")
         add_btn.clicked.connect(lambda: self.add_class_row(""))
@@ -130,7 +152,9 @@ class ClassifyDialog(QDialog):
         row.addWidget(del_btn)
         row.addStretch(1)
         bl.addLayout(row)
-        root.addWidget(box, 1)
+        self.splitter = QSplitter(Qt.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(box)
 
         opts = QFormLayout()
         self.extent_combo = QComboBox()
@@ -160,6 +184,7 @@ class ClassifyDialog(QDialog):
         self.out_widget.setFilePath(str(results_root()))
         opts.addRow("Output folder", self.out_widget)
         root.addLayout(opts)
+        root.addWidget(self.splitter, 1)
 
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
@@ -173,8 +198,11 @@ class ClassifyDialog(QDialog):
         self.area_table.setHorizontalHeaderLabels(["Class", "Area (ha)", "Share"])
         self.area_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         self.area_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.area_table.setMinimumHeight(table_height(self.area_table, 3))
         self.area_table.setVisible(False)
-        root.addWidget(self.area_table, 1)
+        self.splitter.addWidget(self.area_table)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
 
         row = QHBoxLayout()
         row.addStretch(1)
@@ -185,7 +213,7 @@ class ClassifyDialog(QDialog):
         close_btn.clicked.connect(self.close)
         for b in (self.run_btn, self.cancel_btn, close_btn):
             row.addWidget(b)
-        root.addLayout(row)
+        outer.addLayout(row)
 
     # -- inputs -----------------------------------------------------------------------------------------
     def refresh_bundles(self) -> None:
