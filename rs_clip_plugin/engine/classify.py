@@ -205,7 +205,7 @@ def classify_raster(
     batch_size: Optional[int] = None,
     progress: Optional[Progress] = None,
     overwrite: bool = False,
-    workers: int = 2,
+    workers: Optional[int] = None,
 ) -> ClassifyResult:
     """Label every pixel of a raster with one of ``classes`` (see the module docstring for the outputs)."""
     t_start = time.perf_counter()

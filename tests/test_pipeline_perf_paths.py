@@ -1,0 +1,235 @@
+"""The fast paths of the tile pipeline (strip reads, in-place transform, reader-thread choice) give the
+same encoder inputs and embeddings as the straightforward tile-by-tile path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from rs_clip_plugin.engine.bands import S2_L2A_BANDS
+from rs_clip_plugin.engine.bundle import EncoderSpec, load_bundle
+from rs_clip_plugin.engine.pipeline import (
+    TileStats,
+    auto_workers,
+    embed_tiles,
+    preprocess_tile,
+    read_tile_batch,
+    strip_groups,
+    transform_inplace,
+)
+from rs_clip_plugin.engine.radiometry import BandTransform, apply_transform, default_transform
+from rs_clip_plugin.engine.raster import open_source
+from rs_clip_plugin.engine.runtime import EncoderSession
+from rs_clip_plugin.engine.tiling import make_grid
+
+
+def _s2_spec(input_size: int, tile_px: int) -> EncoderSpec:
+    units, transforms, mean, std = default_transform("s2-l2a", len(S2_L2A_BANDS))
+    return EncoderSpec("s2-l2a", "unused.onnx", list(S2_L2A_BANDS), transforms, units, mean, std, input_size, 10.0, tile_px)
+
+
+def _reference(read, windows, indices, spec, max_nodata=0.5):
+    """The per-tile path as it was: read each window, check no data, apply_transform + resize_chw."""
+    kept, batch, skipped, masks = [], [], [], {}
+    for i in indices:
+        tile = read(windows[i])
+        nodata = np.isnan(tile).any(axis=0)
+        frac = float(nodata.mean())
+        if frac > max_nodata:
+            skipped.append(i)
+            continue
+        if frac > 0:
+            masks[i] = nodata
+        batch.append(preprocess_tile(tile, spec))
+        kept.append(i)
+    return kept, np.stack(batch) if batch else np.zeros((0,)), skipped, masks
+
+
+def _assert_same(strip_result, ref_result) -> None:
+    kept, batch, skipped, masks = strip_result
+    r_kept, r_batch, r_skipped, r_masks = ref_result
+    assert kept == r_kept and skipped == r_skipped
+    assert masks.keys() == r_masks.keys()
+    for k in masks:
+        np.testing.assert_array_equal(masks[k], r_masks[k])
+    if kept:
+        assert batch.shape == r_batch.shape and batch.dtype == np.float32
+        np.testing.assert_allclose(batch, r_batch, rtol=0, atol=1e-6)
+
+
+def test_strip_reads_match_tile_reads_on_12_bands_with_resampled_bands(major_tom_dir: Path) -> None:
+    # 20 and 60 m bands go through the warper: a strip must resample exactly like the tiles cut from it.
+    # Overlapping tiles (stride < tile) and tile px != input size exercise the resize and shared pixels.
+    spec = _s2_spec(input_size=48, tile_px=100)
+    with open_source(major_tom_dir) as src:
+        assert src.sensor == "s2-l2a" and len(src.band_names) == 12
+        read = src.encoder_input(spec)
+        grid = make_grid(src, 100, stride_px=70)
+        idx = list(range(len(grid.windows)))
+        for batch in (idx[:37], idx[37:120], idx[120:]):  # batches that start and end mid-row
+            got = read_tile_batch(read, grid.windows, batch, spec, keep_masks=True)
+            _assert_same(got, _reference(read, grid.windows, batch, spec))
+
+
+def test_strip_reads_match_on_rgb_composite_with_tiny_bundle(major_tom_dir: Path, tiny_bundle: Path) -> None:
+    b = load_bundle(tiny_bundle)
+    spec = b.manifest.encoder("rgb")
+    with open_source(major_tom_dir) as src:
+        read = src.encoder_input(spec)
+        grid = make_grid(src, spec.tile_size_px)
+        idx = list(range(len(grid.windows)))
+        got = read_tile_batch(read, grid.windows, idx, spec)
+        _assert_same(got, _reference(read, grid.windows, idx, spec))
+        tile_by_tile = read_tile_batch(read, grid.windows, idx, spec, strips=False)
+        np.testing.assert_array_equal(got[1], tile_by_tile[1])
+
+
+def _write_with_holes(path: Path, size: int = 150) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 4000, (3, size, size)).astype(np.uint16)
+    data[:, :60, :90] = 0  # declared nodata: whole tiles skipped, others partial
+    data[1, 100:110, 20:140] = 0  # a nodata line in one band only
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint16", nodata=0,
+                   crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 5000000), tiled=True,
+                   blockxsize=64, blockysize=64, compress="deflate")
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+        ds.descriptions = ("B04", "B03", "B02")
+
+
+def test_strip_reads_match_skips_masks_and_padding(tmp_path: Path) -> None:
+    path = tmp_path / "holes.tif"
+    _write_with_holes(path)
+    spec = EncoderSpec("rgb", "unused.onnx", ["red", "green", "blue"], [BandTransform(1.0, 0.0, (0.0, 1.0))] * 3,
+                       "unit", [0.48, 0.46, 0.41], [0.27, 0.26, 0.28], 32, 10.0, 40)
+    with open_source(path, sensor="s2-l2a") as src:
+        read = src.encoder_input(spec)
+        grid = make_grid(src, 40, stride_px=30)
+        idx = list(range(len(grid.windows)))
+        got = read_tile_batch(read, grid.windows, idx, spec, keep_masks=True)
+        ref = _reference(read, grid.windows, idx, spec)
+        assert ref[2] and ref[3], "the raster must give both skipped and partial tiles"
+        _assert_same(got, ref)
+        # Tiles sticking out past the raster (windows the grid never makes, but callers may pass) pad with NaN.
+        outside = [Window(-10, 130, 40, 40), Window(20, 130, 40, 40), Window(60, 130, 40, 40)]
+        got = read_tile_batch(read, outside, [0, 1, 2], spec, max_nodata=0.9, keep_masks=True)
+        _assert_same(got, _reference(read, outside, [0, 1, 2], spec, max_nodata=0.9))
+
+
+def test_strip_groups_bound_memory_and_cover_their_tiles() -> None:
+    tiles = [Window(c, r, 64, 64) for r in (0, 48) for c in range(0, 640, 48)]
+    tiles.append(Window(2000, 48, 64, 64))  # far to the right: a gap wider than a tile starts a new read
+    groups = strip_groups(tiles, range(len(tiles)), n_bands=12, max_bytes=4 * 12 * 64 * 200)
+    assert [i for g in groups for i in g.indices] == list(range(len(tiles)))
+    for g in groups:
+        assert 4 * 12 * int(g.window.height) * int(g.window.width) <= 4 * 12 * 64 * 200
+        for i in g.indices:
+            t = tiles[i]
+            assert t.row_off == g.window.row_off and t.height == g.window.height
+            assert g.window.col_off <= t.col_off and t.col_off + t.width <= g.window.col_off + g.window.width
+    assert groups[-1].indices == (len(tiles) - 1,)
+    assert len({g.window.row_off for g in groups}) == 2
+    # Unbounded: one strip per tile row (plus the far tile).
+    assert len(strip_groups(tiles, range(len(tiles)), n_bands=12)) == 3
+    # A single tile larger than the budget is still read (alone).
+    assert len(strip_groups([Window(0, 0, 64, 64)], [0], n_bands=12, max_bytes=1)) == 1
+
+
+@pytest.mark.parametrize("clip", [(0.0, 1.0), None])
+def test_transform_inplace_equals_apply_transform(clip) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.3, 0.5, (3, 17, 23)).astype(np.float32)
+    x[0, 1, 2] = np.nan
+    x[1, 3, 4] = np.inf
+    x[2, 5, 6] = -np.inf
+    spec = EncoderSpec("rgb", "unused.onnx", ["red", "green", "blue"],
+                       [BandTransform(2.0, -0.1, clip), BandTransform(0.5, 0.2, clip), BandTransform(1.0, 0.0, clip)],
+                       "unit", [0.4, 0.5, 0.6], [0.2, 0.3, 0.25], 23, 10.0, 23)
+    want = apply_transform(x, spec.transforms, spec.mean, spec.std)
+    got = transform_inplace(x.copy(), spec)
+    np.testing.assert_array_equal(got, want)
+    assert np.isfinite(got).all()
+    with pytest.raises(ValueError, match="bands in the data"):
+        transform_inplace(x[:2].copy(), spec)
+
+
+def test_auto_workers() -> None:
+    assert auto_workers(gpu=False, cores=2) == 1
+    assert auto_workers(gpu=False, cores=16) == 2
+    assert auto_workers(gpu=True, cores=2) == 1
+    assert auto_workers(gpu=True, cores=16) == 4
+
+
+def test_embeddings_same_for_any_reader_count(major_tom_dir: Path, tiny_bundle: Path) -> None:
+    b = load_bundle(tiny_bundle)
+    with open_source(major_tom_dir) as src:
+        grid = make_grid(src, 64)
+        grid.windows = grid.windows[:60]
+        session = EncoderSession(b, "rgb", provider="cpu")
+        results = {}
+        for workers in (0, 1, None):
+            stats = TileStats()
+            out = {i: e for idx, emb in embed_tiles(src, b, "rgb", grid, session=session, batch_size=16,
+                                                    workers=workers, stats=stats) for i, e in zip(idx, emb)}
+            assert stats.embedded == 60 and sorted(out) == list(range(60))
+            results[workers] = np.stack([out[i] for i in range(60)])
+        np.testing.assert_allclose(results[1], results[0], atol=1e-6)
+        np.testing.assert_allclose(results[None], results[0], atol=1e-6)
+
+
+def _band_file(path: Path, data: np.ndarray, res: float, x0: float = 500000.0, y0: float = 5000000.0) -> None:
+    profile = dict(driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="uint16", nodata=0,
+                   crs="EPSG:32633", transform=Affine(res, 0, x0, 0, -res, y0))
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data, 1)
+
+
+def test_whole_factor_upsampling_equals_gdal_warper(tmp_path: Path) -> None:
+    """20/60 m bands resampled in numpy give the warper's values and no-data (holes, edges, outside)."""
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    for name in ("B02", "B03", "B04", "B08"):
+        _band_file(folder / f"{name}.tif", rng.integers(1, 5000, (120, 120)).astype(np.uint16), 10.0)
+    b05 = rng.integers(1, 5000, (60, 60)).astype(np.uint16)
+    b05[10:14, 20:30] = 0  # a hole: neighbours renormalise, the inside is no data
+    b05[40, 41] = 0  # a single no-data pixel
+    b05[0, :] = 0  # an edge row of no data
+    _band_file(folder / "B05.tif", b05, 20.0)
+    b01 = rng.integers(1, 5000, (20, 20)).astype(np.uint16)
+    b01[5:7, 5:9] = 0
+    _band_file(folder / "B01.tif", b01, 60.0)
+    # Origin shifted by half a 20 m pixel: not a whole-factor grid, so the warper still resamples it.
+    _band_file(folder / "B06.tif", rng.integers(1, 5000, (60, 60)).astype(np.uint16), 20.0, x0=500010.0)
+    fast = open_source(folder)
+    warper = open_source(folder)
+    warper.resample_with_warper = True
+    try:
+        assert fast.width == 120 and set(fast.band_names) >= {"B01", "B05", "B06"}
+        uri = {n: fast._bands[n].ref.uri for n in ("B01", "B05", "B06")}
+        assert fast._upsample_factor(uri["B05"]) == 2 and fast._upsample_factor(uri["B01"]) == 6
+        assert fast._upsample_factor(uri["B06"]) is None
+        for win in (Window(0, 0, 120, 120), Window(17, 5, 33, 21), Window(-7, 100, 50, 50), Window(119, 0, 1, 120)):
+            x, y = fast.read(win), warper.read(win)
+            np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+        full = fast.read(Window(0, 0, 120, 120), ["B05"])[0]
+        assert np.isnan(full[22:26, 42:58]).all() and np.isnan(full[80:82, 82:84]).all() and np.isfinite(full[30:70]).all()
+    finally:
+        fast.close()
+        warper.close()
+
+
+def test_whole_factor_upsampling_equals_warper_on_real_bands(major_tom_dir: Path) -> None:
+    with open_source(major_tom_dir) as fast, open_source(major_tom_dir) as warper:
+        warper.resample_with_warper = True
+        names = ["B01", "B05", "B8A", "B12"]
+        for win in (Window(100, 37, 333, 65), Window(-20, 1000, 200, 100)):
+            x, y = fast.read(win, names), warper.read(win, names)
+            np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
