@@ -98,3 +98,11 @@ def _build(target: Path, quiet: bool) -> None:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+    _prune_stale(target)
+
+
+def _prune_stale(current: Path) -> None:
+    """Builds of older recipes or code are never used again: drop them (not hidden in-progress builds)."""
+    for old in current.parent.iterdir():
+        if old != current and old.is_dir() and not old.name.startswith(".") and (old / "bundle" / MANIFEST).is_file():
+            shutil.rmtree(old, ignore_errors=True)
