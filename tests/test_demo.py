@@ -84,3 +84,14 @@ def test_rsclip_demo_cli_builds_and_uses_the_default_bundle(tmp_path: Path) -> N
     assert {"rgb", "s2-l1c", "s2-l2a", "s1-grd"} <= set(bundle.manifest.modalities)
     assert bundle.manifest.provenance.get("metrics"), "the default bundle must state its measured accuracy"
     assert (out / "preview.png").is_file() and (out / "hits.gpkg").is_file()
+
+
+def test_stale_default_bundle_builds_are_pruned_but_in_progress_ones_kept(tmp_path: Path) -> None:
+    from rs_clip_plugin.engine.default_bundle import _prune_stale
+
+    for name in ("old1", "current", ".current.inprogress"):
+        (tmp_path / name / "bundle").mkdir(parents=True)
+        (tmp_path / name / "bundle" / "manifest.json").write_text("{}")
+    (tmp_path / "unrelated").mkdir()
+    _prune_stale(tmp_path / "current")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".current.inprogress", "current", "unrelated"]
