@@ -90,6 +90,7 @@ def _build(target: Path, quiet: bool) -> None:
         if not produced.is_absolute():
             produced = work / "run" / produced
         shutil.move(str(produced), str(work / "bundle"))
+        metrics["bundle"] = str(target / "bundle")  # where it lives once moved into place
         (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
         shutil.rmtree(work / "run", ignore_errors=True)
         # A leftover of an interrupted build is replaced; a bundle another process finished first is the same
