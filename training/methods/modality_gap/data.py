@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -60,13 +60,15 @@ def load_rgb_set(spec: dict, data_dir: Path, size: int) -> tuple[LabelledImages,
         read = read_rgb
     elif kind == "bigearthnet":
         return _bigearthnet_rgb(spec, root, size)
+    elif kind == "bigearthnet_v2":
+        return _bigearthnet_v2_rgb(spec, root, size)
     elif kind == "eurosat_ms_rgb":
         items, _ = scan_class_folders(root, (".tif",), keys, "EuroSAT-MS GeoTIFFs")
 
         def read(p: Path) -> np.ndarray:
             return rgb_composite(read_ms(p), "s2-l1c")
     else:
-        raise ValueError(f"unknown RGB dataset kind {kind!r}: use eurosat_rgb, ucmerced, eurosat_ms_rgb")
+        raise ValueError(f"unknown RGB dataset kind {kind!r}: use eurosat_rgb, ucmerced, eurosat_ms_rgb, bigearthnet(_v2)")
     per_class = int(spec.get("holdout_per_class", 0))
     train, held = holdout_split(items, per_class) if per_class else (items, [])
 
@@ -183,8 +185,11 @@ def load_s2_crops(sources: list[dict], data_dir: Path, crop: int) -> tuple[S2Cro
 
             ben = BigEarthNetV1(root)
             scenes = [Scene(p.name, "s2-l2a", ben.read_s2(p)) for p in ben.s2]
+        elif kind == "bigearthnet_v2":
+            scenes = _v2_scenes(src, root)
         else:
-            raise ValueError(f"unknown Sentinel-2 source kind {kind!r}: use eurosat_ms, major_tom, ssl4eo, bigearthnet_s2")
+            raise ValueError(f"unknown Sentinel-2 source kind {kind!r}: use eurosat_ms, major_tom, ssl4eo, bigearthnet_s2, "
+                             "bigearthnet_v2")  # fmt: skip
         for sc in scenes:
             tr, he = _scene_windows(sc.data.shape[-2:], src, crop)
             for part, wins in ((train, tr), (held, he)):
@@ -208,8 +213,10 @@ def load_s1_crops(sources: list[dict], data_dir: Path, crop: int) -> tuple[S1Cro
 
             ben = BigEarthNetV1(root)
             pairs = [(ben.read_s1(a), ben.read_s2(b), "s2-l2a") for a, b in ben.pairs()]
+        elif kind == "bigearthnet_v2":
+            pairs = _v2_pairs(src, root)
         else:
-            raise ValueError(f"unknown Sentinel-1 source kind {kind!r}: use ssl4eo or bigearthnet")
+            raise ValueError(f"unknown Sentinel-1 source kind {kind!r}: use ssl4eo, bigearthnet or bigearthnet_v2")
         for s1, s2, level in pairs:
             tr, he = _scene_windows(s1.shape[-2:], src, crop)
             for part, wins in ((train, tr), (held, he)):
@@ -220,3 +227,205 @@ def load_s1_crops(sources: list[dict], data_dir: Path, crop: int) -> tuple[S1Cro
     if not len(train):
         raise DataError("no co-registered Sentinel-1/2 training crops: check stage2.s1.sources")
     return train, held
+
+
+# -- BigEarthNet v2 (LMDB + parquet) -----------------------------------------------------------------------
+def _ben_v2(spec: dict, root: Path, splits: list[str], require_s1: bool = False):
+    from training.data.bigearthnet_v2 import BigEarthNetV2
+
+    return BigEarthNetV2(root, splits=splits, require_s1=require_s1, offset_dn=float(spec.get("offset_dn", 0.0)))
+
+
+def _limited(patches: list, limit) -> list:
+    return patches[: int(limit)] if limit else patches
+
+
+def _bigearthnet_v2_rgb(spec: dict, root: Path, size: int) -> tuple[LabelledImages, Optional[LabelledImages]]:
+    """BigEarthNet-19 (v2) RGB composites with multi-hot labels; held out: the metadata's validation split."""
+    _, names = classnames(spec.get("classnames", "bigearthnet19"))
+    train_ben = _ben_v2(spec, root, list(spec.get("splits", ["train"])))
+    held_splits = list(spec.get("holdout_splits", ["validation"]))
+    held_ben = _ben_v2(spec, root, held_splits) if held_splits else None
+
+    def build(ben, patches, suffix) -> LabelledImages:
+        imgs = np.stack([_resize_np(rgb_composite(ben.read_s2(p), "s2-l2a")[None], size)[0] for p in patches])
+        labels = np.stack([ben.target(p) for p in patches])
+        return LabelledImages(spec.get("name", "bigearthnet19") + suffix, imgs.astype(np.float32), labels, names)
+
+    train = build(train_ben, _limited(train_ben.patches, spec.get("max_patches")), "")
+    held = build(held_ben, _limited(held_ben.patches, spec.get("max_heldout")), "-heldout") if held_ben else None
+    return train, held
+
+
+def _v2_scenes(src: dict, root: Path) -> list[Scene]:
+    ben = _ben_v2(src, root, list(src.get("splits", ["train"])))
+    return [Scene(p.patch_id, "s2-l2a", ben.read_s2(p)) for p in _limited(ben.patches, src.get("max_patches"))]
+
+
+def _v2_pairs(src: dict, root: Path) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    ben = _ben_v2(src, root, list(src.get("splits", ["train"])), require_s1=True)
+    return [(ben.read_s1(p), ben.read_s2(p), "s2-l2a") for p in _limited(ben.patches, src.get("max_patches"))]
+
+
+# -- streaming (data.streaming: true): lazy datasets read in DataLoader workers ------------------------------
+class _V1Read:
+    """Picklable per-patch reads of BigEarthNet v1 (what a worker needs: the index, not the arrays)."""
+
+    def __init__(self, ben, multi_label: bool):
+        self.ben, self.multi_label = ben, multi_label
+
+    def rgb(self, p):
+        from training.data.bigearthnet import multi_hot
+
+        return rgb_composite(self.ben.read_s2(p), "s2-l2a"), multi_hot(p.labels_19 or [])
+
+    def _label(self, p):
+        from training.data.bigearthnet import multi_hot
+
+        if not self.multi_label:
+            return -1
+        return multi_hot(p.labels_19) if p.labels_43 is not None else np.full(19, -1.0, np.float32)
+
+    def s2(self, p):
+        return self.ben.read_s2(p), "s2-l2a", self._label(p)
+
+    def s1(self, pair):
+        a, b = pair
+        return self.ben.read_s1(a), self.ben.read_s2(b), "s2-l2a", self._label(b)
+
+
+class _V2Read:
+    def __init__(self, ben, multi_label: bool):
+        self.ben, self.multi_label = ben, multi_label
+
+    def rgb(self, p):
+        return rgb_composite(self.ben.read_s2(p), "s2-l2a"), self.ben.target(p)
+
+    def s2(self, p):
+        return self.ben.read_s2(p), "s2-l2a", self.ben.target(p) if self.multi_label else -1
+
+    def s1(self, p):
+        return self.ben.read_s1(p), self.ben.read_s2(p), "s2-l2a", self.ben.target(p) if self.multi_label else -1
+
+
+class _ClassFolderRead:
+    """Picklable reads of class-folder sets (EuroSAT RGB / MS, UC Merced): single-label."""
+
+    def rgb(self, it):
+        return read_rgb(it.path), it.label
+
+    def ms_rgb(self, it):
+        return rgb_composite(read_ms(it.path), "s2-l1c"), it.label
+
+    def s2(self, it):
+        return read_ms(it.path), "s2-l1c", it.label
+
+
+# Held-out samples are kept in memory as encoder inputs (~4 MB each for a 13-band student at 224 px): cap them.
+HELD_STAGE2 = 256
+
+STREAMING_RGB = ("bigearthnet", "bigearthnet_v2", "eurosat_rgb", "ucmerced", "class_folders", "eurosat_ms_rgb")
+STREAMING_S2 = ("bigearthnet_s2", "bigearthnet_v2", "eurosat_ms")
+STREAMING_S1 = ("bigearthnet", "bigearthnet_v2")
+
+
+def _not_streamable(kind: str, allowed: tuple[str, ...], where: str) -> ValueError:
+    return ValueError(f"{where} kind {kind!r} cannot stream (streaming kinds: {list(allowed)}); set data.streaming: false "
+                      "to load it in memory")  # fmt: skip
+
+
+def stream_rgb_set(spec: dict, data_dir: Path, norm) -> tuple[Any, Optional[LabelledImages], list[str]]:
+    """Stage 1, streaming: (lazy training dataset, in-memory held-out set or None, prompt class names)."""
+    from training.data.loaders import LazyDataset, RgbClassificationReader
+
+    kind, root = spec["kind"], data_dir / spec["root"]
+    _, names = classnames(spec.get("classnames", "bigearthnet19"))
+    if kind == "bigearthnet_v2":
+        ben = _ben_v2(spec, root, list(spec.get("splits", ["train"])))
+        items = _limited(ben.patches, spec.get("max_patches"))
+        read = _V2Read(ben, True).rgb
+        held = None
+        if spec.get("holdout_splits", ["validation"]):
+            hb = _ben_v2(spec, root, list(spec.get("holdout_splits", ["validation"])))
+            hp = _limited(hb.patches, spec.get("max_heldout", 1000))
+            imgs = np.stack([_resize_np(rgb_composite(hb.read_s2(p), "s2-l2a")[None], norm.size)[0] for p in hp])
+            held = LabelledImages(spec.get("name", kind) + "-heldout", imgs.astype(np.float32), np.stack([hb.target(p) for p in hp]), names)
+    elif kind == "bigearthnet":
+        from training.data.bigearthnet import BigEarthNetV1
+
+        ben1 = BigEarthNetV1(root, require_labels=True)
+        patches = _limited(ben1.s2, spec.get("max_patches"))
+        every = int(spec.get("holdout_every", 0))
+        held_p = [p for i, p in enumerate(patches) if every and i % every == every - 1]
+        items = [p for p in patches if p not in held_p]
+        read = _V1Read(ben1, True).rgb
+        held = None
+        if held_p:
+            hp = _limited(held_p, spec.get("max_heldout", 1000))
+            imgs = np.stack([_resize_np(read(p)[0][None], norm.size)[0] for p in hp])
+            held = LabelledImages(spec.get("name", kind) + "-heldout", imgs.astype(np.float32), np.stack([read(p)[1] for p in hp]), names)
+    elif kind in STREAMING_RGB:  # class folders: the in-memory split, read lazily
+        keys, names = classnames(spec.get("classnames", "eurosat"))
+        ms = kind == "eurosat_ms_rgb"
+        found, _ = scan_class_folders(root, (".tif",) if ms else (".jpg", ".jpeg", ".png", ".tif"), keys,
+                                      "EuroSAT-MS GeoTIFFs" if ms else "RGB images")  # fmt: skip
+        per_class = int(spec.get("holdout_per_class", 0))
+        items, held_f = holdout_split(found, per_class) if per_class else (found, [])
+        read = _ClassFolderRead().ms_rgb if ms else _ClassFolderRead().rgb
+        held = None
+        if held_f:
+            imgs = np.stack([_resize_np(read(it)[0][None], norm.size)[0] for it in held_f])
+            held = LabelledImages(spec.get("name", kind) + "-heldout", imgs.astype(np.float32), np.array([it.label for it in held_f]), names)
+    else:
+        raise _not_streamable(kind, STREAMING_RGB, "stage1.train")
+    return LazyDataset(items, RgbClassificationReader(read, norm)), held, names
+
+
+def stream_alignment_set(which: str, sources: list[dict], data_dir: Path, norm, multi_label: bool):
+    """Stage 2, streaming: (lazy training dataset of whole patches, held-out samples as a list of tuples).
+
+    Each source's ``holdout_splits`` (v2; default validation) or ``holdout_every`` (v1, EuroSAT-MS) patches, at
+    most ``max_heldout`` (default HELD_STAGE2), are read once into memory for the cosine and retrieval figures.
+    """
+    from torch.utils.data import ConcatDataset
+
+    from training.data.loaders import LazyDataset, S1AlignmentReader, S2AlignmentReader
+
+    allowed = STREAMING_S2 if which == "s2" else STREAMING_S1
+    wrap = S2AlignmentReader if which == "s2" else S1AlignmentReader
+    parts, held_items = [], []
+    for src in sources:
+        kind, root = src["kind"], data_dir / src["root"]
+        if kind not in allowed:
+            raise _not_streamable(kind, allowed, f"stage2.{which}.sources")
+        if kind == "eurosat_ms":
+            keys, _ = classnames(src.get("classnames", "eurosat"))
+            found, _ = scan_class_folders(root, (".tif",), keys or list(EUROSAT_CLASSES), "EuroSAT-MS GeoTIFFs")
+            every = int(src.get("holdout_every", 4))
+            reader = _ClassFolderRead()
+            items = [it for i, it in enumerate(found) if not (every and i % every == every - 1)]
+            held_f = [it for i, it in enumerate(found) if every and i % every == every - 1]
+            held_items += [(reader, it) for it in _limited(held_f, src.get("max_heldout", HELD_STAGE2))]
+        elif kind == "bigearthnet_v2":
+            ben = _ben_v2(src, root, list(src.get("splits", ["train"])), require_s1=which == "s1")
+            reader = _V2Read(ben, multi_label)
+            items = _limited(ben.patches, src.get("max_patches"))
+            hs = list(src.get("holdout_splits", ["validation"]))
+            if hs:
+                hb = _ben_v2(src, root, hs, require_s1=which == "s1")
+                held_items += [(_V2Read(hb, multi_label), p) for p in _limited(hb.patches, src.get("max_heldout", HELD_STAGE2))]
+        else:
+            from training.data.bigearthnet import BigEarthNetV1
+
+            ben1 = BigEarthNetV1(root)
+            reader = _V1Read(ben1, multi_label)
+            every = int(src.get("holdout_every", 0))
+            all_items = _limited(ben1.s2 if which == "s2" else ben1.pairs(), src.get("max_patches"))
+            held_p = [p for i, p in enumerate(all_items) if every and i % every == every - 1]
+            items = [p for p in all_items if p not in held_p]
+            held_items += [(reader, p) for p in _limited(held_p, src.get("max_heldout", HELD_STAGE2))]
+        parts.append(LazyDataset(items, wrap(getattr(reader, which), norm)))
+    dataset = ConcatDataset(parts)
+    if not len(dataset):
+        raise DataError(f"no streaming training patches for stage2.{which}: check its sources and splits")
+    return dataset, [(getattr(r, which)(p), wrap(getattr(r, which), norm)(p)) for r, p in held_items]

@@ -30,8 +30,8 @@ from training.evaluate.retrieval import recall_at_k
 from training.evaluate.tables import write_table
 
 from . import data as recipe_data
-from .alignment import alignment_step, mean_cosine, paired_batches
-from .finetune import batches, embed, evaluate_head, finetune_step
+from .alignment import alignment_step, mean_cosine
+from .finetune import embed, evaluate_head, finetune_step, shuffled_batches
 from .loop import OptimConfig, train
 from .patching import interpolate, max_abs_diff
 from .schedule import resolve_device, seed_everything
@@ -69,6 +69,9 @@ class _Recipe:
         self.device = resolve_device(str(config.get("device", "auto")))
         self.data_dir = Path(config["data_dir"]) if config.get("data_dir") else sample_data_dir()
         self.metrics: dict[str, Any] = {"method": METHOD, "dry_run": dry_run}
+        # data.streaming: lazy datasets read by DataLoader workers (real-size runs); else in-memory tensors.
+        self.data_cfg = dict(config.get("data") or {})
+        self.streaming = bool(self.data_cfg.get("streaming", False))
 
     # -- set-up ------------------------------------------------------------------------------------
     def build_model(self):
@@ -87,6 +90,20 @@ class _Recipe:
         w = zeroshot_weights(self.lm.model, self.lm.tokenizer, names, _templates(self.cfg.get("templates", "en")))
         return ClassificationHead(w).to(self.device)
 
+    def norm(self):
+        from training.data.loaders import Normalisation
+
+        return Normalisation(self.size, list(self.lm.mean), list(self.lm.std))
+
+    def stream(self, dataset, batch_size: int, seed: int, augment: bool):
+        """Endless augmented batches from a DataLoader over ``dataset`` (workers, pinned memory, DDP sampler)."""
+        from training.data.loaders import build_loader, endless
+
+        d = self.data_cfg
+        loader = build_loader(dataset, batch_size, seed=seed, num_workers=int(d.get("num_workers", 0)), device=self.device,
+                              prefetch_factor=d.get("prefetch_factor"), persistent_workers=bool(d.get("persistent_workers", True)))  # fmt: skip
+        return endless(loader, seed, augment)
+
     def teacher_input(self, rgb01: np.ndarray) -> torch.Tensor:
         return resize_batch(_t(rgb_input(rgb01, self.lm.mean, self.lm.std)), self.size)
 
@@ -102,6 +119,11 @@ class _Recipe:
             x = torch.randn(2, 3, self.size, self.size, generator=g)
             y = (torch.rand(2, len(names), generator=g) > 0.5).float() if multi else torch.tensor([0, 1])
             train_set, held, controls, n = (x, y), None, [], 2
+        elif self.streaming:
+            train_set, held, names = recipe_data.stream_rgb_set(s1["train"], self.data_dir, self.norm())
+            head = self.head(names)
+            controls = [recipe_data.load_rgb_set(c, self.data_dir, self.size)[0] for c in s1.get("controls", [])]
+            n = len(train_set)
         else:
             train_ds, held_ds = recipe_data.load_rgb_set(s1["train"], self.data_dir, self.size)
             head = self.head(train_ds.classnames)
@@ -119,7 +141,7 @@ class _Recipe:
         hist = train(
             clf,
             finetune_step(s1.get("loss", "ce"), float(s1.get("label_smoothing", 0.0)), self.device),
-            batches(*train_set, int(s1["batch_size"]), self.seed, augment=bool(s1.get("augment", True))),
+            self._batches(train_set, int(s1["batch_size"]), self.seed, bool(s1.get("augment", True))),
             opt,
             self.device,
         )
@@ -151,6 +173,18 @@ class _Recipe:
             save_checkpoint(self.lm.model, self.out / "checkpoints" / "patched", self.lm.model_name, pretrained=self.lm.pretrained,
                             step=steps, extra={"method": METHOD, "alpha": teacher_alpha})  # fmt: skip
 
+    def _batches(self, train_set, batch_size: int, seed: int, augment: bool):
+        """In-memory tensors -> shuffled batches; a Dataset (streaming) -> DataLoader batches.
+
+        A streaming dry run pushes its synthetic tensors through the DataLoader path too, so it is exercised."""
+        if isinstance(train_set, tuple):
+            if not self.streaming:
+                return shuffled_batches(list(train_set[:-1]), train_set[-1], batch_size, seed, augment)
+            from torch.utils.data import TensorDataset
+
+            train_set = TensorDataset(*train_set)
+        return self.stream(train_set, batch_size, seed, augment)
+
     # -- stage 2 -----------------------------------------------------------------------------------
     def stage2_data(self, which: str) -> dict[str, Any]:
         s2cfg = self.cfg["stage2"]
@@ -166,6 +200,8 @@ class _Recipe:
             else:
                 y = torch.tensor([0, -1])
             return {"train": (xs, xt, y), "held": None, "n": 2}
+        if self.streaming:
+            return self._stream_stage2(which, sec)
         if which == "s2":
             tr, he = recipe_data.load_s2_crops(sec["sources"], self.data_dir, crop)
 
@@ -183,6 +219,17 @@ class _Recipe:
         held_t = tensors(he) if len(he) else None
         return {"train": train_t[:3], "held": held_t, "n": len(tr), "n_held": len(he)}
 
+    def _stream_stage2(self, which: str, sec: dict) -> dict[str, Any]:
+        multi = self.cfg["stage2"].get("loss", "ce") == "bce"
+        dataset, held_items = recipe_data.stream_alignment_set(which, sec["sources"], self.data_dir, self.norm(), multi)
+        held = None
+        if held_items:
+            raws, tens = zip(*held_items)
+            xs, xt, y = (torch.stack([t[i] for t in tens]) for i in range(3))
+            refl = np.stack([r[0] if which == "s2" else r[1] for r in raws])
+            held = (xs, xt, y, refl)
+        return {"train": dataset, "held": held, "n": len(dataset), "n_held": len(held_items)}
+
     def align(self, which: str, bands: list[str]) -> nn.Module:
         s2cfg = self.cfg["stage2"]
         sec = s2cfg[which]
@@ -199,8 +246,8 @@ class _Recipe:
         step = alignment_step(teacher, self.head_weights, float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce"),
                               float(s2cfg.get("label_smoothing", 0.0)), self.device)  # fmt: skip
         ckpt = None if self.dry_run else self.out / "checkpoints" / f"{which}_student"
-        hist = train(student, step, paired_batches(*d["train"], int(sec["batch_size"]), self.seed + 7,
-                     bool(sec.get("augment", True))), OptimConfig.from_dict(sec["optim"], steps), self.device, ckpt)  # fmt: skip
+        batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7, bool(sec.get("augment", True)))
+        hist = train(student, step, batches_, OptimConfig.from_dict(sec["optim"], steps), self.device, ckpt)
         m: dict[str, Any] = {"steps": len(hist), "n_train": d["n"], "n_heldout": d.get("n_held", 0)}
         if hist:
             m.update({"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "mse_first": hist[0]["mse"], "mse_last": hist[-1]["mse"]})
