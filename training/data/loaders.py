@@ -132,7 +132,8 @@ def build_loader(
 
         sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
     g = torch.Generator().manual_seed(seed + rank)
-    workers = max(0, int(num_workers))
+    # More workers than cores only adds contention (and torch warns about it).
+    workers = max(0, min(int(num_workers), os.cpu_count() or 1))
     return DataLoader(
         dataset,
         batch_size=bs,
