@@ -169,3 +169,17 @@ def test_unmappable_source_fails_before_reading(bundle, data_dir: Path) -> None:
     with pytest.raises(RasterError, match="rgb"):
         choose_modality(src, bundle)
     src.close()
+
+
+def test_spinning_setting_is_validated(monkeypatch) -> None:
+    from rs_clip_plugin.engine.runtime import _session_options
+
+    monkeypatch.setenv("RSCLIP_ORT_SPINNING", "1")
+    assert _session_options(1).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    monkeypatch.delenv("RSCLIP_ORT_SPINNING")
+    assert _session_options(1).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setenv("RSCLIP_ORT_SPINNING", "yes")
+    import pytest
+
+    with pytest.raises(ValueError, match="RSCLIP_ORT_SPINNING"):
+        _session_options(1)

@@ -155,7 +155,10 @@ def _session_options(threads: int):
     so.log_severity_level = 3  # ORT's own warnings (e.g. unused initialisers) are noise to a GIS user
     # Idle intra-op threads otherwise spin on the cores the raster readers need: on 2 cores this took the
     # 12-band pipeline from ~800 to ~1280 tiles/s (measured side by side with rsclip bench --large-scene).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    spinning = os.environ.get("RSCLIP_ORT_SPINNING", "0")
+    if spinning not in ("0", "1"):
+        raise ValueError(f"RSCLIP_ORT_SPINNING={spinning!r}: use 0 (default) or 1")
+    so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     return so
 
 
