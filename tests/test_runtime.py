@@ -179,7 +179,5 @@ def test_spinning_setting_is_validated(monkeypatch) -> None:
     monkeypatch.delenv("RSCLIP_ORT_SPINNING")
     assert _session_options(1).get_session_config_entry("session.intra_op.allow_spinning") == "0"
     monkeypatch.setenv("RSCLIP_ORT_SPINNING", "yes")
-    import pytest
-
     with pytest.raises(ValueError, match="RSCLIP_ORT_SPINNING"):
         _session_options(1)
