@@ -46,6 +46,7 @@ from qgis.PyQt.QtWidgets import (
 from ..engine.settings import cache_dir
 from ..models import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
+from .bundle_combo import fill_bundle_combo, select_bundle
 from .layers import add_classification_layers
 from .status import ProviderStatusLabel
 from .tasks import EngineTask, log, start
@@ -217,22 +218,11 @@ class ClassifyDialog(QDialog):
 
     # -- inputs -----------------------------------------------------------------------------------------
     def refresh_bundles(self) -> None:
-        self.bundle_combo.clear()
-        for b in self.store.installed():
-            label = f"{b.name}{' (default)' if b.is_default else ''} – {', '.join(b.modalities)}"
-            self.bundle_combo.addItem(label, str(b.path))
-            if b.is_default:
-                self.bundle_combo.setCurrentIndex(self.bundle_combo.count() - 1)
-        if self.bundle_combo.count() == 0:
-            self.bundle_combo.addItem("(none installed: add one in the model manager)", "")
+        fill_bundle_combo(self.bundle_combo, self.store, show_modalities=True)
 
     def set_bundle_path(self, path: Path) -> None:
         """Select (adding it when missing) a bundle folder or .zip."""
-        i = self.bundle_combo.findData(str(path))
-        if i < 0:
-            self.bundle_combo.addItem(Path(path).name, str(path))
-            i = self.bundle_combo.count() - 1
-        self.bundle_combo.setCurrentIndex(i)
+        select_bundle(self.bundle_combo, path)
 
     def on_layer_changed(self, *_args) -> None:
         layer = self.layer_combo.currentLayer()

@@ -44,6 +44,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..models import ModelStore
+from .bundle_combo import fill_bundle_combo, select_bundle
 from .classify_dialog import results_root, unique_result_dir
 from .layers import add_search_layers
 from .status import ProviderStatusLabel
@@ -131,20 +132,12 @@ class SearchDock(QgsDockWidget):
     # -- inputs -----------------------------------------------------------------------------------------
     def refresh_bundles(self) -> None:
         self.bundle_combo.blockSignals(True)
-        self.bundle_combo.clear()
-        for b in self.store.installed():
-            self.bundle_combo.addItem(f"{b.name}{' (default)' if b.is_default else ''}", str(b.path))
-            if b.is_default:
-                self.bundle_combo.setCurrentIndex(self.bundle_combo.count() - 1)
+        fill_bundle_combo(self.bundle_combo, self.store)
         self.bundle_combo.blockSignals(False)
         self._bundle_changed()
 
     def set_bundle_path(self, path: Path) -> None:
-        i = self.bundle_combo.findData(str(path))
-        if i < 0:
-            self.bundle_combo.addItem(Path(path).name, str(path))
-            i = self.bundle_combo.count() - 1
-        self.bundle_combo.setCurrentIndex(i)
+        select_bundle(self.bundle_combo, path)
         self._bundle_changed()
 
     def _bundle_changed(self, *_args) -> None:
