@@ -250,3 +250,21 @@ def test_qml_applies_in_qgis(bundle, major_tom_dir: Path, tmp_path: Path, qgis_a
     assert ok and layer.renderer().type() == "paletted"
     got = [(int(c.value), c.label, c.color.name()) for c in layer.renderer().classes()]
     assert got == [(c["value"], c["name"], c["color"]) for c in res.summary["classes"]]
+
+
+def test_cli_radiometry_overrides_reach_the_reader(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path,
+                                                   capsys) -> None:
+    """The product is N9999 (no offset); --s2-offset 1000 must be applied, and change what the encoder sees."""
+    ext = ",".join(f"{v:.3f}" for v in _crop(major_tom_dir, 640))
+    confs = {}
+    for offset in (None, 1000):
+        out = tmp_path / f"o{offset}"
+        extra = ["--s2-offset", str(offset)] if offset is not None else []
+        rc = main(["classify", str(major_tom_dir), "--classes", "forest;river", "--out", str(out), "--bundle",
+                   str(tiny_bundle), "--extent", ext, "--provider", "cpu", *extra])
+        assert rc == 0, capsys.readouterr().err
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["radiometry"]["s2_offset_dn"] == (offset or 0)
+        with rasterio.open(out / "confidence.tif") as ds:
+            confs[offset] = ds.read(1)
+    assert not np.allclose(confs[None], confs[1000])

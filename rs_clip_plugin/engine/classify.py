@@ -34,7 +34,7 @@ from .progress import Progress
 from .raster import RasterSource, open_source
 from .runtime import TEXT_ROLE, EncoderSession
 from .text import check_language, class_embeddings, templates_for
-from .tiling import LogitAccumulator, TileGrid, make_grid, tile_size_px_for
+from .tiling import LogitAccumulator, TileGrid, make_grid, stride_for, tile_size_px_for
 from .writers import (
     AUX_SUFFIX,
     geotiff_profile,
@@ -196,6 +196,8 @@ def classify_raster(
     modality: Optional[str] = None,
     sensor: Optional[str] = None,
     bands: Optional[Sequence[str]] = None,
+    s2_offset: Optional[float] = None,
+    sar_units: Optional[str] = None,
     lang: str = "en",
     threshold: Optional[float] = None,
     tile_size_m: Optional[float] = None,
@@ -214,13 +216,12 @@ def classify_raster(
     specs = parse_classes(classes)
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold {threshold} is not a probability; give a value between 0 and 1")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ValueError(f"overlap {overlap} must be a fraction in [0, 1), e.g. 0.5 for half-tile overlap")
+    stride_for(1, overlap)  # validate before anything is opened
     check_outputs(out_dir, overwrite)
     b = _resolve_bundle(bundle)
     check_language(b, lang)
     progress.check()
-    source = open_source(source_path, sensor=sensor, bands=bands)
+    source = open_source(source_path, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units)
     with source:
         return _classify_open(source, specs, out_dir, b, modality, lang, threshold, tile_size_m, overlap, extent,
                               provider, batch_size, progress, overwrite, workers, t_start)
@@ -232,7 +233,7 @@ def _classify_open(source: RasterSource, specs, out_dir: Path, b: Bundle, modali
     spec = b.manifest.encoder(modality)
     source.check_mapping(spec)
     tile_px = tile_size_px_for(spec, source, tile_size_m)
-    stride = max(1, round(tile_px * (1.0 - float(overlap))))
+    stride = stride_for(tile_px, overlap)
     grid = make_grid(source, tile_px, stride, extent)
 
     t0 = time.perf_counter()
@@ -356,6 +357,7 @@ def _summary(source: RasterSource, b: Bundle, session: EncoderSession, grid: Til
     return {
         "source": str(source.path),
         "sensor": source.sensor,
+        "radiometry": {"s2_offset_dn": source.s2_offset_dn, "sar_units": source.sar_units},
         "modality": modality,
         "bundle": {"name": b.manifest.name, "digest": b.digest, "path": str(b.root)},
         "provider": session.provider_used,

@@ -271,12 +271,6 @@ def resolve_encoder(bundle: Bundle, source, modality: Optional[str]):
     return spec
 
 
-def stride_for(tile_px: int, overlap: float) -> int:
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap}; e.g. 0.5 for half-tile overlap")
-    return max(1, round(tile_px * (1.0 - float(overlap))))
-
-
 def build_index(
     source,
     bundle: Union[Bundle, str, os.PathLike],
@@ -301,7 +295,7 @@ def build_index(
     missing one is (re)built atomically. ``force`` rebuilds regardless.
     """
     from .raster import RasterSource, open_source
-    from .tiling import make_grid, tile_size_px_for
+    from .tiling import make_grid, stride_for, tile_size_px_for
 
     progress = progress or Progress()
     if dtype not in STORAGE_DTYPES:

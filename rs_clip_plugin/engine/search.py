@@ -169,6 +169,8 @@ def image_query_vector(
     tile_size_m: Optional[float] = None,
     sensor: Optional[str] = None,
     bands: Optional[Sequence[str]] = None,
+    s2_offset: Optional[float] = None,
+    sar_units: Optional[str] = None,
     provider: str = "auto",
 ) -> np.ndarray:
     """L2-normalised embedding [D] of an example: a tile around ``point`` or the ``box`` of ``raster``
@@ -193,11 +195,11 @@ def image_query_vector(
         path = Path(image_file)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such image file; give a JPEG/PNG or a GDAL raster")
-        src = open_source(path, sensor=sensor, bands=bands)
+        src = open_source(path, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units)
     else:
         if raster is None:
             raise ValueError("a point or box query needs the raster it refers to (--query-raster)")
-        src = open_source(raster, sensor=sensor, bands=bands)
+        src = open_source(raster, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units)
     with src:
         spec = resolve_encoder(b, src, modality)
         if image_file is not None:
@@ -335,6 +337,8 @@ def search(
     extent: Optional[Sequence[float]] = None,
     sensor: Optional[str] = None,
     bands: Optional[Sequence[str]] = None,
+    s2_offset: Optional[float] = None,
+    sar_units: Optional[str] = None,
     provider: str = "auto",
     progress: Optional[Progress] = None,
     overwrite: bool = False,
@@ -376,7 +380,8 @@ def search(
         else:
             indexes.append(
                 build_index(s, b, modality=modality, tile_size_m=tile_size_m, overlap=overlap, extent=extent,
-                            sensor=sensor, bands=bands, provider=provider, progress=sub)
+                            sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units,
+                            provider=provider, progress=sub)
             )
         if indexes[-1].dim != b.manifest.embed_dim:
             raise ValueError(f"index {indexes[-1].root} was built with another bundle ({indexes[-1].dim}-d); rebuild it")

@@ -86,6 +86,13 @@ def extent_window(source: RasterSource, extent: Sequence[float]) -> Window:
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
+def stride_for(tile_px: int, overlap: float) -> int:
+    """Stride in pixels for a tile overlap fraction in [0, 1)."""
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap}; e.g. 0.5 for half-tile overlap")
+    return max(1, round(tile_px * (1.0 - float(overlap))))
+
+
 def make_grid(
     source: RasterSource,
     tile_size_px: int,

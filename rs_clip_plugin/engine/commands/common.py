@@ -11,7 +11,7 @@ SENSORS = ("s2-l1c", "s2-l2a", "s1-grd", "rgb")
 MODALITIES = ("rgb", "s2-l1c", "s2-l2a", "s1-grd")
 RASTER_HELP = "GeoTIFF/COG/VRT, Sentinel-2 .SAFE folder or .zip, or a folder of per-band files"
 # Namespace attributes that map one-to-one onto keyword arguments of build_index / classify_raster / search.
-_RASTER_KWARGS = ("modality", "sensor", "bands", "tile_size_m", "overlap", "extent", "provider", "batch_size")
+_RASTER_KWARGS = ("modality", "sensor", "bands", "s2_offset", "sar_units", "tile_size_m", "overlap", "extent", "provider", "batch_size")
 
 
 def parse_extent(text: str) -> list[float]:
@@ -53,6 +53,9 @@ def add_raster_args(p: argparse.ArgumentParser, *, what: str = "the raster", mod
         p.add_argument("--modality", choices=MODALITIES, help=f"encoder for {what} (default: each raster's own)")
     p.add_argument("--sensor", choices=SENSORS, help=f"sensor and product level of {what}, when detection is wrong")
     p.add_argument("--bands", type=parse_bands, help="band names of a multi-band raster in band order, e.g. B04,B03,B02")
+    p.add_argument("--s2-offset", type=float, metavar="DN",
+                   help="Sentinel-2 DN offset to subtract (1000 for baseline >= 04.00; default: from the product metadata or name)")
+    p.add_argument("--sar-units", choices=["db", "linear"], help="Sentinel-1 values are dB or linear power (default: detected)")
     p.add_argument("--tile-size-m", type=float, help="tile size on the ground in metres (default: the bundle's)")
     p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction in [0, 1) (default 0)")
     if extent:
