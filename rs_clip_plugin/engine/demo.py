@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from .bands import S2_QUANTIFICATION, S2_TRUE_COLOUR
 from .progress import Progress
 from .resources import classnames
 from .settings import require_sample
@@ -123,14 +124,14 @@ def _true_colour(scene: Path, max_px: int = 800) -> tuple[np.ndarray, tuple[floa
 
     bands = []
     bounds = None
-    for name in ("B04", "B03", "B02"):
+    for name in (S2_TRUE_COLOUR["red"], S2_TRUE_COLOUR["green"], S2_TRUE_COLOUR["blue"]):
         with rasterio.open(scene / f"{name}.tif") as ds:
             f = max(1, int(np.ceil(max(ds.width, ds.height) / max_px)))
             arr = ds.read(1, out_shape=(ds.height // f, ds.width // f), resampling=Resampling.average).astype(np.float32)
             b = ds.bounds
             bounds = (b.left, b.right, b.bottom, b.top)
         bands.append(arr)
-    rgb = np.stack(bands, axis=-1) / 10000.0
+    rgb = np.stack(bands, axis=-1) / S2_QUANTIFICATION
     # A percentile stretch, as an analyst's viewer would do, so the scene is readable.
     lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
     return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1), bounds

@@ -40,7 +40,9 @@ from rasterio.windows import Window
 
 from .bands import (
     MODALITIES,
+    RGB_BANDS,
     S1_BANDS,
+    S1_GRD_BANDS,
     S2_BANDS,
     S2_L1C_BANDS,
     S2_L2A_BANDS,
@@ -223,9 +225,9 @@ def _names_from_count(path: Path, count: int, dtype: str, sensor: Optional[str])
     if count == 12:
         return list(S2_L2A_BANDS)
     if count == 2 and is_float:
-        return ["VV", "VH"]
+        return list(S1_GRD_BANDS)
     if count in (3, 4) and dtype in ("uint8", "uint16"):
-        return ["red", "green", "blue"] + [None] * (count - 3)
+        return [*RGB_BANDS, *[None] * (count - 3)]
     raise RasterError(
         f"{path}: cannot tell which band is which ({count} unnamed {dtype} bands, no band descriptions); "
         f"say what the raster holds with {SENSOR_HELP}"

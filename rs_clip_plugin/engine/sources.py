@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .bands import S2_BANDS, S2_L1C_BANDS, canonical_band, native_resolution
+from .bands import RGB_BANDS, S1_BANDS, S2_BANDS, S2_L1C_BANDS, canonical_band, native_resolution
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".nc")
 SOURCE_HELP = (
@@ -121,7 +121,7 @@ def _discover_folder(path: Path) -> Discovered:
 
 
 def _ordered(bands: list[BandRef]) -> list[BandRef]:
-    order = {b: i for i, b in enumerate([*S2_L1C_BANDS, "VV", "VH", "HH", "HV", "red", "green", "blue"])}
+    order = {b: i for i, b in enumerate([*S2_L1C_BANDS, *S1_BANDS, *RGB_BANDS])}
     return sorted(bands, key=lambda r: order.get(r.name or "", 99))
 
 

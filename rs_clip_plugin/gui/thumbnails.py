@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..engine.bands import RGB_BANDS, S1_GRD_BANDS, S2_TRUE_COLOUR
+
 PERCENTILES = (2.0, 98.0)
 
 
@@ -21,9 +23,9 @@ def composite_bands(sensor: str, band_names: Sequence[str]) -> list[str]:
     """The source bands a thumbnail shows as R, G, B (S1: VV and VH; the ratio is derived)."""
     names = list(band_names)
     if sensor.startswith("s2"):
-        want = ["B04", "B03", "B02"]
+        want = [S2_TRUE_COLOUR[c] for c in RGB_BANDS]
     elif sensor == "s1-grd":
-        want = ["VV", "VH"]
+        want = list(S1_GRD_BANDS)
     else:
         want = names[:3]
     missing = [b for b in want if b not in names]
