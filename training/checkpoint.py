@@ -168,11 +168,18 @@ def _is_tensor_dict(d: dict) -> bool:
     return bool(d) and all(isinstance(k, str) for k in d) and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: os.PathLike | str) -> None:
-    """Load strictly; on a mismatch say which keys and shapes differ, and what to check."""
-    own = model.state_dict()
+def check_fits(
+    own: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    source: os.PathLike | str,
+    fix: str,
+    *,
+    allow_unexpected: bool = False,
+    what: str = "the model",
+) -> None:
+    """Raise a CheckpointError naming the missing, unexpected and mis-shaped keys, and ``fix``."""
     missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [] if allow_unexpected else [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         parts = []
@@ -182,8 +189,10 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: os
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
-        raise CheckpointError(
-            f"{source}: does not fit the model: {'; '.join(parts)}; check that --model names the architecture "
-            "the checkpoint was trained with"
-        )
+        raise CheckpointError(f"{source}: does not fit {what}: {'; '.join(parts)}; {fix}")
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: os.PathLike | str) -> None:
+    """Load strictly; on a mismatch say which keys and shapes differ, and what to check."""
+    check_fits(model.state_dict(), state, source, "check that --model names the architecture the checkpoint was trained with")
     model.load_state_dict(state, strict=True)

@@ -17,7 +17,7 @@ import torch
 
 from rs_clip_plugin.engine.bands import S2_L1C_BANDS
 from rs_clip_plugin.engine.radiometry import default_transform
-from training.checkpoint import CheckpointError, read_state_dict
+from training.checkpoint import CheckpointError, check_fits, read_state_dict
 from training.data.composites import S2_L2A_AS_13
 
 from .students import TimmStudent
@@ -45,13 +45,7 @@ def visual_state(path: os.PathLike | str) -> dict[str, torch.Tensor]:
 def load_patched(model: torch.nn.Module, path: os.PathLike | str) -> None:
     state = visual_state(path)
     own = {k: v for k, v in model.state_dict().items() if k.startswith("visual.")}
-    missing = sorted(set(own) - set(state))
-    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or shapes:
-        raise CheckpointError(
-            f"{path}: does not fit the model's image encoder ({len(missing)} missing, e.g. {missing[:2]}; "
-            f"{len(shapes)} shape mismatches, e.g. {shapes[:2]}); check --model"
-        )
+    check_fits(own, state, path, "check --model", allow_unexpected=True, what="the model's image encoder")
     model.load_state_dict({**model.state_dict(), **state})
 
 
@@ -73,13 +67,8 @@ def load_student(path: os.PathLike | str, timm_name: str, in_chans: int, embed_d
     student = TimmStudent(timm_name, in_chans, embed_dim, img_size)
     state = student_state(path)
     own = student.state_dict()
-    missing = sorted(set(own) - set(state))
-    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or shapes:
-        raise CheckpointError(
-            f"{path}: does not fit a {timm_name} student with {in_chans} bands and a {embed_dim}-d head "
-            f"({len(missing)} missing, e.g. {missing[:2]}; shape mismatches {shapes[:2]}); check --student"
-        )
+    check_fits(own, state, path, "check --student", allow_unexpected=True,
+               what=f"a {timm_name} student with {in_chans} bands and a {embed_dim}-d head")
     student.load_state_dict({k: state[k] for k in own})
     return student.eval()
 
