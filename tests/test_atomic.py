@@ -84,5 +84,6 @@ def test_shared_parsers() -> None:
 def test_raster_kwargs_hold_only_the_options_the_command_defines() -> None:
     p = argparse.ArgumentParser()
     add_raster_args(p, modality=False, extent=False)
-    args = p.parse_args(["--sensor", "s2-l2a", "--bands", "B04,B03,B02", "--overlap", "0.5"])
-    assert raster_kwargs(args) == {"sensor": "s2-l2a", "bands": ["B04", "B03", "B02"], "tile_size_m": None, "overlap": 0.5}
+    args = p.parse_args(["--sensor", "s2-l2a", "--bands", "B04,B03,B02", "--overlap", "0.5", "--s2-offset", "1000"])
+    assert raster_kwargs(args) == {"sensor": "s2-l2a", "bands": ["B04", "B03", "B02"], "s2_offset": 1000.0,
+                                   "sar_units": None, "tile_size_m": None, "overlap": 0.5}

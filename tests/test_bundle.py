@@ -148,3 +148,25 @@ def test_zip_symlink_refused(tiny_bundle: Path, tmp_path: Path) -> None:
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(BundleError, match="symbolic link"):
         load_bundle(z)
+
+
+def test_unchanged_bundle_is_checked_once_per_process_but_changes_are_caught(bundle_copy: Path, monkeypatch) -> None:
+    import rs_clip_plugin.engine.bundle as bundle_mod
+
+    hashed = []
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p, *a, **k: hashed.append(Path(p).name) or real(p, *a, **k))
+    load_bundle(bundle_copy)
+    first = len(hashed)
+    assert first >= 3
+    load_bundle(bundle_copy)
+    assert len(hashed) == first  # nothing hashed again
+
+    onnx = next(bundle_copy.glob("image_*.onnx"))
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    st = onnx.stat()
+    os.utime(onnx, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a write always moves mtime on
+    with pytest.raises(BundleError, match=onnx.name):
+        load_bundle(bundle_copy)
