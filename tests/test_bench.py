@@ -20,6 +20,7 @@ def test_bench_json_keys(tiny_bundle: Path, capsys) -> None:
     assert set(r["query_ms"]) == {"1000", "5000"} and all(isinstance(v, float) for v in r["query_ms"].values())
     # torch + open_clip are installed here and rsclip-tiny is a registered name: the comparison runs.
     assert isinstance(r["ort_over_torch"], float) and r["torch_skipped"] == ""
+    assert all(isinstance(r[k], float) and r[k] > 0 for k in ("ort_ms_batch1", "torch_ms_batch1", "ort_over_torch_batch1"))
     assert r["large_scene"] is None
 
 

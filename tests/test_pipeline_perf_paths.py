@@ -23,7 +23,7 @@ from rs_clip_plugin.engine.pipeline import (
     transform_inplace,
 )
 from rs_clip_plugin.engine.radiometry import BandTransform, apply_transform, default_transform
-from rs_clip_plugin.engine.raster import open_source
+from rs_clip_plugin.engine.raster import open_source, upsample_bilinear, upsample_bilinear_valid
 from rs_clip_plugin.engine.runtime import EncoderSession
 from rs_clip_plugin.engine.tiling import make_grid
 
@@ -156,6 +156,33 @@ def test_transform_inplace_equals_apply_transform(clip) -> None:
     assert np.isfinite(got).all()
     with pytest.raises(ValueError, match="bands in the data"):
         transform_inplace(x[:2].copy(), spec)
+
+
+@pytest.mark.parametrize("nan_mask", [False, True])
+def test_transform_inplace_identity_steps_and_given_nan_mask(nan_mask: bool) -> None:
+    """Steps that change nothing are skipped; a given NaN mask gives what the transform's own would."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.5, 0.6, (2, 9, 11)).astype(np.float32)
+    x[1, 2, 3] = np.nan
+    spec = EncoderSpec("s2-l2a", "unused.onnx", ["B02", "B03"],
+                       [BandTransform(1.0, 0.0, (0.0, 1.0)), BandTransform(1.0, 0.0, (0.2, 0.8))],
+                       "reflectance", [0.0, 0.0], [1.0, 1.0], 11, 10.0, 11)
+    want = apply_transform(x, spec.transforms, spec.mean, spec.std)
+    got = transform_inplace(x.copy(), spec, np.isnan(x) if nan_mask else None)
+    np.testing.assert_array_equal(got, want)
+    assert got[0].min() == 0.0 and got[0].max() == 1.0 and got[1].min() == 0.0 and got[1].max() == np.float32(0.8)
+
+
+@pytest.mark.parametrize(("k", "hs", "ws", "h", "w", "offset"), [
+    (2, 34, 274, 64, 544, (0, 0)), (2, 33, 40, 64, 77, (1, 1)), (6, 12, 93, 64, 544, (3, 5)),
+    (6, 2, 3, 7, 13, (5, 2)), (3, 1, 1, 2, 3, (1, 0)),
+])
+def test_upsample_bilinear_valid_equals_the_general_kernel(k, hs, ws, h, w, offset) -> None:
+    """The whole-factor fast path (float32, row gathers) gives the general kernel's values, edges included."""
+    src = np.random.default_rng(k + hs).uniform(0, 1, (hs, ws)).astype(np.float32)
+    want = upsample_bilinear(src[None], np.ones((1, hs, ws), bool), k, offset, (h, w))[0]
+    got = upsample_bilinear_valid(src, k, offset, np.empty((h, w), np.float32))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-7)
 
 
 def test_auto_workers() -> None:

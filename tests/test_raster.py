@@ -261,6 +261,14 @@ def test_zero_band_for_13_band_encoder_on_l2a(major_tom_dir: Path) -> None:
     assert x.shape == (13, 8, 8)
     assert np.all(x[10] == 0.0)  # B10 (cirrus) does not exist in L2A: Paper A feeds zeros
     assert np.array_equal(np.delete(x, 10, axis=0), physical)
+    # Past the raster's edge the read bands are no data, the zero band stays zero.
+    with open_source(major_tom_dir) as src:
+        edge = src.encoder_input(enc)(Window(src.width - 4, -3, 8, 8))
+        inside = src.read(Window(src.width - 4, 0, 4, 5))
+    assert np.all(edge[10] == 0.0)
+    rest = np.delete(edge, 10, axis=0)
+    assert np.isnan(rest[:, :3, :]).all() and np.isnan(rest[:, :, 4:]).all()
+    assert np.array_equal(rest[:, 3:, :4], inside)
 
 
 def test_rgb_encoder_on_sentinel2_true_colour(major_tom_dir: Path) -> None:

@@ -8,8 +8,9 @@
   cold pass over the raster: worker start-up, file opening and first block decompression included;
 - ``ort_images_per_s`` vs ``torch_images_per_s`` (open_clip eager, same threads, same batch) for the rgb
   tower when torch + open_clip are importable and the bundle names a model the factory can build;
-  ``ort_over_torch`` the median of their ratios over TORCH_ROUNDS alternating rounds, else
-  ``torch_skipped`` says why;
+  ``ort_over_torch`` the median of their ratios over TORCH_ROUNDS alternating rounds; the same at one image
+  per call (``ort_ms_batch1``, ``torch_ms_batch1``, ``ort_over_torch_batch1``: an image query's latency);
+  else ``torch_skipped`` says why;
 - ``query_ms``: matrix-vector + argpartition top-10 over N random normalised embeddings (float32, the
   index's default storage) for each N, median of several repeats;
 - ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``);
@@ -85,8 +86,8 @@ def query_latency_ms(n: int, dim: int, repeats: int = 5, k: int = 10, seed: int 
     return round(statistics.median(times), 3)
 
 
-def _torch_encoder(bundle: Bundle, batch: np.ndarray, threads: int) -> tuple[Optional[Callable[[], object]], str]:
-    """A call running open_clip's eager ``encode_image`` on ``batch``, or None and why it cannot be built."""
+def _torch_encoder(bundle: Bundle, threads: int) -> tuple[Optional[Callable[[np.ndarray], Callable[[], object]]], str]:
+    """A maker of calls running open_clip's eager ``encode_image`` on a batch, or None and why it cannot be built."""
     name = (bundle.manifest.provenance or {}).get("base_model")
     try:
         import torch
@@ -102,13 +103,17 @@ def _torch_encoder(bundle: Bundle, batch: np.ndarray, threads: int) -> tuple[Opt
         return None, f"cannot build {name!r} in torch ({str(exc).splitlines()[0][:160]})"
     torch.set_num_threads(threads)
     model = loaded.model.eval()
-    x = torch.from_numpy(batch)
 
-    def run() -> object:
-        with torch.inference_mode():
-            return model.encode_image(x)
+    def on(batch: np.ndarray) -> Callable[[], object]:
+        x = torch.from_numpy(batch)
 
-    return run, ""
+        def run() -> object:
+            with torch.inference_mode():
+                return model.encode_image(x)
+
+        return run
+
+    return on, ""
 
 
 def interleaved_rates(
@@ -231,7 +236,8 @@ def run_bench(
         result["pipeline_stats"] = stats.as_dict()
 
     progress.update(0.5, "ORT vs torch")
-    result.update(ort_images_per_s=None, torch_images_per_s=None, ort_over_torch=None, torch_skipped="")
+    result.update(ort_images_per_s=None, torch_images_per_s=None, ort_over_torch=None, ort_ms_batch1=None,
+                  torch_ms_batch1=None, ort_over_torch_batch1=None, torch_skipped="")
     if torch_compare:
         if "rgb" not in b.manifest.modalities:
             result["torch_skipped"] = "the bundle has no rgb (CLIP visual) encoder to rebuild in torch"
@@ -239,18 +245,27 @@ def run_bench(
             rgb = b.manifest.encoder("rgb")
             rgb_sess = session if modality == "rgb" else EncoderSession(b, "rgb", provider=provider)
             rgb_batch = rng.standard_normal((bs, 3, rgb.input_size, rgb.input_size), dtype=np.float32)
-            torch_call, why = _torch_encoder(b, rgb_batch, rgb_sess.threads)
-            if torch_call is None:
+            torch_on, why = _torch_encoder(b, rgb_sess.threads)
+            if torch_on is None:
                 ort_rate, _ = _rate(lambda: rgb_sess.run(rgb_batch), bs, min_seconds, min_calls)
                 result["ort_images_per_s"] = round(ort_rate, 2)
                 result["torch_skipped"] = why
             else:
                 ort_rate, torch_rate, ratio = interleaved_rates(
-                    lambda: rgb_sess.run(rgb_batch), torch_call, bs, TORCH_ROUNDS, 2 * min_seconds, min_calls
+                    lambda: rgb_sess.run(rgb_batch), torch_on(rgb_batch), bs, TORCH_ROUNDS, 2 * min_seconds, min_calls
                 )
                 result["ort_images_per_s"] = round(ort_rate, 2)
                 result["torch_images_per_s"] = round(torch_rate, 2)
                 result["ort_over_torch"] = round(ratio, 3)
+                # One image per call, as the search panel encodes an image query: latency, where per-call
+                # overhead counts as much as the kernels.
+                one = rgb_batch[:1]
+                ort1, torch1, ratio1 = interleaved_rates(
+                    lambda: rgb_sess.run(one), torch_on(one), 1, TORCH_ROUNDS, min_seconds, min_calls
+                )
+                result["ort_ms_batch1"] = round(1000 / ort1, 2)
+                result["torch_ms_batch1"] = round(1000 / torch1, 2)
+                result["ort_over_torch_batch1"] = round(ratio1, 3)
     else:
         result["torch_skipped"] = "not requested"
 

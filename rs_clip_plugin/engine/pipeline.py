@@ -127,25 +127,43 @@ def preprocess_tile(tile: np.ndarray, spec: EncoderSpec) -> np.ndarray:
     return resize_chw(y, spec.input_size)
 
 
-def transform_inplace(x: np.ndarray, spec: EncoderSpec) -> np.ndarray:
-    """``apply_transform`` on a float32 (C, h, w) array, in place (same operations, same results); returns x."""
+def transform_inplace(x: np.ndarray, spec: EncoderSpec, nan_mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """``apply_transform`` on a float32 (C, h, w) array, in place (same results); returns x.
+
+    ``nan_mask`` (``np.isnan(x)``, when the caller has it) saves a pass. Steps that change nothing (scale 1,
+    offset 0, mean 0, std 1, no clip bound) are skipped: on a strip each costs a full pass over memory.
+    """
     c = x.shape[0]
     if not (len(spec.transforms) == len(spec.mean) == len(spec.std) == c):
         raise ValueError(f"{c} bands in the data but {len(spec.transforms)} transforms / {len(spec.mean)} means "
                          f"/ {len(spec.std)} stds")
     col = (c, 1, 1)
     ts = spec.transforms
-    np.multiply(x, np.array([t.scale for t in ts], np.float32).reshape(col), out=x)
-    np.add(x, np.array([t.offset for t in ts], np.float32).reshape(col), out=x)
+    scale = np.array([t.scale for t in ts], np.float32).reshape(col)
+    offset = np.array([t.offset for t in ts], np.float32).reshape(col)
     lo = np.array([t.clip[0] if t.clip else -np.inf for t in ts], np.float32).reshape(col)
     hi = np.array([t.clip[1] if t.clip else np.inf for t in ts], np.float32).reshape(col)
-    np.clip(x, lo, hi, out=x)
-    np.subtract(x, np.array(spec.mean, np.float32).reshape(col), out=x)
-    np.divide(x, np.array(spec.std, np.float32).reshape(col), out=x)
+    mean = np.array(spec.mean, np.float32).reshape(col)
+    std = np.array(spec.std, np.float32).reshape(col)
+    if (scale != 1).any():
+        np.multiply(x, scale, out=x)
+    if (offset != 0).any():
+        np.add(x, offset, out=x)
+    # Clip by compare-and-fill, filling only where a bound is crossed: numpy 1.x's maximum/minimum/clip
+    # are NaN-aware and several times slower than a comparison, and real data rarely crosses the bounds.
+    # Same values as np.clip (NaN compares False and passes through).
+    hit = np.empty(x.shape, bool)
+    for bound, crosses in ((lo, np.less), (hi, np.greater)):
+        if np.isfinite(bound).any() and crosses(x, bound, out=hit).any():
+            np.copyto(x, np.broadcast_to(bound, x.shape), where=hit)
+    if (mean != 0).any():
+        np.subtract(x, mean, out=x)
+    if (std != 1).any():
+        np.divide(x, std, out=x)
     if all(t.clip is not None and np.isfinite(t.clip).all() for t in ts) and np.isfinite(spec.std).all() \
             and all(v != 0 for v in spec.std):
-        # Finite clips leave no infinities: only NaN (no data) is left to zero, in one pass instead of three.
-        np.copyto(x, 0.0, where=np.isnan(x))
+        # Finite clips leave no infinities and keep NaN where it was: only no data is left to zero.
+        np.copyto(x, 0.0, where=np.isnan(x) if nan_mask is None else nan_mask)
     else:
         np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return x
@@ -268,8 +286,10 @@ def read_tile_batch(
         groups = [StripGroup(windows[i], (i,)) for i in indices]
     for g in groups:
         data = read(g.window)
-        nodata_all = np.isnan(data).any(axis=0)
-        transform_inplace(data, spec)
+        nan_mask = np.isnan(data)
+        nodata_all = nan_mask.any(axis=0)
+        transform_inplace(data, spec, nan_mask)
+        del nan_mask
         gc0 = int(g.window.col_off)
         for i in g.indices:
             dc = int(windows[i].col_off) - gc0

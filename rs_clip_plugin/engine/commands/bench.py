@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     if r["torch_images_per_s"]:
         lines.append(f"  rgb ORT {r['ort_images_per_s']:.1f} vs torch {r['torch_images_per_s']:.1f} images/s: ORT/torch = {r['ort_over_torch']:.3f}")
+        lines.append(f"  one image per call: ORT {r['ort_ms_batch1']:.1f} ms vs torch {r['torch_ms_batch1']:.1f} ms: "
+                     f"ORT/torch = {r['ort_over_torch_batch1']:.3f}")
     else:
         lines.append(f"  ORT vs torch: skipped ({r['torch_skipped']})")
     lines.append("  query latency (" + f"{r['query_dim']}-d): " + ", ".join(f"{n}: {ms:.1f} ms" for n, ms in r["query_ms"].items()))
