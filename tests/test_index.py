@@ -154,6 +154,7 @@ def test_tile_geometry_matches_grid(tiny_bundle: Path, major_tom_dir: Path) -> N
     assert (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()) == pytest.approx(ext)
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # UC Merced photos: no georeference
 def test_nodata_tiles_have_no_row(tiny_bundle: Path, tmp_path: Path, data_dir: Path) -> None:
     src = sorted((data_dir / "ucmerced" / "forest").glob("*.tif"))[0]
     with rasterio.open(src) as ds:

@@ -260,9 +260,16 @@ def read_rgb(path: os.PathLike | str) -> np.ndarray:
     """An image as uint8 [H, W, 3]: JPEG/PNG through Pillow, GeoTIFF through rasterio (first three bands)."""
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        import rasterio
+        import warnings
 
-        with rasterio.open(path) as src:
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
+        with warnings.catch_warnings():
+            # Caption datasets (UC Merced, RSICD) are photos: no georeferencing is expected, none is used.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
             if src.count < 3:
                 raise CaptionDataError(f"{path}: {src.count} band(s); caption datasets are RGB, 3 bands needed")
             arr = src.read([1, 2, 3])
