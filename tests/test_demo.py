@@ -52,9 +52,12 @@ def test_demo_writes_every_output_on_the_scene_grid(tiny_bundle: Path, tmp_path:
 def test_demo_replaces_its_own_output_but_refuses_a_foreign_folder(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "demo-output"
     run_demo(out, bundle_path=tiny_bundle, top_k=2)
-    first = (out / "demo.json").stat().st_mtime_ns
+    (out / "stale.txt").write_text("left by an older version")
+    (out / "demo.json").write_text("{}")
     run_demo(out, bundle_path=tiny_bundle, top_k=2)
-    assert (out / "demo.json").stat().st_mtime_ns >= first
+    assert not (out / "stale.txt").exists()  # the folder was replaced, not written over
+    assert json.loads((out / "demo.json").read_text())["hits"]
+    assert not list(tmp_path.glob(".demo-output*"))  # no staging or set-aside folder left
 
     foreign = tmp_path / "my-work"
     foreign.mkdir()

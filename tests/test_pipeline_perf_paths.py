@@ -20,7 +20,6 @@ from rs_clip_plugin.engine.pipeline import (
     preprocess_tile,
     read_tile_batch,
     strip_groups,
-    transform_inplace,
 )
 from rs_clip_plugin.engine.radiometry import BandTransform, apply_transform, default_transform
 from rs_clip_plugin.engine.raster import open_source, upsample_bilinear, upsample_bilinear_valid
@@ -140,8 +139,21 @@ def test_strip_groups_bound_memory_and_cover_their_tiles() -> None:
     assert len(strip_groups([Window(0, 0, 64, 64)], [0], n_bands=12, max_bytes=1)) == 1
 
 
+def _transform_reference(x: np.ndarray, spec: EncoderSpec) -> np.ndarray:
+    """The encoder transform written out plainly (the formula of radiometry's docstring), for comparison."""
+    col = (len(spec.transforms), 1, 1)
+    scale = np.array([t.scale for t in spec.transforms], np.float32).reshape(col)
+    offset = np.array([t.offset for t in spec.transforms], np.float32).reshape(col)
+    lo = np.array([t.clip[0] if t.clip else -np.inf for t in spec.transforms], np.float32).reshape(col)
+    hi = np.array([t.clip[1] if t.clip else np.inf for t in spec.transforms], np.float32).reshape(col)
+    y = np.clip(x * scale + offset, lo, hi)
+    y = (y - np.array(spec.mean, np.float32).reshape(col)) / np.array(spec.std, np.float32).reshape(col)
+    return np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 @pytest.mark.parametrize("clip", [(0.0, 1.0), None])
-def test_transform_inplace_equals_apply_transform(clip) -> None:
+@pytest.mark.parametrize("inplace", [False, True])
+def test_apply_transform_copy_and_in_place_equal_the_formula(clip, inplace: bool) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(0.3, 0.5, (3, 17, 23)).astype(np.float32)
     x[0, 1, 2] = np.nan
@@ -150,16 +162,20 @@ def test_transform_inplace_equals_apply_transform(clip) -> None:
     spec = EncoderSpec("rgb", "unused.onnx", ["red", "green", "blue"],
                        [BandTransform(2.0, -0.1, clip), BandTransform(0.5, 0.2, clip), BandTransform(1.0, 0.0, clip)],
                        "unit", [0.4, 0.5, 0.6], [0.2, 0.3, 0.25], 23, 10.0, 23)
-    want = apply_transform(x, spec.transforms, spec.mean, spec.std)
-    got = transform_inplace(x.copy(), spec)
+    want = _transform_reference(x, spec)
+    given = x.copy()
+    got = apply_transform(given, spec.transforms, spec.mean, spec.std, inplace=inplace)
     np.testing.assert_array_equal(got, want)
     assert np.isfinite(got).all()
+    assert (got is given) == inplace and (inplace or np.array_equal(given, x, equal_nan=True))
     with pytest.raises(ValueError, match="bands in the data"):
-        transform_inplace(x[:2].copy(), spec)
+        apply_transform(x[:2].copy(), spec.transforms, spec.mean, spec.std, inplace=inplace)
+    with pytest.raises(ValueError, match="writable float32"):
+        apply_transform(x.astype(np.float64), spec.transforms, spec.mean, spec.std, inplace=True)
 
 
 @pytest.mark.parametrize("nan_mask", [False, True])
-def test_transform_inplace_identity_steps_and_given_nan_mask(nan_mask: bool) -> None:
+def test_apply_transform_identity_steps_and_given_nan_mask(nan_mask: bool) -> None:
     """Steps that change nothing are skipped; a given NaN mask gives what the transform's own would."""
     rng = np.random.default_rng(1)
     x = rng.normal(0.5, 0.6, (2, 9, 11)).astype(np.float32)
@@ -167,8 +183,9 @@ def test_transform_inplace_identity_steps_and_given_nan_mask(nan_mask: bool) -> 
     spec = EncoderSpec("s2-l2a", "unused.onnx", ["B02", "B03"],
                        [BandTransform(1.0, 0.0, (0.0, 1.0)), BandTransform(1.0, 0.0, (0.2, 0.8))],
                        "reflectance", [0.0, 0.0], [1.0, 1.0], 11, 10.0, 11)
-    want = apply_transform(x, spec.transforms, spec.mean, spec.std)
-    got = transform_inplace(x.copy(), spec, np.isnan(x) if nan_mask else None)
+    want = _transform_reference(x, spec)
+    got = apply_transform(x.copy(), spec.transforms, spec.mean, spec.std, inplace=True,
+                          nan_mask=np.isnan(x) if nan_mask else None)
     np.testing.assert_array_equal(got, want)
     assert got[0].min() == 0.0 and got[0].max() == 1.0 and got[1].min() == 0.0 and got[1].max() == np.float32(0.8)
 

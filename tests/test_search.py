@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import rasterio
 
+from rs_clip_plugin.engine.bundle import load_bundle
+from rs_clip_plugin.engine.classes import ClassSpec
 from rs_clip_plugin.engine.cli import main
 from rs_clip_plugin.engine.index import build_index
 from rs_clip_plugin.engine.nms import box_iou, nms
@@ -18,6 +20,7 @@ from rs_clip_plugin.engine.search import (
     split_negatives,
     text_query_vector,
 )
+from rs_clip_plugin.engine.text import spec_embeddings
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +77,18 @@ def test_text_query_vector_negatives(tiny_bundle: Path) -> None:
     assert float(neg @ city) < float(plain @ city)  # pushed away from the negative term
     with pytest.raises(ValueError, match="positive term"):
         text_query_vector(tiny_bundle, "-ships")
+
+
+def test_text_query_is_a_phrase_not_a_class_list(tiny_bundle: Path) -> None:
+    """A query is one phrase: ';' and '|' are text, 'unknown' and a repeated word are allowed (the label-map
+    rules of class lists do not apply)."""
+    b = load_bundle(tiny_bundle)
+    phrase = "river; lake"
+    want = spec_embeddings(b, [ClassSpec(phrase)])[0]
+    np.testing.assert_allclose(text_query_vector(tiny_bundle, phrase), want, atol=1e-6)
+    assert float(text_query_vector(tiny_bundle, "river") @ want) < 0.9999  # not just its first part
+    assert text_query_vector(tiny_bundle, "unknown").shape == (64,)
+    assert text_query_vector(tiny_bundle, "harbour -Harbour boats").shape == (64,)
 
 
 # --- search on real rasters -----------------------------------------------------------------------------

@@ -100,6 +100,8 @@ def test_nodata_fraction_counts_pixels_with_any_nan_band() -> None:
     tile[2, 1, :2] = np.nan
     assert nodata_fraction(tile) == pytest.approx(6 / 16)
     assert not should_skip(tile) and should_skip(tile, max_nodata=0.25)
+    mask = np.isnan(tile).any(axis=0)  # the strip reader's form: the same fraction and rule
+    assert nodata_fraction(mask) == pytest.approx(6 / 16) and should_skip(mask, max_nodata=0.25)
 
 
 def accumulate(grid: tiling.TileGrid) -> LogitAccumulator:

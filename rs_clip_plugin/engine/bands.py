@@ -58,6 +58,9 @@ S1_GRD_BANDS: tuple[str, ...] = ("VV", "VH")
 
 RGB_BANDS: tuple[str, ...] = ("red", "green", "blue")
 
+# Pseudo band an encoder may list: fed as zeros (Paper A's 13-band encoders on L2A, which has no B10).
+ZERO_BAND = "zero"
+
 SENSOR_BANDS: dict[str, tuple[str, ...]] = {
     "s2-l1c": S2_L1C_BANDS,
     "s2-l2a": S2_L2A_BANDS,
@@ -67,6 +70,8 @@ SENSOR_BANDS: dict[str, tuple[str, ...]] = {
 
 # Sentinel-2 digital numbers are reflectance times this quantification value.
 S2_QUANTIFICATION = 10000.0
+# Sentinel-2's NO_DATA digital number (both levels).
+S2_NODATA_DN = 0
 # From processing baseline 04.00 (products from 25 Jan 2022 on) both L1C and L2A digital numbers
 # carry +1000 (RADIO_ADD_OFFSET / BOA_ADD_OFFSET = -1000) so that dark pixels keep their noise.
 S2_OFFSET_BASELINE = (4, 0)

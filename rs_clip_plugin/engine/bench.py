@@ -313,7 +313,7 @@ def large_scene_in_subprocess(b: Bundle, band_dir: Path, provider: str, bs: int,
 
 
 def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Optional[int]) -> dict:
-    from .pipeline import TileStats, choose_modality, embed_tiles
+    from .pipeline import choose_modality
     from .raster import open_source
     from .runtime import EncoderSession
     from .tiling import make_grid, tile_size_px_for
@@ -331,12 +331,8 @@ def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Option
             noise = np.random.default_rng(0).standard_normal(
                 (bs, len(spec.bands), spec.input_size, spec.input_size), dtype=np.float32)
             bare, _ = _rate(lambda: session.run(noise), bs, 2.0, 3)  # the same session, for over_bare
-            stats = TileStats()
-            t0 = time.perf_counter()
-            for _ in embed_tiles(src, b, modality, grid, session=session, batch_size=bs, stats=stats):
-                pass
-            dt = time.perf_counter() - t0
-            rate = stats.embedded / dt if dt > 0 else 0.0
+            embedded, dt, stats = _pipeline_pass(src, b, modality, grid, session, bs)
+            rate = embedded / dt if dt > 0 else 0.0
             return {
                 "modality": modality,
                 "batch_size": bs,

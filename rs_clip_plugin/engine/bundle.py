@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .atomic import atomic_write_text  # also re-exported: the long-standing import path for writers
-from .bands import MODALITIES, SENSOR_BANDS, canonical_band
+from .bands import MODALITIES, SENSOR_BANDS, ZERO_BAND, canonical_band
 from .radiometry import UNITS, BandTransform
 from .settings import cache_dir
 
@@ -183,7 +183,7 @@ class Manifest:
             seen.add(e.modality)
             if not e.bands:
                 raise BundleError(f"{where}: has no bands; list its input bands in order, e.g. {list(SENSOR_BANDS[e.modality])}")
-            bad = [b for b in e.bands if b != "zero" and canonical_band(b) != b]
+            bad = [b for b in e.bands if b != ZERO_BAND and canonical_band(b) != b]
             if bad:
                 raise BundleError(f"{where}: unknown band names {bad}; use canonical names such as B04, B8A, VV, red")
             n = len(e.bands)

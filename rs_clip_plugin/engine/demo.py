@@ -15,7 +15,9 @@ from typing import Optional
 
 import numpy as np
 
+from .atomic import replace_dir
 from .bands import S2_QUANTIFICATION, S2_TRUE_COLOUR
+from .classes import hex_to_rgb
 from .progress import Progress
 from .resources import classnames
 from .settings import require_sample
@@ -83,7 +85,7 @@ def run_demo(
             scene, classes, staging, bundle=bundle, provider=provider, overlap=DEMO_OVERLAP,
             progress=progress.sub(0.0, 0.6),
         )
-        qvec = text_query_vector(bundle, query)
+        qvec = text_query_vector(bundle, query, provider=provider)
         found = search(
             [scene], qvec, staging, bundle=bundle, top_k=top_k, heatmap=True, provider=provider,
             progress=progress.sub(0.6, 0.95), query_info={"text": query},
@@ -91,7 +93,7 @@ def run_demo(
         preview = staging / "preview.png"
         render_preview(scene, staging / "labels.tif", classified.summary, found.hits, preview, query=query)
         summary = {
-            "bundle": bundle.summary()["name"],
+            "bundle": bundle.manifest.name,
             "bundle_path": str(bundle.root),
             "bundle_description": bundle.manifest.provenance.get("description", ""),
             "scene": str(scene),
@@ -106,9 +108,7 @@ def run_demo(
         }
         (staging / "demo.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         _check_replaceable(out_dir)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -138,7 +138,7 @@ def _true_colour(scene: Path, max_px: int = 800) -> tuple[np.ndarray, tuple[floa
 
 
 def _hex_rgba(colour: str) -> tuple[float, float, float, float]:
-    return (int(colour[1:3], 16) / 255, int(colour[3:5], 16) / 255, int(colour[5:7], 16) / 255, 1.0)
+    return (*(c / 255 for c in hex_to_rgb(colour)), 1.0)
 
 
 def render_preview(scene: Path, labels_tif: Path, summary: dict, hits: list, out_png: Path, query: str) -> Path:

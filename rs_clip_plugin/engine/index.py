@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -352,10 +352,8 @@ def _build(root, identity, files, src, bundle, spec, grid, provider, progress, d
         full = np.lib.format.open_memmap(tmp / "all.npy", mode="w+", dtype=dtype, shape=(max(n_grid, 1), dim))
         rows = np.zeros((n_grid, 4), np.int32)
         count = 0
-        kwargs = {"session": session, "progress": progress}
-        if batch_size is not None:
-            kwargs["batch_size"] = batch_size
-        for tile_indices, emb in embed_tiles(src, bundle, spec.modality, grid, **kwargs):
+        for tile_indices, emb in embed_tiles(src, bundle, spec.modality, grid, session=session, progress=progress,
+                                             batch_size=batch_size):
             progress.check()
             idx = np.asarray(tile_indices, dtype=np.int64).reshape(-1)
             m = idx.shape[0]
@@ -412,13 +410,3 @@ def _build(root, identity, files, src, bundle, spec, grid, provider, progress, d
     idx = open_index(root)
     idx.reused = False
     return idx
-
-
-def iter_indexes() -> Iterator[Path]:
-    """Index directories in the cache (for housekeeping)."""
-    root = index_root()
-    if root.is_dir():
-        for p in sorted(root.iterdir()):
-            if p.is_dir() and not p.name.startswith("."):
-                yield p
-

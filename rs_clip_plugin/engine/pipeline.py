@@ -8,7 +8,7 @@ mostly no data are skipped (never encoded; they come out as nodata). Progress is
 checked once per batch.
 
 Reads go by strips: the tiles of a batch that lie in one tile row are read with ONE window spanning them
-(bounded by ``STRIP_MAX_BYTES``), transformed in place once, and cut into tiles. The per-call cost of
+(bounded by ``STRIP_MAX_BYTES``), transformed in place once (``apply_transform(inplace=True)``), and cut into tiles. The per-call cost of
 GDAL and of resampling 20/60 m bands is then paid per strip, not per tile, and a pixel shared by
 overlapping tiles is transformed once. The result equals per-tile reads (``read_tile_batch``
 is the reference the tests compare against). Memory: one strip per worker plus the prepared batches.
@@ -33,7 +33,7 @@ from .progress import Progress
 from .radiometry import apply_transform
 from .raster import RasterSource, encoder_for
 from .runtime import EncoderSession, physical_cores
-from .tiling import DEFAULT_MAX_NODATA, TileGrid
+from .tiling import DEFAULT_MAX_NODATA, TileGrid, should_skip
 
 __all__ = [
     "STRIP_MAX_BYTES",
@@ -45,7 +45,6 @@ __all__ = [
     "read_tile_batch",
     "resize_chw",
     "strip_groups",
-    "transform_inplace",
 ]
 
 # One strip (float32, all encoder bands) holds at most this much; wider runs of tiles are split.
@@ -117,56 +116,15 @@ def resize_chw(x: np.ndarray, size: int) -> np.ndarray:
     _, h, w = x.shape
     if h == size and w == size:
         return x
-    ry, rx = _resize_matrix(h, size), _resize_matrix(w, size)
-    return np.ascontiguousarray((ry @ x) @ rx.T, dtype=np.float32)
+    out = np.empty((x.shape[0], size, size), np.float32)
+    _resize_into(x, size, out)
+    return out
 
 
 def preprocess_tile(tile: np.ndarray, spec: EncoderSpec) -> np.ndarray:
     """Physical (C, h, w) in the encoder's bands -> encoder input (C, S, S). No data becomes the band mean (0)."""
     y = apply_transform(tile, spec.transforms, spec.mean, spec.std)
     return resize_chw(y, spec.input_size)
-
-
-def transform_inplace(x: np.ndarray, spec: EncoderSpec, nan_mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """``apply_transform`` on a float32 (C, h, w) array, in place (same results); returns x.
-
-    ``nan_mask`` (``np.isnan(x)``, when the caller has it) saves a pass. Steps that change nothing (scale 1,
-    offset 0, mean 0, std 1, no clip bound) are skipped: on a strip each costs a full pass over memory.
-    """
-    c = x.shape[0]
-    if not (len(spec.transforms) == len(spec.mean) == len(spec.std) == c):
-        raise ValueError(f"{c} bands in the data but {len(spec.transforms)} transforms / {len(spec.mean)} means "
-                         f"/ {len(spec.std)} stds")
-    col = (c, 1, 1)
-    ts = spec.transforms
-    scale = np.array([t.scale for t in ts], np.float32).reshape(col)
-    offset = np.array([t.offset for t in ts], np.float32).reshape(col)
-    lo = np.array([t.clip[0] if t.clip else -np.inf for t in ts], np.float32).reshape(col)
-    hi = np.array([t.clip[1] if t.clip else np.inf for t in ts], np.float32).reshape(col)
-    mean = np.array(spec.mean, np.float32).reshape(col)
-    std = np.array(spec.std, np.float32).reshape(col)
-    if (scale != 1).any():
-        np.multiply(x, scale, out=x)
-    if (offset != 0).any():
-        np.add(x, offset, out=x)
-    # Clip by compare-and-fill, filling only where a bound is crossed: numpy 1.x's maximum/minimum/clip
-    # are NaN-aware and several times slower than a comparison, and real data rarely crosses the bounds.
-    # Same values as np.clip (NaN compares False and passes through).
-    hit = np.empty(x.shape, bool)
-    for bound, crosses in ((lo, np.less), (hi, np.greater)):
-        if np.isfinite(bound).any() and crosses(x, bound, out=hit).any():
-            np.copyto(x, np.broadcast_to(bound, x.shape), where=hit)
-    if (mean != 0).any():
-        np.subtract(x, mean, out=x)
-    if (std != 1).any():
-        np.divide(x, std, out=x)
-    if all(t.clip is not None and np.isfinite(t.clip).all() for t in ts) and np.isfinite(spec.std).all() \
-            and all(v != 0 for v in spec.std):
-        # Finite clips leave no infinities and keep NaN where it was: only no data is left to zero.
-        np.copyto(x, 0.0, where=np.isnan(x) if nan_mask is None else nan_mask)
-    else:
-        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    return x
 
 
 def _resize_into(x: np.ndarray, size: int, out: np.ndarray) -> None:
@@ -288,18 +246,17 @@ def read_tile_batch(
         data = read(g.window)
         nan_mask = np.isnan(data)
         nodata_all = nan_mask.any(axis=0)
-        transform_inplace(data, spec, nan_mask)
+        apply_transform(data, spec.transforms, spec.mean, spec.std, inplace=True, nan_mask=nan_mask)
         del nan_mask
         gc0 = int(g.window.col_off)
         for i in g.indices:
             dc = int(windows[i].col_off) - gc0
             cols = slice(dc, dc + int(windows[i].width))
             nodata = nodata_all[:, cols]
-            frac = float(nodata.mean()) if nodata.size else 1.0
-            if frac > max_nodata:
+            if should_skip(nodata, max_nodata):
                 skipped.append(i)
                 continue
-            if keep_masks and frac > 0:
+            if keep_masks and nodata.any():
                 masks[i] = nodata.copy()  # a copy: a view would keep the whole strip alive
             _resize_into(data[:, :, cols], s, batch[len(kept)])
             kept.append(i)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
@@ -80,20 +81,68 @@ def apply_transform(
     mean: Sequence[float],
     std: Sequence[float],
     band_axis: int = -3,
+    *,
+    inplace: bool = False,
+    nan_mask: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Physical values (..., C, H, W) -> encoder input, float32. NaN (nodata) becomes the band mean -> 0."""
-    x = np.asarray(x, dtype=np.float32)
+    """Physical values (..., C, H, W) -> encoder input, float32. NaN (nodata) becomes the band mean -> 0.
+
+    Per band ``clip(x * scale + offset, lo, hi)`` then ``(x - mean) / std``. ``inplace`` overwrites ``x``
+    (float32, writable: the engine's strips); ``nan_mask`` (``np.isnan(x)``, when the caller has it) saves a
+    pass. Steps that change nothing (scale 1, offset 0, mean 0, std 1, no bound) are skipped: on a strip
+    each would be a full pass over memory.
+    """
+    x = _float32_array(x, inplace)
     c = x.shape[band_axis]
     if not (len(transforms) == len(mean) == len(std) == c):
         raise ValueError(f"{c} bands in the data but {len(transforms)} transforms / {len(mean)} means / {len(std)} stds")
-    shape = [1] * x.ndim
-    shape[band_axis] = c
-    scale = np.array([t.scale for t in transforms], np.float32).reshape(shape)
-    offset = np.array([t.offset for t in transforms], np.float32).reshape(shape)
-    lo = np.array([t.clip[0] if t.clip else -np.inf for t in transforms], np.float32).reshape(shape)
-    hi = np.array([t.clip[1] if t.clip else np.inf for t in transforms], np.float32).reshape(shape)
-    m = np.array(mean, np.float32).reshape(shape)
-    s = np.array(std, np.float32).reshape(shape)
-    y = np.clip(x * scale + offset, lo, hi)
-    y = (y - m) / s
-    return np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
+    axis = band_axis % x.ndim
+    scale, offset, lo, hi, m, s = _transform_arrays(tuple(transforms), tuple(mean), tuple(std), x.ndim - axis)
+    if (scale != 1).any():
+        np.multiply(x, scale, out=x)
+    if (offset != 0).any():
+        np.add(x, offset, out=x)
+    # Clip by compare-and-fill where a bound is crossed: numpy 1.x's NaN-aware clip/maximum/minimum are several
+    # times slower than a comparison, and real data rarely crosses the bounds. NaN compares False: it stays.
+    hit = np.empty(x.shape, bool)
+    for bound, crosses in ((lo, np.less), (hi, np.greater)):
+        if np.isfinite(bound).any() and crosses(x, bound, out=hit).any():
+            np.copyto(x, np.broadcast_to(bound, x.shape), where=hit)
+    if (m != 0).any():
+        np.subtract(x, m, out=x)
+    if (s != 1).any():
+        np.divide(x, s, out=x)
+    if np.isfinite(lo).all() and np.isfinite(hi).all() and np.isfinite(s).all() and (s != 0).all():
+        # Finite bounds leave no infinities and keep NaN where it was: only no data is left to zero.
+        np.copyto(x, 0.0, where=np.isnan(x) if nan_mask is None else nan_mask)
+    else:
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return x
+
+
+def _float32_array(x: np.ndarray, inplace: bool) -> np.ndarray:
+    if not inplace:
+        return np.array(x, dtype=np.float32)  # a copy: the caller's array is left as it was
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.writeable):
+        raise ValueError("apply_transform(inplace=True) needs a writable float32 array")
+    return x
+
+
+@lru_cache(maxsize=64)
+def _transform_arrays(transforms: tuple[BandTransform, ...], mean: tuple[float, ...], std: tuple[float, ...],
+                      trailing: int) -> tuple[np.ndarray, ...]:
+    """(scale, offset, lo, hi, mean, std) as float32 arrays shaped (C, 1, ..., 1) to broadcast over ``trailing``
+    dims from the band axis on; cached, since a reader asks for the same spec's constants strip after strip."""
+    shape = (len(transforms),) + (1,) * (trailing - 1)
+    arrays = (
+        [t.scale for t in transforms],
+        [t.offset for t in transforms],
+        [t.clip[0] if t.clip else -np.inf for t in transforms],
+        [t.clip[1] if t.clip else np.inf for t in transforms],
+        mean,
+        std,
+    )
+    out = tuple(np.array(a, np.float32).reshape(shape) for a in arrays)
+    for a in out:
+        a.setflags(write=False)
+    return out

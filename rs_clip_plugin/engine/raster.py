@@ -50,20 +50,20 @@ from .bands import (
     S2_L1C_BANDS,
     S2_L2A_BANDS,
     S2_MISSING_IN_L2A,
-    S2_QUANTIFICATION,
+    S2_NODATA_DN,
     S2_TRUE_COLOUR,
     S2_TRUE_COLOUR_WHITE_REFLECTANCE,
     SENSOR_BANDS,
+    ZERO_BAND,
     canonical_band,
     parse_s2_product,
     s2_offset_dn,
 )
 from .bundle import EncoderSpec, Manifest
-from .radiometry import db_to_linear, linear_to_db
+from .radiometry import db_to_linear, linear_to_db, s2_reflectance
 from .sources import SOURCE_HELP, BandRef, Discovered, RasterError, discover, vrt_source_names
 
 __all__ = [
-    "ZERO_BAND",
     "RasterError",
     "RasterSource",
     "encoder_for",
@@ -73,7 +73,6 @@ __all__ = [
     "upsample_bilinear_valid",
 ]
 
-ZERO_BAND = "zero"
 # GDAL's block cache defaults to 5% of RAM and counts toward this process's memory; streamed strip reads
 # only need about one block row of the bands read. Set before GDAL first sizes its cache; a user's own
 # GDAL_CACHEMAX (or QGIS's setting, inside QGIS) wins.
@@ -244,7 +243,7 @@ def _names_fit(sensor: str, names: Sequence[Optional[str]]) -> bool:
         return all(n in S2_BANDS for n in known)
     if sensor == "s1-grd":
         return all(n in S1_BANDS for n in known)
-    return all(n in ("red", "green", "blue") for n in known)
+    return all(n in RGB_BANDS for n in known)
 
 
 def _detect_sensor(names: Sequence[Optional[str]], d: Discovered, label: str, sensor: Optional[str]) -> str:
@@ -253,7 +252,7 @@ def _detect_sensor(names: Sequence[Optional[str]], d: Discovered, label: str, se
         return sensor
     if known and all(n in S1_BANDS for n in known):
         return "s1-grd"
-    if known and all(n in ("red", "green", "blue") for n in known):
+    if known and all(n in RGB_BANDS for n in known):
         return "rgb"
     if known and all(n in S2_BANDS for n in known):
         if d.level:
@@ -368,19 +367,6 @@ class RasterSource:
             return None
         return max(b.offset_dn for b in self._bands.values())
 
-    def describe(self) -> dict:
-        return {
-            "path": str(self.path),
-            "sensor": self.sensor,
-            "bands": self.band_names,
-            "width": self.width,
-            "height": self.height,
-            "crs": self.crs.to_string() if self.crs else None,
-            "res_m": self.res_m,
-            "s2_offset_dn": self.s2_offset_dn,
-            "sar_units": self.sar_units,
-        }
-
     # --- reading ----------------------------------------------------------------------------------
     def read(self, window: Window, bands: Optional[Sequence[str]] = None) -> np.ndarray:
         """float32 (C, h, w) in physical units for a window of the working grid; NaN where there is no data.
@@ -415,14 +401,14 @@ class RasterSource:
             groups.setdefault((self._bands[n].ref.uri, self._native[n]), []).append(i)
         # Coarse bands to interpolate, keyed by factor: bands of one factor share their source span and are
         # interpolated together (per-call overhead dominates on strips of a few tiles).
-        coarse: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        coarse: dict[tuple[int, tuple[int, int]], list[tuple[np.ndarray, np.ndarray]]] = {}
         for (uri, native), idx in groups.items():
             indexes = [self._bands[names[i]].ref.index for i in idx]
             src = self._dataset(uri)
             factor = None if native or self.resample_with_warper else self._upsample_factor(uri)
             if factor is not None:
-                phys = self._coarse_physical(uri, indexes, inner, factor, [names[i] for i in idx])
-                coarse.setdefault(factor, []).extend(zip(phys, (out[(rows[i], *dst)] for i in idx)))
+                phys, offset = self._coarse_physical(uri, indexes, inner, factor, [names[i] for i in idx])
+                coarse.setdefault((factor, offset), []).extend(zip(phys, (out[(rows[i], *dst)] for i in idx)))
                 continue
             raw = (src if native else self._warped_view(uri)).read(indexes, window=inner)
             for k, i in enumerate(idx):
@@ -430,8 +416,8 @@ class RasterSource:
                 nodata = src.nodatavals[j] if native else np.nan
                 out[(rows[i], *dst)] = self._to_physical(raw[k], nodata, np.dtype(src.dtypes[j]),
                                                          self._bands[names[i]])
-        for factor, jobs in coarse.items():
-            _upsample_jobs(jobs, factor, _coarse_offset(inner, factor))
+        for (factor, offset), jobs in coarse.items():
+            _upsample_jobs(jobs, factor, offset)
 
     def _to_physical(self, raw: np.ndarray, nodata: Optional[float], src_dtype: np.dtype, band: _Band) -> np.ndarray:
         x = raw.astype(np.float32)
@@ -439,8 +425,8 @@ class RasterSource:
         if nodata is not None and not np.isnan(nodata):
             invalid |= raw == nodata
         if self.sensor.startswith("s2"):
-            invalid |= raw == 0  # Sentinel-2's NO_DATA digital number
-            x = (x - np.float32(band.offset_dn)) / np.float32(S2_QUANTIFICATION)
+            invalid |= raw == S2_NODATA_DN
+            x = s2_reflectance(raw, band.offset_dn)
         elif self.sensor == "rgb":
             if src_dtype == np.uint8:
                 x /= np.float32(255.0)
@@ -575,16 +561,19 @@ class RasterSource:
         return self._factors[uri]
 
     def _coarse_physical(self, uri: str, indexes: list[int], window: Window, k: int,
-                         names: Sequence[str]) -> list[np.ndarray]:
+                         names: Sequence[str]) -> tuple[list[np.ndarray], tuple[int, int]]:
         """Physical values (NaN = no data) of the coarse file's pixels that ``window`` of the working grid
-        interpolates between (``_coarse_offset`` places them). Converting before interpolating touches k*k
-        fewer pixels, and gives the same values: the conversion is affine and the weights sum to one."""
+        interpolates between, and the (row, col) of the window's first pixel relative to the first of them, in
+        fine pixels. Converting before interpolating touches k*k fewer pixels, and gives the same values: the
+        conversion is affine and the weights sum to one."""
         ds = self._dataset(uri)
-        sr0, sr1 = _source_span(int(window.row_off), int(window.height), k, ds.height)
-        sc0, sc1 = _source_span(int(window.col_off), int(window.width), k, ds.width)
+        r0, c0 = int(window.row_off), int(window.col_off)
+        sr0, sr1 = _source_span(r0, int(window.height), k, ds.height)
+        sc0, sc1 = _source_span(c0, int(window.width), k, ds.width)
         raw = ds.read(indexes, window=Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
-        return [self._to_physical(raw[b], ds.nodatavals[index - 1], np.dtype(ds.dtypes[index - 1]),
+        phys = [self._to_physical(raw[b], ds.nodatavals[index - 1], np.dtype(ds.dtypes[index - 1]),
                                   self._bands[name]) for b, (index, name) in enumerate(zip(indexes, names))]
+        return phys, (r0 - sr0 * k, c0 - sc0 * k)
 
     def _warped_view(self, uri: str) -> WarpedVRT:
         vrt = self._warped.get(uri)
@@ -592,7 +581,7 @@ class RasterSource:
             ds = self._dataset(uri)
             src_nodata = ds.nodata
             if src_nodata is None:
-                src_nodata = 0 if self.sensor.startswith("s2") else (np.nan if ds.dtypes[0].startswith("float") else None)
+                src_nodata = S2_NODATA_DN if self.sensor.startswith("s2") else (np.nan if ds.dtypes[0].startswith("float") else None)
             finer = abs(ds.transform.a) < abs(self.transform.a)
             vrt = self._warped[uri] = WarpedVRT(
                 ds,
@@ -630,7 +619,8 @@ def upsample_bilinear(raw: np.ndarray, valid: np.ndarray, k: int, offset: tuple[
     """Bilinear interpolation of (n, hs, ws) source pixels onto a grid k times finer, as GDAL's warper does it:
     half-pixel centres, invalid (``~valid``) and outside neighbours left out and the weights of the others
     renormalised; NaN where none is valid. ``offset`` = (row, col) of the output's first pixel on the fine grid
-    relative to the first source pixel's top-left corner. Separable, in float64; float32 result (n, h, w)."""
+    relative to the first source pixel's top-left corner. Separable, in float64; float32 result (n, h, w).
+    The reader sends only bands with no data in reach here; all-valid ones go to ``upsample_bilinear_valid``."""
     h, w = shape
     n, hs, ws = raw.shape
     if hs == 0 or ws == 0:
@@ -639,11 +629,6 @@ def upsample_bilinear(raw: np.ndarray, valid: np.ndarray, k: int, offset: tuple[
     x0, x1, fx = _bilinear_axis(w, offset[1], k, ws)
     gy, gx = (1.0 - fy)[None, :, None], fy[None, :, None]
     wx0, wx1 = (1.0 - fx)[None, None, :], fx[None, None, :]
-    if valid.all():  # the common case: plain bilinear, no renormalisation (the weights sum to 1)
-        v = raw.astype(np.float64)
-        rows = v[:, y0, :] * gy + v[:, y1, :] * gx
-        out64 = rows[:, :, x0] * wx0 + rows[:, :, x1] * wx1
-        return out64.astype(np.float32)
     m = valid.astype(np.float64)
     v = np.where(valid, raw, 0).astype(np.float64)
     num = v[:, y0, :] * gy + v[:, y1, :] * gx
@@ -657,15 +642,6 @@ def upsample_bilinear(raw: np.ndarray, valid: np.ndarray, k: int, offset: tuple[
     out = np.full(num.shape, np.nan, np.float32)
     np.divide(num, den, out=out, where=ok, casting="unsafe")
     return out
-
-
-def _coarse_offset(window: Window, k: int) -> tuple[int, int]:
-    """(row, col) of the window's first pixel relative to the first coarse pixel ``_coarse_physical`` reads,
-    in fine pixels. The raster's size is not needed: the span's start is clamped at 0 only."""
-    r0, c0 = int(window.row_off), int(window.col_off)
-    sr0 = max(int(np.floor((r0 + 0.5) / k - 0.5)), 0)
-    sc0 = max(int(np.floor((c0 + 0.5) / k - 0.5)), 0)
-    return r0 - sr0 * k, c0 - sc0 * k
 
 
 def _upsample_jobs(jobs: Sequence[tuple[np.ndarray, np.ndarray]], k: int, offset: tuple[int, int]) -> None:

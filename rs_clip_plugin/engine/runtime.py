@@ -253,21 +253,8 @@ class EncoderSession:
         return self._ensure()[2]
 
     @property
-    def onnx_file(self) -> str:
-        return self._ensure()[4]
-
-    @property
     def is_gpu(self) -> bool:
         return self.provider_used in GPU_PROVIDERS
-
-    def describe(self) -> dict:
-        return {
-            "provider": self.provider_used,
-            "device": self.device,
-            "fallback_message": self.fallback_message,
-            "onnx": self.onnx_file,
-            "threads": self.threads,
-        }
 
     def auto_batch_size(self, requested: Optional[int] = None) -> int:
         if self.spec is None:

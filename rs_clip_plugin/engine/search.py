@@ -125,7 +125,8 @@ def text_query_vector(
     provider: str = "auto",
 ) -> np.ndarray:
     """Prompt-ensembled, L2-normalised text query [D]; '-term' in ``text`` and ``negative`` are subtracted."""
-    from .text import class_embeddings
+    from .classes import ClassSpec
+    from .text import spec_embeddings
 
     b = _bundle(bundle)
     positive, inline_neg = split_negatives(text or "")
@@ -133,7 +134,7 @@ def text_query_vector(
     if not positive:
         raise ValueError(f"the text query {text!r} has no positive term; e.g. 'harbour -ships'")
     # Each phrase is one "class": mean over the bundle's templates, renormalised (CLIP's zero-shot head).
-    emb = class_embeddings(b, [positive, *negatives], lang=lang, provider=provider)
+    emb = spec_embeddings(b, [ClassSpec(p) for p in (positive, *negatives)], lang=lang, provider=provider)
     q = emb[0]
     if negatives:
         q = q - np.float32(negative_weight) * _normalise(emb[1:].mean(axis=0), "negative")

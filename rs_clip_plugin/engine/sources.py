@@ -227,7 +227,3 @@ def vrt_source_names(vrt_path: Path, count: int) -> list[Optional[str]]:
         found = {band_from_filename(f) for f in files} - {None}
         names.append(found.pop() if len(found) == 1 else None)
     return names if len(names) == count else [None] * count
-
-
-def is_s2_band(name: Optional[str]) -> bool:
-    return name in S2_BANDS

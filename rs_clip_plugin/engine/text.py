@@ -85,7 +85,19 @@ def class_embeddings(
     provider: str = "auto",
 ) -> np.ndarray:
     """Per class, the renormalised mean of the normalised embeddings of (synonyms x templates): [K, D]."""
-    specs = parse_classes(classes)
+    return spec_embeddings(bundle, parse_classes(classes), lang, templates, session, provider)
+
+
+def spec_embeddings(
+    bundle: Bundle,
+    specs: Sequence[ClassSpec],
+    lang: str = "en",
+    templates: Optional[Sequence[str]] = None,
+    session: Optional[EncoderSession] = None,
+    provider: str = "auto",
+) -> np.ndarray:
+    """``class_embeddings`` of given ClassSpecs, taken as they are: no class-list parsing or label-map rules
+    (search phrases may hold ';' or '|', repeat a word or be called 'unknown')."""
     check_language(bundle, lang)
     tmpl = list(templates) if templates is not None else templates_for(bundle, lang)
     bad = [t for t in tmpl if "{}" not in t]

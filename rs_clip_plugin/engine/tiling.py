@@ -130,10 +130,12 @@ def tile_size_px_for(spec: EncoderSpec, source: RasterSource, tile_size_m: Optio
 
 
 def nodata_fraction(tile: np.ndarray) -> float:
-    """Fraction of pixels of a (C, h, w) tile where any band is NaN (no data)."""
-    if tile.size == 0:
+    """Fraction of no-data pixels of a tile: a (C, h, w) float tile (a pixel where any band is NaN), or the
+    (h, w) bool no-data mask the strip reader already has."""
+    mask = tile if tile.dtype == bool else np.isnan(tile).any(axis=0)
+    if mask.size == 0:
         return 1.0
-    return float(np.isnan(tile).any(axis=0).mean())
+    return float(mask.mean())
 
 
 def should_skip(tile: np.ndarray, max_nodata: float = DEFAULT_MAX_NODATA) -> bool:

@@ -85,11 +85,6 @@ class BundleTokenizer:
         text = bundle.manifest.text
         return cls(bundle.path(text.tokenizer), text)
 
-    def tokenize(self, text: str) -> list[int]:
-        """Ids of one text without start/end tokens."""
-        cleaned = clean_text(text, self.spec.lowercase)
-        return list(self._tok.encode(cleaned, add_special_tokens=False).ids)
-
     def encode(self, texts: Sequence[str] | str) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]

@@ -18,10 +18,10 @@ from rs_clip_plugin.engine.bands import (
     S2_MISSING_IN_L2A,
     S2_TRUE_COLOUR,
     S2_TRUE_COLOUR_WHITE_REFLECTANCE,
+    ZERO_BAND,
 )
 from rs_clip_plugin.engine.radiometry import apply_transform, default_transform, s2_reflectance
 
-ZERO_BAND = "zero"
 ZERO_BAND_INDEX = S2_L1C_BANDS.index(S2_MISSING_IN_L2A)  # 10, as in Paper A
 # The bundle's s2-l2a encoder: the 12 L2A bands with the pseudo band "zero" where B10 was.
 S2_L2A_AS_13: tuple[str, ...] = tuple(ZERO_BAND if b == S2_MISSING_IN_L2A else b for b in S2_L1C_BANDS)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from rs_clip_plugin.engine.bands import canonical_band
+from rs_clip_plugin.engine.bands import ZERO_BAND, canonical_band
 
 
 class DataError(FileNotFoundError):
@@ -27,7 +27,7 @@ def band_files(folder: Path, suffix: str = ".tif") -> dict[str, Path]:
 
 
 def require_bands(files: Mapping[str, Path], bands: Sequence[str], where: Path) -> None:
-    missing = [b for b in bands if b != "zero" and b not in files]
+    missing = [b for b in bands if b != ZERO_BAND and b not in files]
     if missing:
         raise DataError(
             f"{where}: missing band files {missing} (found {sorted(files)}); a complete patch folder holds one "
@@ -49,14 +49,14 @@ def read_band_stack(
     if out_shape is None:
         shapes = []
         for b in bands:
-            if b == "zero":
+            if b == ZERO_BAND:
                 continue
             with rasterio.open(files[b]) as src:
                 shapes.append((src.height, src.width))
         out_shape = max(shapes)
     stack = np.zeros((len(bands), *out_shape), np.float32)
     for i, b in enumerate(bands):
-        if b == "zero":
+        if b == ZERO_BAND:
             continue
         with rasterio.open(files[b]) as src:
             resampling = Resampling.nearest if (src.height, src.width) == tuple(out_shape) else Resampling.bilinear
