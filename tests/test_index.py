@@ -41,7 +41,8 @@ class _Forbid:
         raise AssertionError("the encoder ran although a valid index was cached")
 
 
-def test_build_then_reuse_without_encoding(tiny_bundle: Path, major_tom_dir: Path, monkeypatch) -> None:
+def test_build_then_reuse_without_encoding(tiny_bundle: Path, major_tom_dir: Path, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RSCLIP_CACHE", str(tmp_path / "cache"))  # a first build, whatever ran before
     ext = _extent(major_tom_dir)
     idx = build_index(major_tom_dir, tiny_bundle, extent=ext, provider="cpu")
     assert not idx.reused and len(idx) == 16

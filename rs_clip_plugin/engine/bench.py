@@ -35,6 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .bundle import Bundle, load_bundle
+from .default_bundle import as_bundle
 from .progress import Progress
 
 QUERY_SIZES = (10_000, 100_000, 1_000_000)
@@ -190,11 +191,7 @@ def run_bench(
     from .tiling import make_grid, tile_size_px_for
 
     progress = progress or Progress()
-    if bundle is None:
-        from .default_bundle import default_bundle_path
-
-        bundle = default_bundle_path()
-    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    b = as_bundle(bundle)
     raster_path = Path(raster) if raster is not None else next(p for p in sorted(require_sample("major_tom_s2l2a").iterdir()) if p.is_dir())
     result: dict = {"bundle": b.manifest.name, "raster": str(raster_path)}
 

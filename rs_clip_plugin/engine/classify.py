@@ -27,8 +27,9 @@ from typing import Optional, Union
 import numpy as np
 from rasterio.windows import Window
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle
 from .classes import UNKNOWN, UNKNOWN_COLOUR, ClassesInput, class_colours, parse_classes
+from .default_bundle import as_bundle
 from .pipeline import TileStats, choose_modality, embed_tiles
 from .progress import Progress
 from .raster import RasterSource, open_source
@@ -67,16 +68,6 @@ class ClassifyResult:
     qml_path: Path
     summary_path: Path
     summary: dict
-
-
-def _resolve_bundle(bundle: Union[Bundle, str, os.PathLike, None]) -> Bundle:
-    if isinstance(bundle, Bundle):
-        return bundle
-    if bundle is None:
-        from .default_bundle import default_bundle_path
-
-        bundle = default_bundle_path()
-    return load_bundle(bundle)
 
 
 def check_outputs(out_dir: Path, overwrite: bool) -> None:
@@ -218,7 +209,7 @@ def classify_raster(
         raise ValueError(f"threshold {threshold} is not a probability; give a value between 0 and 1")
     stride_for(1, overlap)  # validate before anything is opened
     check_outputs(out_dir, overwrite)
-    b = _resolve_bundle(bundle)
+    b = as_bundle(bundle)
     check_language(b, lang)
     progress.check()
     source = open_source(source_path, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units)

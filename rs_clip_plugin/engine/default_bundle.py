@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from .atomic import replace_dir
-from .bundle import MANIFEST, BundleError
+from .bundle import MANIFEST, Bundle, BundleError, load_bundle
 
 _REPO = Path(__file__).resolve().parents[2]
 RECIPE = _REPO / "training" / "configs" / "smoke" / "modality_gap.yaml"
@@ -61,6 +61,14 @@ def default_bundle_path(build: bool = True, quiet: bool = False) -> Path:
         raise BundleError(f"the default bundle has not been built yet (expected at {bundle_dir}); run `rsclip demo` once")
     _build(target, quiet=quiet)
     return bundle_dir
+
+
+def as_bundle(bundle: Bundle | str | os.PathLike | None) -> Bundle:
+    """A loaded bundle from a Bundle, a bundle directory or .zip, or None (the embedded default bundle):
+    what every engine entry point accepts as ``bundle``."""
+    if isinstance(bundle, Bundle):
+        return bundle
+    return load_bundle(default_bundle_path() if bundle is None else bundle)
 
 
 def _build(target: Path, quiet: bool) -> None:

@@ -41,7 +41,8 @@ import numpy as np
 from affine import Affine
 
 from .atomic import atomic_write_text, replace_dir
-from .bundle import Bundle, load_bundle, sha256_file
+from .bundle import Bundle, sha256_file
+from .default_bundle import as_bundle
 from .progress import Progress
 from .settings import cache_dir
 
@@ -255,10 +256,6 @@ def open_index(root: Path, expect: Optional[dict] = None) -> Index:
     return Index(root, meta, emb, tiles)
 
 
-def _as_bundle(bundle: Union[Bundle, str, os.PathLike]) -> Bundle:
-    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-
-
 def resolve_encoder(bundle: Bundle, source, modality: Optional[str]):
     """The encoder spec for ``source``: the requested modality, else the best compatible one."""
     if modality is not None:
@@ -273,7 +270,7 @@ def resolve_encoder(bundle: Bundle, source, modality: Optional[str]):
 
 def build_index(
     source,
-    bundle: Union[Bundle, str, os.PathLike],
+    bundle: Union[Bundle, str, os.PathLike, None],
     *,
     modality: Optional[str] = None,
     tile_size_m: Optional[float] = None,
@@ -300,7 +297,7 @@ def build_index(
     progress = progress or Progress()
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"index dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
-    bundle = _as_bundle(bundle)
+    bundle = as_bundle(bundle)
     own = not isinstance(source, RasterSource)
     src = open_source(source, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units) if own else source
     try:

@@ -24,6 +24,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 UNITS = ("reflectance", "db", "linear", "unit")
+# How Sentinel-1 backscatter may be stored.
+SAR_UNITS = ("db", "linear")
 # Sentinel-1 dB range mapped to [0, 1] by the default SAR transform.
 S1_DB_RANGE = (-30.0, 5.0)
 _DB_FLOOR = 1e-10

@@ -60,7 +60,7 @@ from .bands import (
     s2_offset_dn,
 )
 from .bundle import EncoderSpec, Manifest
-from .radiometry import db_to_linear, linear_to_db, s2_reflectance
+from .radiometry import SAR_UNITS, db_to_linear, linear_to_db, s2_reflectance
 from .sources import SOURCE_HELP, BandRef, Discovered, RasterError, discover, vrt_source_names
 
 __all__ = [
@@ -78,7 +78,6 @@ __all__ = [
 # GDAL_CACHEMAX (or QGIS's setting, inside QGIS) wins.
 GDAL_CACHE_MB = 256
 os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
-SAR_UNITS = ("db", "linear")
 SENSOR_HELP = f"--sensor ({'|'.join(MODALITIES)}) and/or --bands NAME,NAME,... (one name per raster band, in order)"
 # Encoders a source can feed, best first. A 13-band (L1C) encoder takes L2A data with a zero B10
 # (Paper A); an L2A encoder takes L1C minus B10; an rgb encoder takes a Sentinel-2 true-colour composite.

@@ -38,7 +38,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle
+from .default_bundle import as_bundle
 from .index import Index, build_index
 from .nms import nms
 from .progress import Progress
@@ -96,10 +97,6 @@ class SearchResult:
         }
 
 
-def _bundle(bundle: Union[Bundle, str, os.PathLike]) -> Bundle:
-    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-
-
 def _normalise(v: np.ndarray, what: str) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32).reshape(-1)
     n = float(np.linalg.norm(v))
@@ -117,7 +114,7 @@ def split_negatives(text: str) -> tuple[str, list[str]]:
 
 
 def text_query_vector(
-    bundle: Union[Bundle, str, os.PathLike],
+    bundle: Union[Bundle, str, os.PathLike, None],
     text: str,
     negative: Optional[Sequence[str]] = None,
     lang: str = "en",
@@ -128,7 +125,7 @@ def text_query_vector(
     from .classes import ClassSpec
     from .text import spec_embeddings
 
-    b = _bundle(bundle)
+    b = as_bundle(bundle)
     positive, inline_neg = split_negatives(text or "")
     negatives = [*inline_neg, *(n.strip() for n in (negative or []) if n and n.strip())]
     if not positive:
@@ -160,7 +157,7 @@ def _window_around(source, x: float, y: float, tile_px: int):
 
 
 def image_query_vector(
-    bundle: Union[Bundle, str, os.PathLike],
+    bundle: Union[Bundle, str, os.PathLike, None],
     *,
     raster: Union[str, os.PathLike, None] = None,
     point: Optional[tuple[float, float]] = None,
@@ -186,7 +183,7 @@ def image_query_vector(
     from .runtime import EncoderSession
     from .tiling import extent_window, tile_size_px_for
 
-    b = _bundle(bundle)
+    b = as_bundle(bundle)
     chosen = [k for k, v in (("point", point), ("box", box), ("image_file", image_file)) if v is not None]
     if len(chosen) != 1:
         raise ValueError(
@@ -328,7 +325,7 @@ def search(
     query_vector: np.ndarray,
     out_dir: Union[str, os.PathLike],
     *,
-    bundle: Union[Bundle, str, os.PathLike],
+    bundle: Union[Bundle, str, os.PathLike, None],
     top_k: int = 10,
     nms_iou: float = 0.3,
     heatmap: bool = False,
@@ -360,7 +357,7 @@ def search(
         raise ValueError(f"top-k must be at least 1, got {top_k}")
     if not sources:
         raise ValueError("no raster to search; give one or more rasters")
-    b = _bundle(bundle)
+    b = as_bundle(bundle)
     q = _normalise(query_vector, "search")
     if q.shape[0] != b.manifest.embed_dim:
         raise ValueError(f"the query vector has {q.shape[0]} dimensions but bundle {b.manifest.name!r} embeds in {b.manifest.embed_dim}")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..progress import ConsoleProgress
-from .common import add_bundle_args, add_provider_args, bundle_or_default
+from .common import add_bundle_args, add_provider_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"--query-sizes {args.query_sizes!r}: give whole numbers separated by commas") from exc
     r = run_bench(
-        bundle_or_default(args.bundle),
+        args.bundle,
         args.raster,
         batch_size=args.batch_size,
         provider=args.provider,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..bands import MODALITIES, SENSOR_BANDS
+from ..radiometry import SAR_UNITS
 from ..runtime import PROVIDER_CHOICES
 
-SENSORS = ("s2-l1c", "s2-l2a", "s1-grd", "rgb")
-MODALITIES = ("rgb", "s2-l1c", "s2-l2a", "s1-grd")
+SENSORS = tuple(SENSOR_BANDS)
 RASTER_HELP = "GeoTIFF/COG/VRT, Sentinel-2 .SAFE folder or .zip, or a folder of per-band files"
 # Namespace attributes that map one-to-one onto keyword arguments of build_index / classify_raster / search.
 _RASTER_KWARGS = ("modality", "sensor", "bands", "s2_offset", "sar_units", "tile_size_m", "overlap", "extent", "provider", "batch_size")
@@ -55,7 +56,7 @@ def add_raster_args(p: argparse.ArgumentParser, *, what: str = "the raster", mod
     p.add_argument("--bands", type=parse_bands, help="band names of a multi-band raster in band order, e.g. B04,B03,B02")
     p.add_argument("--s2-offset", type=float, metavar="DN",
                    help="Sentinel-2 DN offset to subtract (1000 for baseline >= 04.00; default: from the product metadata or name)")
-    p.add_argument("--sar-units", choices=["db", "linear"], help="Sentinel-1 values are dB or linear power (default: detected)")
+    p.add_argument("--sar-units", choices=SAR_UNITS, help="Sentinel-1 values are dB or linear power (default: detected)")
     p.add_argument("--tile-size-m", type=float, help="tile size on the ground in metres (default: the bundle's)")
     p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction in [0, 1) (default 0)")
     if extent:
@@ -71,12 +72,3 @@ def add_output_args(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
 def raster_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The raster, tiling and provider keyword arguments this command's parser defined, taken from ``args``."""
     return {k: getattr(args, k) for k in _RASTER_KWARGS if hasattr(args, k)}
-
-
-def bundle_or_default(value: Any) -> Any:
-    """--bundle, else the embedded default bundle (built once on first use)."""
-    if value:
-        return value
-    from ..default_bundle import default_bundle_path
-
-    return default_bundle_path()

@@ -11,7 +11,6 @@ from .common import (
     add_output_args,
     add_provider_args,
     add_raster_args,
-    bundle_or_default,
     raster_kwargs,
 )
 
@@ -33,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     idx = build_index(
         args.raster,
-        bundle_or_default(args.bundle),
+        args.bundle,
         **raster_kwargs(args),
         progress=ConsoleProgress("index"),
         force=args.force,

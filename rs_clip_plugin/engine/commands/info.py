@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..bundle import load_bundle
-from .common import bundle_or_default
+from ..default_bundle import as_bundle
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import emit
 
-    bundle = load_bundle(bundle_or_default(args.bundle))
+    bundle = as_bundle(args.bundle)
     s = bundle.summary()
     lines = [
         f"{s['name']}  (schema {s['schema_version']}, {s['size_bytes'] / 1e6:.1f} MB)  {s['path']}",

@@ -11,7 +11,6 @@ from .common import (
     add_output_args,
     add_provider_args,
     add_raster_args,
-    bundle_or_default,
     parse_extent,
     parse_point,
     raster_kwargs,
@@ -41,15 +40,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundle import load_bundle
     from ..cli import UserError, emit
+    from ..default_bundle import as_bundle
     from ..search import image_query_vector, search, text_query_vector
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.negative and args.query is None:
         raise UserError("--negative applies to a text --query only")
-    bundle = load_bundle(bundle_or_default(args.bundle))
+    bundle = as_bundle(args.bundle)
     if args.query is not None:
         vec = text_query_vector(bundle, args.query, negative=args.negative, lang=args.lang, provider=args.provider)
         info = {"kind": "text", "text": args.query, "negative": args.negative, "lang": args.lang}
