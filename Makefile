@@ -17,7 +17,6 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
 
 bench: setup
 	$(VENV)/bin/rsclip bench

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .engine.atomic import atomic_write_text  # stdlib only: safe before the engine packages are installed
+
 PRIVATE_DIR_NAME = "rsclip-packages"
 
 
@@ -128,9 +130,7 @@ def frozen_constraints(exclude: Optional[Path] = None) -> list[str]:
 def write_constraints(path: Path, exclude: Optional[Path] = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "# Frozen from QGIS's Python by RS-CLIP: pip must not replace any of these.\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(header + "\n".join(frozen_constraints(exclude)) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, header + "\n".join(frozen_constraints(exclude)) + "\n")
     return path
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
+from .engine.atomic import replace_dir
 from .engine.bundle import MANIFEST, BundleError, load_bundle, safe_extract, sha256_file
 
 SETTINGS_PREFIX = "rsclip/"
@@ -191,14 +192,7 @@ class ModelStore:
         target = self.root / _safe_name(name or bundle.manifest.name)
         if target.exists() and not overwrite:
             raise BundleError(f"a bundle named {target.name!r} is installed already; remove it first or choose another name")
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(staged, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(staged, target)
         return self._describe(target)
 
     def _staging(self) -> Path:

@@ -13,7 +13,7 @@ from .engine.resources import classnames, load_classnames, resources_dir
 # GUI label -> the engine's class-name set (resources/classnames/<set>.json).
 PRESETS = {"EuroSAT": "eurosat", "BigEarthNet-19": "bigearthnet19"}
 
-__all__ = ["PRESETS", "icon_path", "preset_classes", "preset_languages", "resources_dir", "split_classes"]
+__all__ = ["PRESETS", "icon_path", "preset_classes", "preset_languages", "resources_dir"]
 
 
 def icon_path() -> str:
@@ -37,7 +37,3 @@ def preset_classes(preset: str, lang: str = "en") -> list[str]:
     return classnames(_dataset(preset), lang)
 
 
-def split_classes(text: str) -> list[str]:
-    """'forest; water' or one class per line -> ['forest', 'water'] (the CLI's separators)."""
-    parts = [p.strip() for chunk in text.splitlines() for p in chunk.split(";")]
-    return [p for p in parts if p]

@@ -53,6 +53,20 @@ def test_classify_through_processing_run(provider, crop, tiny_bundle, tmp_path) 
     assert not list(tmp_path.glob(".*partial"))
 
 
+def test_classify_a_raster_without_crs(provider, data_dir, tiny_bundle, tmp_path) -> None:
+    """A plain photo (UC Merced, no georeferencing) has no ground area: the report gives pixels instead."""
+    import processing
+
+    photo = sorted((data_dir / "ucmerced" / "forest").glob("*.tif"))[0]
+    res = processing.run(
+        "rsclip:classify",
+        {"INPUT": str(photo), "CLASSES": "forest;water", "BUNDLE": str(tiny_bundle), "PROVIDER": 1,
+         "OUTPUT": str(tmp_path / "labels.tif")},
+    )
+    summary = json.loads(Path(res["SUMMARY"]).read_text())
+    assert all(c["area_ha"] is None for c in summary["classes"]) and Path(res["OUTPUT"]).is_file()
+
+
 def test_classify_preset_and_errors(provider, crop, tiny_bundle, tmp_path) -> None:
     import processing
     from qgis.core import QgsProcessingException

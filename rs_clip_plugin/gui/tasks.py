@@ -129,9 +129,3 @@ def wait_for(task: QgsTask, timeout_s: float = 300.0) -> bool:
             raise TimeoutError(f"{task.description()} did not finish within {timeout_s:.0f} s")
     QCoreApplication.processEvents()
     return outcome["ok"]
-
-
-def run_blocking(task: QgsTask, timeout_s: float = 300.0) -> bool:
-    """Start a task that is not started yet and wait for it (see ``wait_for``)."""
-    start(task)
-    return wait_for(task, timeout_s)

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from ..engine.bands import RGB_BANDS, S1_GRD_BANDS, S2_TRUE_COLOUR
+from ..engine.radiometry import linear_to_db
 
 PERCENTILES = (2.0, 98.0)
 
@@ -39,8 +40,7 @@ def false_colour(sensor: str, data: np.ndarray, sar_units: Optional[str] = None)
     if sensor == "s1-grd":
         vv, vh = data[0], data[1]
         if sar_units != "db":  # the ratio and the stretch both read better on a log scale
-            with np.errstate(divide="ignore", invalid="ignore"):
-                vv, vh = 10 * np.log10(np.maximum(vv, 1e-6)), 10 * np.log10(np.maximum(vh, 1e-6))
+            vv, vh = linear_to_db(vv), linear_to_db(vh)
         return np.stack([vv, vh, vv - vh])
     if data.shape[0] == 1:
         return np.repeat(data, 3, axis=0)

@@ -138,6 +138,8 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         provider = str(result.summary.get("provider", ""))
         feedback.pushInfo(f"Execution provider: {provider}")
         for c in result.summary.get("classes", []):
-            feedback.pushInfo(f"  {c.get('name')}: {c.get('area_ha', 0):.1f} ha")
+            area = c.get("area_ha")  # None when the raster has no CRS (no ground area)
+            size = f"{area:.1f} ha" if area is not None else f"{c.get('pixels', 0)} px"
+            feedback.pushInfo(f"  {c.get('name')}: {size}")
         outputs["EXECUTION_PROVIDER"] = provider
         return outputs
