@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from training.evaluate.zero_shot import accuracy, average_precision, macro_map
+from training.methods.modality_gap.data import split_every
 from training.methods.modality_gap.losses import alignment_loss, classification_loss, smooth_multilabel
 from training.methods.modality_gap.patching import interpolate, max_abs_diff
 from training.methods.modality_gap.schedule import cosine_lr
@@ -191,3 +192,12 @@ def test_paper_recipe_dry_run(tmp_path: Path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["dry_run"] and m["stage1"]["steps"] == 1 and m["alignment"]["s2"]["steps"] == 1
     assert not (tmp_path / "bundle").exists()
+
+
+def test_split_every_holds_out_by_position() -> None:
+    items = [{"id": i % 3} for i in range(10)]  # equal-comparing items must not leak between the parts
+    train, held = split_every(items, 4)
+    assert len(held) == 2 and held[0] is items[3] and held[1] is items[7]
+    assert len(train) == 8 and all(t is not items[3] and t is not items[7] for t in train)
+    assert sum(t == {"id": 0} for t in train) == 3  # a filter on "not in held" would drop all four
+    assert split_every(items, 0) == (items, [])

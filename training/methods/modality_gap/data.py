@@ -6,9 +6,10 @@ inputs are made from them with ``training.data.composites`` at batch time, so ex
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import numpy as np
 
@@ -16,6 +17,18 @@ from training.data.composites import rgb_composite
 from training.data.eurosat import EUROSAT_CLASSES, holdout_split, read_ms, read_rgb, scan_class_folders
 from training.data.readers import DataError, grid_windows, split_windows
 from training.data.samples import Scene, major_tom_scene, s1_s2_date_pairs, ssl4eo_location
+
+T = TypeVar("T")
+
+
+def split_every(items: Sequence[T], every: int) -> tuple[list[T], list[T]]:
+    """(train, held out): every ``every``-th item held out (none when ``every`` is 0), by position, so the
+    split is linear in the number of items and never depends on how items compare."""
+    if not every:
+        return list(items), []
+    held = [it for i, it in enumerate(items) if i % every == every - 1]
+    train = [it for i, it in enumerate(items) if i % every != every - 1]
+    return train, held
 
 
 def classnames(spec, lang: str = "en") -> tuple[list[str], list[str]]:
@@ -96,8 +109,7 @@ def _bigearthnet_rgb(spec: dict, root: Path, size: int) -> tuple[LabelledImages,
         labels = np.stack([multi_hot(p.labels_19 or []) for p in part])
         return LabelledImages(spec.get("name", "bigearthnet19") + suffix, imgs, labels, names)
 
-    held = [p for i, p in enumerate(patches) if every and i % every == every - 1]
-    train = [p for p in patches if p not in held]
+    train, held = split_every(patches, every)
     return build(train, ""), (build(held, "-heldout") if held else None)
 
 
@@ -356,8 +368,7 @@ def stream_rgb_set(spec: dict, data_dir: Path, norm) -> tuple[Any, Optional[Labe
         ben1 = BigEarthNetV1(root, require_labels=True)
         patches = _limited(ben1.s2, spec.get("max_patches"))
         every = int(spec.get("holdout_every", 0))
-        held_p = [p for i, p in enumerate(patches) if every and i % every == every - 1]
-        items = [p for p in patches if p not in held_p]
+        items, held_p = split_every(patches, every)
         read = _V1Read(ben1, True).rgb
         held = None
         if held_p:
@@ -403,8 +414,7 @@ def stream_alignment_set(which: str, sources: list[dict], data_dir: Path, norm, 
             found, _ = scan_class_folders(root, (".tif",), keys or list(EUROSAT_CLASSES), "EuroSAT-MS GeoTIFFs")
             every = int(src.get("holdout_every", 4))
             reader = _ClassFolderRead()
-            items = [it for i, it in enumerate(found) if not (every and i % every == every - 1)]
-            held_f = [it for i, it in enumerate(found) if every and i % every == every - 1]
+            items, held_f = split_every(found, every)
             held_items += [(reader, it) for it in _limited(held_f, src.get("max_heldout", HELD_STAGE2))]
         elif kind == "bigearthnet_v2":
             ben = _ben_v2(src, root, list(src.get("splits", ["train"])), require_s1=which == "s1")
@@ -421,8 +431,7 @@ def stream_alignment_set(which: str, sources: list[dict], data_dir: Path, norm, 
             reader = _V1Read(ben1, multi_label)
             every = int(src.get("holdout_every", 0))
             all_items = _limited(ben1.s2 if which == "s2" else ben1.pairs(), src.get("max_patches"))
-            held_p = [p for i, p in enumerate(all_items) if every and i % every == every - 1]
-            items = [p for p in all_items if p not in held_p]
+            items, held_p = split_every(all_items, every)
             held_items += [(reader, p) for p in _limited(held_p, src.get("max_heldout", HELD_STAGE2))]
         parts.append(LazyDataset(items, wrap(getattr(reader, which), norm)))
     dataset = ConcatDataset(parts)

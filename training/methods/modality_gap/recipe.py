@@ -152,14 +152,16 @@ class _Recipe:
                                   "losses": [round(h["loss"], 5) for h in hist]}  # fmt: skip
         # Patching: evaluate every alpha on the fine-tuning task's held-out part and on the control sets.
         rows, alpha0 = [], None
+        # Heads and inputs do not depend on alpha (only the visual weights are patched): built once.
+        evals = [(ds, head if ds is held else self.head(ds.classnames), self.teacher_input(ds.images))
+                 for ds in ([held] if held is not None else []) + controls]
         for alpha in s1.get("alphas", [0.0, 0.5, 1.0]):
             visual.load_state_dict(interpolate(zs_state, ft_state, float(alpha)))
             if float(alpha) == 0.0:
                 alpha0 = max_abs_diff(visual.state_dict(), zs_state)
             row: dict[str, Any] = {"alpha": float(alpha)}
-            for ds in ([held] if held is not None else []) + controls:
-                ctrl_head = head if ds is held else self.head(ds.classnames)
-                row[ds.name] = evaluate_head(visual, ctrl_head, self.teacher_input(ds.images), ds.labels, self.device)
+            for ds, ds_head, inputs in evals:
+                row[ds.name] = evaluate_head(visual, ds_head, inputs, ds.labels, self.device)
             rows.append(row)
         self.metrics["patching"] = {"alpha0_max_abs_diff": alpha0 if alpha0 is not None else float("nan"), "table": rows}
         if not self.dry_run:
@@ -240,8 +242,10 @@ class _Recipe:
         student = build_student(student_cfg, bands, self.lm.model.visual, self.lm.embed_dim, self.size).to(self.device)
         teacher = self.lm.model.visual
         held = d["held"]
-        before = mean_cosine(embed(student, held[0], self.device), embed(teacher, held[1], self.device)) if held else None
+        # The teacher stays frozen through the alignment: its held-out embeddings are computed once.
         emb_before = embed(student, held[0], self.device) if held else None
+        teacher_emb = embed(teacher, held[1], self.device) if held else None
+        before = mean_cosine(emb_before, teacher_emb) if held else None
         steps = 1 if self.dry_run else _steps(sec, d["n"])
         step = alignment_step(teacher, self.head_weights, float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce"),
                               float(s2cfg.get("label_smoothing", 0.0)), self.device)  # fmt: skip
@@ -253,7 +257,6 @@ class _Recipe:
             m.update({"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "mse_first": hist[0]["mse"], "mse_last": hist[-1]["mse"]})
         if held:
             after_emb = embed(student, held[0], self.device)
-            teacher_emb = embed(teacher, held[1], self.device)
             m["cos_before"], m["cos_after"] = before, mean_cosine(after_emb, teacher_emb)
             self._held[which] = {"before": emb_before, "after": after_emb, "teacher": teacher_emb, "s2_refl": held[3]}
         self.metrics.setdefault("alignment", {})[which] = m
