@@ -15,8 +15,6 @@ import pytest
 
 from rs_clip_plugin.engine.settings import sample_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:

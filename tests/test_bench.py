@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rs_clip_plugin.engine.bench import make_large_scene, query_latency_ms, run_bench
+from rs_clip_plugin.engine.bench import make_large_scene, run_bench
 from rs_clip_plugin.engine.cli import main
 
 
@@ -33,4 +33,3 @@ def test_large_scene_strip(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Pat
     assert (s["width"], s["height"], s["bands"]) == (10980, 10980, 12)
     assert s["tiles"] == 172 and isinstance(s["peak_rss_mb"], float)
     assert r["pipeline_tiles"] == 8 and r["torch_skipped"] == "not requested"
-    assert query_latency_ms(50, 8, repeats=1) >= 0.0

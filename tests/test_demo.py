@@ -15,8 +15,6 @@ import rasterio
 from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.demo import demo_scene, eurosat_classes, run_demo
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _png_size(path: Path) -> tuple[int, int]:
     head = path.read_bytes()[:24]

@@ -22,8 +22,6 @@ from training.export.parity import (
     ort_session,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Optional
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 
 from .bundle import atomic_write_text
 from .classes import hex_to_rgb
@@ -57,7 +59,10 @@ def geotiff_profile(
 
 def open_geotiff(path: Path, profile: dict):
     """A rasterio dataset open for writing; the caller writes windows and closes it."""
-    return rasterio.open(Path(path), "w", **profile)
+    with warnings.catch_warnings():
+        # Outputs follow the input's grid: a plain photo's labels have no georeferencing either, as expected.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(Path(path), "w", **profile)
 
 
 def write_class_legend(dst, names: Sequence[str], colours: Sequence[str], band: int = 1) -> None:
