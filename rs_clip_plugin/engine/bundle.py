@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 from .atomic import atomic_write_text  # also re-exported: the long-standing import path for writers
 from .bands import MODALITIES, SENSOR_BANDS, ZERO_BAND, canonical_band
+from .errors import BundleError
 from .radiometry import UNITS, BandTransform
 from .settings import cache_dir
 
@@ -36,10 +37,6 @@ IMAGE_INPUT = "image"
 TEXT_INPUT = "input_ids"
 EMBEDDING_OUTPUT = "embedding"
 TOKENIZER_KINDS = ("clip-bpe", "hf")
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used; the message says which file and what to do."""
 
 
 @dataclass

@@ -30,6 +30,7 @@ from rasterio.windows import Window
 from .bundle import Bundle
 from .classes import UNKNOWN, UNKNOWN_COLOUR, ClassesInput, class_colours, parse_classes
 from .default_bundle import as_bundle
+from .errors import OutputExistsError
 from .pipeline import TileStats, choose_modality, embed_tiles
 from .progress import Progress
 from .raster import RasterSource, open_source
@@ -55,10 +56,6 @@ OUTPUT_FILES = (LABELS, LABELS + AUX_SUFFIX, CONFIDENCE, QML, SUMMARY)
 EARTH_RADIUS_M = 6_371_007.2
 # Averaged logits of one output strip (K planes); softmax needs about two more of the same size.
 STRIP_BUDGET_BYTES = 96 << 20
-
-
-class OutputExistsError(ValueError):
-    """Outputs already in the output folder and overwrite not asked for."""
 
 
 @dataclass

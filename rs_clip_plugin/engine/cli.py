@@ -14,11 +14,13 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from .errors import InputError, RSClipError, cli_names
+
 SUBCOMMANDS = ("info", "index", "classify", "search", "demo", "bench")
 
 
-class UserError(Exception):
-    """An error whose message tells the user what is wrong and how to fix it."""
+class UserError(InputError):
+    """A bad command line: the message tells the user what is wrong and how to fix it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +46,13 @@ def emit(args: argparse.Namespace, result: dict, text: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .bundle import BundleError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, BundleError, FileNotFoundError, ValueError) as exc:
+    except RSClipError as exc:
+        print(f"rsclip {args.command}: error: {exc.render(cli_names(exc.params))}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # file system errors, and engine checks not yet typed
         print(f"rsclip {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -40,6 +40,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .default_bundle import as_bundle
+from .errors import OutputExistsError
 from .index import Index, build_index
 from .nms import nms
 from .progress import Progress
@@ -54,10 +55,6 @@ _MIN_CANDIDATES = 64
 _DENSIFY = 8  # points per tile edge when reprojecting outlines
 _NEGATIVE_SPLIT = re.compile(r"(?:^|\s)-(?=\S)")
 IMAGE_FILE_MAX_PX = 4096
-
-
-class OutputExistsError(FileExistsError, ValueError):
-    """The output folder already holds results; a ValueError too, so the CLI reports it in one line."""
 
 
 @dataclass

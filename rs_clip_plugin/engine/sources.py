@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from .bands import RGB_BANDS, S1_BANDS, S2_BANDS, S2_L1C_BANDS, canonical_band, native_resolution
+from .errors import InputError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img", ".nc")
 SOURCE_HELP = (
@@ -36,7 +37,7 @@ _SAFE_BAND = re.compile(r"_(B\d{2}|B8A)(?:_(\d{2})m)?\.jp2$", re.IGNORECASE)
 _PRODUCT_METADATA = re.compile(r"MTD_MSIL(1C|2A)\.xml$", re.IGNORECASE)
 
 
-class RasterError(ValueError):
+class RasterError(InputError):
     """A raster that cannot be read or mapped; the message names the file and the fix."""
 
 
