@@ -1,7 +1,9 @@
 """`make package`: dist/rs_clip_plugin-<version>.zip, installable with QGIS "Install from ZIP".
 
-The zip holds one folder, rs_clip_plugin/, with metadata.txt, the Python package (plugin + engine) and
-resources/ (icon, class-name presets, prompt templates) — no tests, caches, compiled files or data.
+The zip holds one folder, rs_clip_plugin/, with metadata.txt, the Python package (plugin + engine),
+resources/ (icon, class-name presets, prompt templates) and bundles/default/, the prebuilt embedded default
+bundle (built once from the smoke recipe when missing), so that a zip install works offline with no
+training code — no tests, caches, compiled files or data.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "rs_clip_plugin"
-SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", "tests", "data"}
+SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", "tests", "data", "bundles"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".so.tmp", ".tmp"}
 RESOURCE_FILES = ("icon.svg", "icon.png", "prompt_templates.json")
 RESOURCE_DIRS = ("classnames",)
@@ -36,6 +38,10 @@ def _files() -> list[tuple[Path, str]]:
             if p.suffix in SKIP_SUFFIXES or name.startswith("."):
                 continue
             out.append((p, p.relative_to(REPO).as_posix()))
+    bundle = _default_bundle()
+    for p in sorted(bundle.iterdir()):
+        if p.is_file():
+            out.append((p, f"{PLUGIN}/bundles/default/{p.name}"))
     res = REPO / "resources"
     for name in RESOURCE_FILES:
         if (res / name).is_file():
@@ -45,6 +51,18 @@ def _files() -> list[tuple[Path, str]]:
             if p.is_file():
                 out.append((p, f"{PLUGIN}/resources/{p.relative_to(res).as_posix()}"))
     return out
+
+
+def _default_bundle() -> Path:
+    """The checkout's default bundle, built once (needs the training extras, which `make setup` installs),
+    verified before it is shipped: a zip must never carry a bundle the plugin would refuse."""
+    sys.path.insert(0, str(REPO))
+    from rs_clip_plugin.engine.bundle import load_bundle
+    from rs_clip_plugin.engine.default_bundle import built_default_bundle
+
+    path = built_default_bundle(build=True)
+    load_bundle(path)  # hashes and ONNX inputs
+    return path
 
 
 def build(out_dir: Path = REPO / "dist") -> Path:

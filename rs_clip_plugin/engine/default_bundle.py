@@ -24,6 +24,9 @@ from .bundle import MANIFEST, Bundle, BundleError, load_bundle
 
 _REPO = Path(__file__).resolve().parents[2]
 RECIPE = _REPO / "training" / "configs" / "smoke" / "modality_gap.yaml"
+# `make package` puts the prebuilt default bundle here, inside the plugin folder, so that a plugin installed
+# from its zip works offline with no training code and no torch. A checkout has no such folder.
+SHIPPED = Path(__file__).resolve().parents[1] / "bundles" / "default"
 
 
 def default_bundle_home() -> Path:
@@ -48,10 +51,19 @@ def default_bundle_path(build: bool = True, quiet: bool = False) -> Path:
     env = os.environ.get("RSCLIP_BUNDLE")
     if env:
         return Path(env)
+    shipped = shipped_bundle_path()
+    if shipped is not None:
+        return shipped
+    return built_default_bundle(build=build, quiet=quiet)
+
+
+def built_default_bundle(build: bool = True, quiet: bool = False) -> Path:
+    """The default bundle built from the recipe in this checkout (once, then cached): what `make package`
+    ships. Ignores $RSCLIP_BUNDLE and any shipped copy."""
     if not RECIPE.is_file():
         raise BundleError(
-            f"no default bundle: the recipe {RECIPE} that builds it is not installed; pass --bundle "
-            "(a bundle directory or .zip) or set RSCLIP_BUNDLE"
+            "no default bundle: this installation ships none and cannot build one (the training recipe is not "
+            "installed); add a model bundle (a bundle folder or .zip) or set RSCLIP_BUNDLE"
         )
     target = default_bundle_home() / _recipe_key()
     bundle_dir = target / "bundle"
@@ -61,6 +73,11 @@ def default_bundle_path(build: bool = True, quiet: bool = False) -> Path:
         raise BundleError(f"the default bundle has not been built yet (expected at {bundle_dir}); run `rsclip demo` once")
     _build(target, quiet=quiet)
     return bundle_dir
+
+
+def shipped_bundle_path() -> Path | None:
+    """The prebuilt default bundle inside an installed plugin (see ``SHIPPED``), or None in a checkout."""
+    return SHIPPED if (SHIPPED / MANIFEST).is_file() else None
 
 
 def as_bundle(bundle: Bundle | str | os.PathLike | None) -> Bundle:

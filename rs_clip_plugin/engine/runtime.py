@@ -104,6 +104,11 @@ def default_threads() -> int:
     return physical_cores()
 
 
+def has_nvidia_gpu() -> bool:
+    """Whether the NVIDIA driver reports a GPU (Linux), so a CPU-only ONNX Runtime is worth upgrading."""
+    return any(Path("/proc/driver/nvidia/gpus").glob("*/information"))
+
+
 def device_name(provider: str) -> str:
     """A human name for the device a provider runs on (GPU model from the NVIDIA driver, CPU model)."""
     if provider in GPU_PROVIDERS:

@@ -62,7 +62,8 @@ def check_language(bundle: Bundle, lang: str) -> None:
     if lang not in langs:
         raise BundleError(
             f"bundle {bundle.manifest.name!r} does not support prompts in {lang!r}; its text encoder knows: "
-            f"{', '.join(langs)} (choose one of these with --lang, or a multilingual bundle)"
+            f"{', '.join(langs)} (choose one of these with {{lang}}, or a multilingual bundle)",
+            params=("lang",),
         )
 
 

@@ -27,6 +27,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from .bundle import atomic_write_text
 from .classes import hex_to_rgb
 
+# Every raster the engine writes says so, so front ends never offer their own results as search inputs.
+OUTPUT_TAG = "RSCLIP_OUTPUT"
 CLASS_NAMES_TAG = "CLASS_NAMES"
 CLASS_COLORS_TAG = "CLASS_COLORS"
 AUX_SUFFIX = ".aux.xml"
@@ -62,7 +64,9 @@ def open_geotiff(path: Path, profile: dict):
     with warnings.catch_warnings():
         # Outputs follow the input's grid: a plain photo's labels have no georeferencing either, as expected.
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(Path(path), "w", **profile)
+        dst = rasterio.open(Path(path), "w", **profile)
+    dst.update_tags(**{OUTPUT_TAG: Path(path).stem})
+    return dst
 
 
 def write_class_legend(dst, names: Sequence[str], colours: Sequence[str], band: int = 1) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from pathlib import Path
@@ -43,17 +42,25 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..engine.settings import cache_dir
+from ..engine.bands import MODALITIES
 from ..models import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
+from ..styling import add_classification_layers
 from .bundle_combo import fill_bundle_combo, select_bundle
-from .layers import add_classification_layers
+from .outputs import field_message, output_root, push_result, remember_output_root, unique_result_dir
 from .status import ProviderStatusLabel
 from .tasks import EngineTask, log, start
 
-SENSORS = ["auto", "s2-l2a", "s2-l1c", "s1-grd", "rgb"]
+SENSORS = ["auto", *MODALITIES]  # from the band tables: one list for the engine, the CLI, Processing and here
 EXTENTS = ["Whole layer", "Current map canvas", "Selected features"]
 MIN_CLASS_ROWS = 6
+# Engine parameter -> the label of the field that sets it: errors name what to change in this dialog.
+FIELDS = {
+    "sensor": "Sensor", "modality": "Sensor", "bands": "Band mapping", "bundle": "Model bundle",
+    "lang": "Language", "classes": "Classes", "threshold": "Threshold", "tile_size_m": "Tile size",
+    "overlap": "Overlap", "extent": "Extent", "out": "Output folder", "overwrite": "Output folder",
+    "s2_offset": "Band mapping", "sar_units": "Sensor",
+}
 
 
 def table_height(table: QTableWidget, rows: int) -> int:
@@ -62,25 +69,10 @@ def table_height(table: QTableWidget, rows: int) -> int:
     return header + rows * table.verticalHeader().defaultSectionSize() + 2 * table.frameWidth()
 
 
-def results_root() -> Path:
-    """Where dialog runs write: beside the saved project, else the RS-CLIP cache."""
-    home = QgsProject.instance().homePath()
-    return Path(home) / "rsclip-results" if home else cache_dir() / "results"
-
-
-def unique_result_dir(root: Path, base: str) -> Path:
-    """A result folder name not used yet (two runs in the same second must not collide)."""
-    base = re.sub(r"[^\w.-]+", "_", base).strip("_") or "result"
-    candidate, n = root / base, 1
-    while candidate.exists() or (root / f".{candidate.name}.partial").exists():
-        n += 1
-        candidate = root / f"{base}-{n}"
-    return candidate
-
-
 class ClassifyDialog(QDialog):
     def __init__(self, iface=None, store: Optional[ModelStore] = None, parent=None) -> None:
         super().__init__(parent or (iface.mainWindow() if iface else None))
+        self.setObjectName("rsclip_classify_dialog")
         self.iface = iface
         self.store = store or ModelStore()
         self.task: Optional[EngineTask] = None
@@ -88,16 +80,21 @@ class ClassifyDialog(QDialog):
         self.result_layers: tuple = ()
         self._detected_bands: list[str] = []
         self.setWindowTitle("RS-CLIP – Classify layer by prompt")
-        self.resize(620, 760)
+        self.resize(640, 780)
         self._build()
         self.refresh_bundles()
+        self.select_active_layer()
         self.on_layer_changed()
+        self.load_preset()  # the class table shows the preset the combo shows, never an empty table
 
     # -- layout -----------------------------------------------------------------------------------------
     def _build(self) -> None:
-        # Everything but the buttons scrolls, and the class and area tables share a splitter: on a short
-        # screen the dialog scrolls instead of squeezing the class table to a few rows.
+        # Inputs scroll in the upper pane; results (progress, provider, message, area table) live in the lower
+        # pane of a splitter, so showing results never scrolls the layer choice out of view.
         outer = QVBoxLayout(self)
+        self.splitter = QSplitter(Qt.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        outer.addWidget(self.splitter, 1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
@@ -105,22 +102,28 @@ class ClassifyDialog(QDialog):
         root = QVBoxLayout(body)
         root.setContentsMargins(0, 0, 0, 0)
         scroll.setWidget(body)
-        outer.addWidget(scroll, 1)
+        self.splitter.addWidget(scroll)
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setObjectName("rsclip_layer_combo")
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.layer_combo.layerChanged.connect(self.on_layer_changed)
         form.addRow("Raster layer", self.layer_combo)
         self.detected_label = QLabel("—")
+        self.detected_label.setObjectName("rsclip_detected")
         self.detected_label.setWordWrap(True)
         form.addRow("Detected", self.detected_label)
         self.sensor_combo = QComboBox()
+        self.sensor_combo.setObjectName("rsclip_sensor_combo")
         self.sensor_combo.addItems(SENSORS)
+        self.sensor_combo.setToolTip("'rgb' runs the bundle's RGB encoder on the true-colour bands of any raster")
         form.addRow("Sensor", self.sensor_combo)
         self.bands_edit = QLineEdit()
-        self.bands_edit.setPlaceholderText("band names in band order, e.g. B02,B03,B04,B08")
+        self.bands_edit.setObjectName("rsclip_bands_edit")
+        self.bands_edit.setPlaceholderText("band names in band order, e.g. B02,B03,B04,B08 or blue,green,red,nir")
         form.addRow("Band mapping", self.bands_edit)
         self.bundle_combo = QComboBox()
+        self.bundle_combo.setObjectName("rsclip_bundle_combo")
         form.addRow("Model bundle", self.bundle_combo)
         root.addLayout(form)
 
@@ -128,11 +131,15 @@ class ClassifyDialog(QDialog):
         bl = QVBoxLayout(box)
         row = QHBoxLayout()
         self.preset_combo = QComboBox()
+        self.preset_combo.setObjectName("rsclip_preset_combo")
         self.preset_combo.addItems(list(PRESETS))
+        self.preset_combo.currentIndexChanged.connect(self._preset_changed)
         self.lang_combo = QComboBox()
+        self.lang_combo.setObjectName("rsclip_lang_combo")
         self.lang_combo.addItems(preset_languages(next(iter(PRESETS))))
         self.preset_btn = QPushButton("Load preset")
-        self.preset_btn.clicked.connect(self.load_preset)
+        self.preset_btn.setObjectName("rsclip_load_preset")
+        self.preset_btn.clicked.connect(lambda _checked=False: self.load_preset())
         row.addWidget(QLabel("Preset"))
         row.addWidget(self.preset_combo, 1)
         row.addWidget(QLabel("Language"))
@@ -140,6 +147,7 @@ class ClassifyDialog(QDialog):
         row.addWidget(self.preset_btn)
         bl.addLayout(row)
         self.classes_table = QTableWidget(0, 2)
+        self.classes_table.setObjectName("rsclip_classes_table")
         self.classes_table.setHorizontalHeaderLabels(["Class (synonyms as forest|woodland)", "Colour"])
         self.classes_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         self.classes_table.setSelectionBehavior(QAbstractItemView.SelectRows)
@@ -147,32 +155,37 @@ class ClassifyDialog(QDialog):
         bl.addWidget(self.classes_table, 1)
         row = QHBoxLayout()
         add_btn, del_btn = QPushButton("Add class"), QPushButton("Remove selected")
-        add_btn.clicked.connect(lambda: self.add_class_row(""))
-        del_btn.clicked.connect(self.remove_selected)
+        add_btn.setObjectName("rsclip_add_class")
+        del_btn.setObjectName("rsclip_remove_class")
+        add_btn.clicked.connect(lambda _checked=False: self.add_class_row(""))
+        del_btn.clicked.connect(lambda _checked=False: self.remove_selected())
         row.addWidget(add_btn)
         row.addWidget(del_btn)
         row.addStretch(1)
         bl.addLayout(row)
-        self.splitter = QSplitter(Qt.Vertical)
-        self.splitter.setChildrenCollapsible(False)
-        self.splitter.addWidget(box)
+        root.addWidget(box, 1)
 
         opts = QFormLayout()
         self.extent_combo = QComboBox()
+        self.extent_combo.setObjectName("rsclip_extent_combo")
         self.extent_combo.addItems(EXTENTS)
         opts.addRow("Extent", self.extent_combo)
         self.tile_spin = QDoubleSpinBox()
+        self.tile_spin.setObjectName("rsclip_tile_spin")
         self.tile_spin.setRange(0, 100000)
         self.tile_spin.setSuffix(" m")
         self.tile_spin.setSpecialValueText("bundle default")
         opts.addRow("Tile size", self.tile_spin)
         self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setObjectName("rsclip_overlap_spin")
         self.overlap_spin.setRange(0, 0.9)
         self.overlap_spin.setSingleStep(0.25)
-        opts.addRow("Overlap (fraction)", self.overlap_spin)
+        opts.addRow("Overlap", self.overlap_spin)
         row = QHBoxLayout()
         self.threshold_check = QCheckBox("'unknown' below")
+        self.threshold_check.setObjectName("rsclip_threshold_check")
         self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setObjectName("rsclip_threshold_spin")
         self.threshold_spin.setRange(0, 1)
         self.threshold_spin.setSingleStep(0.05)
         self.threshold_spin.setValue(0.3)
@@ -181,37 +194,52 @@ class ClassifyDialog(QDialog):
         row.addStretch(1)
         opts.addRow("Threshold", row)
         self.out_widget = QgsFileWidget()
+        self.out_widget.setObjectName("rsclip_output_folder")
         self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.out_widget.setFilePath(str(results_root()))
+        self.out_widget.setFilePath(str(output_root()))
+        self.out_widget.fileChanged.connect(remember_output_root)  # QGIS remembers the user's choice
         opts.addRow("Output folder", self.out_widget)
         root.addLayout(opts)
-        root.addWidget(self.splitter, 1)
 
+        results = QWidget()
+        rl = QVBoxLayout(results)
+        rl.setContentsMargins(0, 0, 0, 0)
         self.progress = QProgressBar()
+        self.progress.setObjectName("rsclip_classify_progress")
         self.progress.setRange(0, 100)
-        root.addWidget(self.progress)
+        rl.addWidget(self.progress)
         self.status = ProviderStatusLabel()
-        root.addWidget(self.status)
+        rl.addWidget(self.status)
         self.message_label = QLabel("")
+        self.message_label.setObjectName("rsclip_classify_message")
         self.message_label.setWordWrap(True)
-        root.addWidget(self.message_label)
+        self.message_label.setTextInteractionFlags(Qt.TextBrowserInteraction)
+        self.message_label.setOpenExternalLinks(True)
+        rl.addWidget(self.message_label)
         self.area_table = QTableWidget(0, 3)
+        self.area_table.setObjectName("rsclip_area_table")
         self.area_table.setHorizontalHeaderLabels(["Class", "Area (ha)", "Share"])
         self.area_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         self.area_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.area_table.setMinimumHeight(table_height(self.area_table, 3))
         self.area_table.setVisible(False)
-        self.splitter.addWidget(self.area_table)
+        rl.addWidget(self.area_table, 1)
+        self.splitter.addWidget(results)
         self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setStretchFactor(1, 1)
 
         row = QHBoxLayout()
         row.addStretch(1)
         self.run_btn, self.cancel_btn, close_btn = QPushButton("Classify"), QPushButton("Cancel"), QPushButton("Close")
+        self.run_btn.setObjectName("rsclip_classify_run")
+        self.cancel_btn.setObjectName("rsclip_classify_cancel")
+        close_btn.setObjectName("rsclip_classify_close")
+        self.run_btn.setDefault(True)
         self.cancel_btn.setEnabled(False)
-        self.run_btn.clicked.connect(self.run)
-        self.cancel_btn.clicked.connect(self.cancel)
-        close_btn.clicked.connect(self.close)
+        # clicked(bool) would hand Qt's 'checked' flag to run()'s first parameter: never connect run directly.
+        self.run_btn.clicked.connect(lambda _checked=False: self.run())
+        self.cancel_btn.clicked.connect(lambda _checked=False: self.cancel())
+        close_btn.clicked.connect(lambda _checked=False: self.close())
         for b in (self.run_btn, self.cancel_btn, close_btn):
             row.addWidget(b)
         outer.addLayout(row)
@@ -224,24 +252,49 @@ class ClassifyDialog(QDialog):
         """Select (adding it when missing) a bundle folder or .zip."""
         select_bundle(self.bundle_combo, path)
 
+    def select_active_layer(self) -> None:
+        """Start on the layer the user is working on (the active one), not the first in the project."""
+        active = self.iface.activeLayer() if self.iface is not None else None
+        if isinstance(active, QgsRasterLayer):
+            self.layer_combo.setLayer(active)
+
+    def showEvent(self, event) -> None:
+        if self.task is None:
+            self.select_active_layer()
+        super().showEvent(event)
+
     def on_layer_changed(self, *_args) -> None:
         layer = self.layer_combo.currentLayer()
         self._detected_bands = []
         if not isinstance(layer, QgsRasterLayer):
             self.detected_label.setText("choose a raster layer")
             return
+        source = layer.source().split("|")[0]
         try:
             from ..engine.raster import open_source
 
-            with open_source(layer.source().split("|")[0]) as src:
+            with open_source(source) as src:
                 self._detected_bands = list(src.band_names)
                 res = f"{src.res_m:.0f} m" if src.res_m else "not georeferenced"
                 self.detected_label.setText(
                     f"{src.sensor}, {len(src.band_names)} bands ({', '.join(src.band_names)}), {res}"
                 )
         except Exception as exc:  # the user can still fix it with sensor + band mapping
-            self.detected_label.setText(f"not detected: {exc}")
+            self.detected_label.setText(f"not detected: {self.words(exc, layer)}")
         self.bands_edit.setText(",".join(self._detected_bands))
+
+    def words(self, exc: BaseException, layer: Optional[QgsRasterLayer] = None) -> str:
+        """An engine error in this dialog's words: field labels for parameters, the layer's name for its file."""
+        paths = [(layer.source().split("|")[0], layer.name())] if layer is not None else []
+        return field_message(exc, FIELDS, paths)
+
+    def _preset_changed(self, *_args) -> None:
+        current = self.lang_combo.currentText()
+        self.lang_combo.clear()
+        self.lang_combo.addItems(preset_languages(self.preset_combo.currentText()))
+        if current:
+            self.lang_combo.setCurrentText(current)
+        self.load_preset()
 
     def add_class_row(self, name: str, colour: Optional[str] = None) -> None:
         r = self.classes_table.rowCount()
@@ -301,17 +354,17 @@ class ClassifyDialog(QDialog):
 
     # -- running ----------------------------------------------------------------------------------------
     def run(self, extent_override: Optional[QgsRectangle] = None) -> Optional[EngineTask]:
-        """Start the job; returns the task (tests wait on it)."""
+        """Start the job; returns the task (tests wait on it). The Classify button calls this with no argument."""
         from ..engine.bundle import load_bundle
         from ..engine.classify import classify_raster
 
         layer = self.layer_combo.currentLayer()
         try:
             if not isinstance(layer, QgsRasterLayer):
-                raise ValueError("choose a raster layer to classify")
+                raise ValueError("choose a raster layer to classify in ‘Raster layer’")
             classes = self.classes()
             if not classes:
-                raise ValueError("no classes: type at least two class names, or load a preset")
+                raise ValueError("no classes: type at least two class names in ‘Classes’, or load a preset")
             bundle_path = self.bundle_combo.currentData()
             bundle = load_bundle(self.store.resolve(bundle_path or ""))
             if extent_override is not None:
@@ -320,7 +373,7 @@ class ClassifyDialog(QDialog):
             else:
                 extent = self.extent(layer)
         except Exception as exc:
-            self.show_error(str(exc))
+            self.show_error(self.words(exc, layer if isinstance(layer, QgsRasterLayer) else None))
             return None
         sensor = self.sensor_combo.currentText()
         bands = [b.strip() for b in self.bands_edit.text().split(",") if b.strip()]
@@ -338,7 +391,7 @@ class ClassifyDialog(QDialog):
         names = [n for n, _ in classes]
         colours = {n.split("|")[0].strip(): c for n, c in classes}
         title = f"{layer.name()} ({time.strftime('%H%M%S')})"
-        out_root = Path(self.out_widget.filePath() or results_root())
+        out_root = Path(self.out_widget.filePath() or output_root())
         final = unique_result_dir(out_root, title)
         staging = out_root / f".{final.name}.partial"
 
@@ -355,7 +408,7 @@ class ClassifyDialog(QDialog):
             return res
 
         self.task = EngineTask(f"RS-CLIP: classify {layer.name()}", job, lambda r: self._done(r, title, colours),
-                               self._failed, staging=staging)
+                               self._failed, staging=staging, words=lambda exc: self.words(exc, layer))
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.message.connect(self.message_label.setText)
         self.run_btn.setEnabled(False)
@@ -370,6 +423,7 @@ class ClassifyDialog(QDialog):
 
     def _done(self, result, title: str, colours: dict) -> None:
         self.result = result
+        self.task = None
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.progress.setValue(100)
@@ -378,11 +432,9 @@ class ClassifyDialog(QDialog):
         fallback = result.summary.get("provider_fallback") or ""
         self.status.set_provider(provider, fallback, device=result.summary.get("device"))
         self.fill_area_table(result.summary)
-        self.message_label.setText(f"done: {Path(result.labels_path).parent}")
-        if self.iface is not None:
-            self.iface.messageBar().pushMessage(
-                "RS-CLIP", f"classified {title} on {provider}", level=Qgis.Success, duration=5
-            )
+        folder = Path(result.labels_path).parent
+        self.message_label.setText(f"done: written to <a href='{folder.as_uri()}'>{folder.name}</a>")
+        push_result(self.iface, f"Classified {title} on {self.status.short_text()}; results in {folder.name}", folder)
 
     def fill_area_table(self, summary: dict) -> None:
         rows = list(summary.get("classes", []))
@@ -403,6 +455,7 @@ class ClassifyDialog(QDialog):
         self.area_table.setVisible(True)
 
     def _failed(self, message: str) -> None:
+        self.task = None
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.progress.setValue(0)

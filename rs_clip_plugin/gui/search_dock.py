@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,7 +25,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsRectangle,
 )
-from qgis.gui import QgsDockWidget, QgsMapLayerComboBox, QgsMapToolEmitPoint
+from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolEmitPoint
 from qgis.PyQt.QtCore import QSize, Qt
 from qgis.PyQt.QtGui import QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (
@@ -44,14 +45,26 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..models import ModelStore
+from ..styling import add_search_layers
 from .bundle_combo import fill_bundle_combo, select_bundle
-from .classify_dialog import results_root, unique_result_dir
-from .layers import add_search_layers
+from .outputs import field_message, output_root, push_result, remember_output_root, unique_result_dir
 from .status import ProviderStatusLabel
 from .tasks import EngineTask, log, start
 from .thumbnails import read_window_rgb, to_qimage
 
 THUMB = 72
+FIELDS = {"bundle": "Model bundle", "lang": "Language", "top_k": "Top k", "out": "Output folder",
+          "overwrite": "Output folder", "query": "the query field"}
+
+
+@dataclass
+class Candidate:
+    """A raster layer the dock may search, and why it cannot be (None when a bundle encoder reads it)."""
+
+    layer_id: str
+    name: str
+    source: str
+    problem: Optional[str] = None
 
 
 class SearchDock(QgsDockWidget):
@@ -65,6 +78,8 @@ class SearchDock(QgsDockWidget):
         self.hit_layers: tuple = ()
         self.map_tool: Optional[QgsMapToolEmitPoint] = None
         self.index_states: dict[str, str] = {}  # layer name -> "built" | "reused" (last search)
+        self.skipped: list[str] = []  # "layer: reason" of the last search
+        self._readable_cache: dict = {}
         self._build()
         self.refresh_bundles()
         self.refresh_layers()
@@ -76,34 +91,57 @@ class SearchDock(QgsDockWidget):
         root = QVBoxLayout(w)
         row = QHBoxLayout()
         self.query_edit = QLineEdit()
+        self.query_edit.setObjectName("rsclip_search_query")
         self.query_edit.setPlaceholderText("describe what to find, e.g. a river, um rio, ein Hafen")
         self.query_edit.returnPressed.connect(self.search_text)
         self.search_btn = QPushButton("Search")
-        self.search_btn.clicked.connect(self.search_text)
+        self.search_btn.setObjectName("rsclip_search_run")
+        self.search_btn.clicked.connect(lambda _checked=False: self.search_text())
         row.addWidget(self.query_edit, 1)
         row.addWidget(self.search_btn)
         root.addLayout(row)
         form = QFormLayout()
         self.lang_combo = QComboBox()
+        self.lang_combo.setObjectName("rsclip_search_lang")
         form.addRow("Language", self.lang_combo)
         self.topk_spin = QSpinBox()
+        self.topk_spin.setObjectName("rsclip_search_topk")
         self.topk_spin.setRange(1, 500)
         self.topk_spin.setValue(10)
         form.addRow("Top k", self.topk_spin)
         self.heatmap_check = QCheckBox("add a similarity heat map")
+        self.heatmap_check.setObjectName("rsclip_search_heatmap")
         form.addRow("", self.heatmap_check)
+        self.pin_check = QCheckBox("keep earlier results on the map")
+        self.pin_check.setObjectName("rsclip_search_pin")
+        self.pin_check.setToolTip("Unticked, a new search replaces the previous search's hits and heat map")
+        form.addRow("", self.pin_check)
         self.bundle_combo = QComboBox()
+        self.bundle_combo.setObjectName("rsclip_search_bundle")
         self.bundle_combo.currentIndexChanged.connect(self._bundle_changed)
         form.addRow("Model bundle", self.bundle_combo)
+        self.out_widget = QgsFileWidget()
+        self.out_widget.setObjectName("rsclip_search_output_folder")
+        self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.out_widget.setFilePath(str(output_root()))
+        self.out_widget.fileChanged.connect(remember_output_root)
+        form.addRow("Output folder", self.out_widget)
         root.addLayout(form)
         root.addWidget(QLabel("Layers to search:"))
         self.layers_list = QListWidget()
-        self.layers_list.setMaximumHeight(90)
+        self.layers_list.setObjectName("rsclip_search_layers")
+        self.layers_list.setMaximumHeight(110)
         root.addWidget(self.layers_list)
+        self.skipped_label = QLabel("")
+        self.skipped_label.setObjectName("rsclip_search_skipped")
+        self.skipped_label.setWordWrap(True)
+        root.addWidget(self.skipped_label)
         row = QHBoxLayout()
         self.query_layer_combo = QgsMapLayerComboBox()
+        self.query_layer_combo.setObjectName("rsclip_example_layer")
         self.query_layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.similar_btn = QPushButton("Find similar (click map)")
+        self.similar_btn.setObjectName("rsclip_find_similar")
         self.similar_btn.setCheckable(True)
         self.similar_btn.toggled.connect(self._toggle_map_tool)
         row.addWidget(QLabel("Example from"))
@@ -111,19 +149,23 @@ class SearchDock(QgsDockWidget):
         root.addLayout(row)
         root.addWidget(self.similar_btn)
         self.index_label = QLabel("")
+        self.index_label.setObjectName("rsclip_search_message")
         self.index_label.setWordWrap(True)
         root.addWidget(self.index_label)
         row = QHBoxLayout()
         self.progress = QProgressBar()
+        self.progress.setObjectName("rsclip_search_progress")
         self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setObjectName("rsclip_search_cancel")
         self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(lambda: self.task and self.task.cancel())
+        self.cancel_btn.clicked.connect(lambda _checked=False: self.task and self.task.cancel())
         row.addWidget(self.progress, 1)
         row.addWidget(self.cancel_btn)
         root.addLayout(row)
         self.status = ProviderStatusLabel()
         root.addWidget(self.status)
         self.results_list = QListWidget()
+        self.results_list.setObjectName("rsclip_search_results")
         self.results_list.setIconSize(QSize(THUMB, THUMB))
         self.results_list.itemClicked.connect(self._item_clicked)
         root.addWidget(self.results_list, 1)
@@ -141,6 +183,11 @@ class SearchDock(QgsDockWidget):
         self._bundle_changed()
 
     def _bundle_changed(self, *_args) -> None:
+        self._fill_languages()
+        if hasattr(self, "layers_list"):
+            self.refresh_layers()  # which layers are readable depends on the bundle's encoders
+
+    def _fill_languages(self) -> None:
         from ..engine.bundle import BundleError, read_manifest
 
         self.lang_combo.clear()
@@ -155,18 +202,85 @@ class SearchDock(QgsDockWidget):
                 pass
         self.lang_combo.addItems(langs)
 
-    def refresh_layers(self, *_args) -> None:
-        checked = set(self.checked_layer_ids())
-        self.layers_list.clear()
+    def candidates(self) -> list[Candidate]:
+        """Raster layers of the project other than RS-CLIP's own results, each with the reason a bundle
+        encoder cannot read it (a 1-band raster, a DEM...), or None."""
+        from ..styling import is_rsclip_output
+
+        bundle = self._bundle_or_none()
+        out = []
         for lyr in QgsProject.instance().mapLayers().values():
-            if isinstance(lyr, QgsRasterLayer) and lyr.providerType() == "gdal" and not lyr.name().startswith(("RS-CLIP", )):
-                if "similarity" in lyr.name() or "– classes" in lyr.name() or "– confidence" in lyr.name():
-                    continue  # our own results are not search targets
-                item = QListWidgetItem(lyr.name())
-                item.setData(Qt.UserRole, lyr.id())
+            if not isinstance(lyr, QgsRasterLayer) or is_rsclip_output(lyr):
+                continue
+            source = lyr.source().split("|")[0]
+            cand = Candidate(lyr.id(), lyr.name(), source)
+            if lyr.providerType() != "gdal":
+                cand.problem = f"a {lyr.providerType()} layer; RS-CLIP searches local rasters"
+            elif bundle is not None:
+                cand.problem = self._unreadable(source, lyr.name(), bundle)
+            out.append(cand)
+        return out
+
+    def _unreadable(self, source: str, name: str, bundle) -> Optional[str]:
+        """Why no encoder of ``bundle`` can read the raster, in one line; None when one can. Cached per file
+        state, since the list refreshes whenever a layer is added."""
+        from ..engine.pipeline import choose_modality
+        from ..engine.raster import open_source
+
+        try:
+            st = Path(source).stat()
+            key = (source, st.st_mtime_ns, st.st_size, str(bundle.root))
+        except OSError:
+            key = (source, 0, 0, str(bundle.root))
+        if key not in self._readable_cache:
+            try:
+                with open_source(source) as src:
+                    choose_modality(src, bundle)
+                self._readable_cache[key] = None
+            except Exception as exc:
+                self._readable_cache[key] = field_message(exc, FIELDS, [(source, name)])
+        return self._readable_cache[key]
+
+    def _bundle_or_none(self):
+        from ..engine.bundle import load_bundle
+
+        try:
+            return load_bundle(self.store.resolve(self.bundle_combo.currentData() or ""))
+        except Exception:
+            return None
+
+    def refresh_layers(self, *_args) -> None:
+        """Readable layers listed ticked (unless the user unticked them); the others listed unticked and
+        greyed with their reason, so nobody wonders why a layer is not searched."""
+        if not hasattr(self, "_readable_cache"):
+            self._readable_cache: dict = {}
+        unticked = set(self._unticked)
+        self.layers_list.clear()
+        skipped = []
+        for cand in self.candidates():
+            item = QListWidgetItem(cand.name)
+            item.setData(Qt.UserRole, cand.layer_id)
+            if cand.problem:
+                item.setFlags(item.flags() & ~Qt.ItemIsEnabled & ~Qt.ItemIsUserCheckable)
+                item.setCheckState(Qt.Unchecked)
+                item.setToolTip(cand.problem)
+                item.setText(f"{cand.name} — cannot be searched")
+                skipped.append(f"{cand.name}: {cand.problem}")
+            else:
                 item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                item.setCheckState(Qt.Checked if (not checked or lyr.id() in checked) else Qt.Unchecked)
-                self.layers_list.addItem(item)
+                item.setCheckState(Qt.Unchecked if cand.layer_id in unticked else Qt.Checked)
+            self.layers_list.addItem(item)
+        self.skipped_label.setText("\n".join(f"skipped {line}" for line in skipped))
+        self.skipped_label.setVisible(bool(skipped))
+
+    @property
+    def _unticked(self) -> list[str]:
+        out = []
+        for i in range(self.layers_list.count()):
+            it = self.layers_list.item(i)
+            if it.flags() & Qt.ItemIsUserCheckable and it.checkState() != Qt.Checked:
+                out.append(it.data(Qt.UserRole))
+        return out
 
     def checked_layer_ids(self) -> list[str]:
         out = []
@@ -220,16 +334,18 @@ class SearchDock(QgsDockWidget):
         layers = self.checked_layers()
         try:
             if not layers:
-                raise ValueError("tick at least one raster layer to search")
+                raise ValueError("tick at least one raster layer under ‘Layers to search’")
             bundle = load_bundle(self.store.resolve(self.bundle_combo.currentData() or ""))
         except Exception as exc:
-            self.show_error(str(exc))
+            self.show_error(field_message(exc, FIELDS))
             return None
         sources = [(lyr.name(), Path(lyr.source().split("|")[0])) for lyr in layers]
+        names = [(str(src), name) for name, src in sources]
         top_k, heatmap = self.topk_spin.value(), self.heatmap_check.isChecked()
-        out_root = results_root()
+        out_root = Path(self.out_widget.filePath() or output_root())
         final = unique_result_dir(out_root, f"search-{time.strftime('%Y%m%d-%H%M%S')}")
         staging = out_root / f".{final.name}.partial"
+        self.skipped = []
 
         def job(progress):
             qvec = query_fn(bundle)
@@ -237,8 +353,18 @@ class SearchDock(QgsDockWidget):
             indexes = []
             for i, (name, src) in enumerate(sources):
                 progress.update(0.6 * i / n, f"indexing {name} (first time only; reused afterwards)…")
-                indexes.append(build_index(src, bundle, progress=progress.sub(0.6 * i / n, 0.6 * (i + 1) / n)))
-                self.index_states[name] = "reused" if indexes[-1].reused else "built"
+                try:
+                    idx = build_index(src, bundle, progress=progress.sub(0.6 * i / n, 0.6 * (i + 1) / n))
+                except Exception as exc:  # one odd layer must not lose the others' hits
+                    if type(exc).__name__ == "Cancelled":
+                        raise
+                    self.skipped.append(f"{name}: {field_message(exc, FIELDS, names)}")
+                    log(f"search: skipped {name}: {exc}", Qgis.Warning)
+                    continue
+                indexes.append(idx)
+                self.index_states[name] = "reused" if idx.reused else "built"
+            if not indexes:
+                raise ValueError("none of the ticked layers can be searched: " + "; ".join(self.skipped))
             progress.update(0.6, "searching…")
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
@@ -253,8 +379,9 @@ class SearchDock(QgsDockWidget):
             res.heatmap_paths = [final / Path(p).relative_to(staging) for p in res.heatmap_paths]
             return res
 
+        self.index_states = {}
         self.task = EngineTask(f"RS-CLIP: search '{title}'", job, lambda r: self._done(r, title), self._failed,
-                               staging=staging)
+                               staging=staging, words=lambda exc: field_message(exc, FIELDS, names))
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.message.connect(self.index_label.setText)
         self.search_btn.setEnabled(False)
@@ -265,12 +392,17 @@ class SearchDock(QgsDockWidget):
 
     def _done(self, result, title: str) -> None:
         self.result = result
+        self.task = None
         self.search_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.progress.setValue(100)
         states = ", ".join(f"{k}: index {v}" for k, v in self.index_states.items())
-        self.index_label.setText(f"{len(result.hits)} hits for '{title}' ({states})")
+        lines = [f"{len(result.hits)} hits for '{title}' ({states})"]
+        lines += [f"skipped {line}" for line in self.skipped]
+        self.index_label.setText("\n".join(lines))
         self.status.set_provider(getattr(result, "provider", None))
+        if not self.pin_check.isChecked():
+            self.remove_previous_results()
         self.hit_layers = add_search_layers(result, title)
         self.results_list.clear()
         for hit in result.hits:
@@ -280,6 +412,29 @@ class SearchDock(QgsDockWidget):
             if thumb is not None:
                 item.setIcon(QIcon(thumb))
             self.results_list.addItem(item)
+        folder = Path(result.gpkg_path).parent if getattr(result, "gpkg_path", None) else None
+        skipped = f"; skipped {len(self.skipped)} layer(s)" if self.skipped else ""
+        push_result(self.iface, f"{len(result.hits)} hits for '{title}'{skipped}", folder,
+                    level=Qgis.Warning if self.skipped else Qgis.Success)
+
+    def remove_previous_results(self) -> None:
+        """Drop the previous search's group (hits and heat maps), so heat maps do not pile up over the map."""
+        project = QgsProject.instance()
+        root = project.layerTreeRoot()
+        for lyr in self.hit_layers:
+            if lyr is None:
+                continue
+            try:
+                node = root.findLayer(lyr.id())
+            except RuntimeError:  # the user removed the layer already
+                continue
+            group = node.parent() if node is not None else None
+            if group is not None and group is not root and group.name().startswith("RS-CLIP search:"):
+                project.removeMapLayers([n.layerId() for n in group.findLayers()])
+                root.removeChildNode(group)
+                break
+            project.removeMapLayer(lyr.id())
+        self.hit_layers = ()
 
     def _failed(self, message: str) -> None:
         self.search_btn.setEnabled(True)
@@ -324,6 +479,9 @@ class SearchDock(QgsDockWidget):
             return
         canvas = self.iface.mapCanvas()
         if on:
+            active = self.iface.activeLayer()
+            if isinstance(active, QgsRasterLayer):
+                self.query_layer_combo.setLayer(active)  # the example comes from the layer the user is on
             self.map_tool = QgsMapToolEmitPoint(canvas)
             self.map_tool.canvasClicked.connect(self._map_clicked)
             canvas.setMapTool(self.map_tool)

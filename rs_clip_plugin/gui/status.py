@@ -1,35 +1,46 @@
-"""The 'which execution provider, which device' label shown wherever results are produced."""
+"""The 'where does it run' label shown wherever results are produced: GPU or CPU, and which."""
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from qgis.PyQt.QtWidgets import QLabel
 
-from .layers import provider_label
+from ..styling import provider_label
 
 
 def available_text() -> str:
+    """Where the next job will run, before any has: the best provider ONNX Runtime offers here."""
     try:
-        from ..engine.runtime import available_providers
+        from ..engine.runtime import CPU, GPU_PROVIDERS, available_providers, has_nvidia_gpu
 
-        names = [p.replace("ExecutionProvider", "") for p in available_providers()]
+        avail = available_providers()
     except Exception as exc:  # onnxruntime missing: say so instead of failing the dialog
-        return f"ONNX Runtime not available ({exc}); use RS-CLIP > Check dependencies"
-    gpu = "CUDA" in names or "TensorRT" in names
-    return "available: " + ", ".join(names) + ("" if gpu else " (no GPU provider: install onnxruntime-gpu for CUDA)")
+        return f"ONNX Runtime is not available ({exc}); use RS-CLIP > Check Python packages"
+    gpu = next((p for p in GPU_PROVIDERS if p in avail), None)
+    if gpu:
+        return provider_label(gpu)
+    hint = " — this machine has an NVIDIA GPU: install onnxruntime-gpu to use it" if has_nvidia_gpu() else ""
+    return provider_label(CPU) + hint
 
 
 class ProviderStatusLabel(QLabel):
-    """Says where the last job ran (CUDA / CPU and the device) — users of other plugins could never tell."""
+    """Says where the last job ran (GPU or CPU, and which) — users of other plugins could never tell."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
+        self.setObjectName("rsclip_provider_status")
         self.setWordWrap(True)
         self.provider: Optional[str] = None
-        self.setText(f"Execution provider: {available_text()}")
+        self.setText(f"Runs on: {available_text()}")
 
     def set_provider(self, provider: Optional[str], extra: str = "", device: Optional[str] = None) -> None:
         self.provider = provider
-        text = f"Execution provider: <b>{provider_label(provider, device)}</b>"
+        self._short = provider_label(provider, device)
+        text = f"Ran on: <b>{self._short}</b>"
         self.setText(text + (f" — {extra}" if extra else ""))
+
+    def short_text(self) -> str:
+        """'CPU (…, 2 threads)' of the last job, for message bars; plain text."""
+        return getattr(self, "_short", None) or re.sub("<[^>]+>", "", self.text())

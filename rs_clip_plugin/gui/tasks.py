@@ -37,9 +37,11 @@ class EngineTask(QgsTask):
         on_done: Optional[Callable[[Any], None]] = None,
         on_error: Optional[Callable[[str], None]] = None,
         staging: Optional[Path] = None,
+        words: Optional[Callable[[BaseException], str]] = None,
     ) -> None:
         super().__init__(description, QgsTask.CanCancel)
         self.job = job
+        self.words = words  # the front end's wording of an engine error (its field names, its layer names)
         self.on_done = on_done
         self.on_error = on_error
         self.staging = staging
@@ -63,7 +65,7 @@ class EngineTask(QgsTask):
             self._discard()
             return False
         except Exception as exc:  # every failure is reported with its message; the traceback goes to the log
-            self.error = str(exc) or type(exc).__name__
+            self.error = self._word(exc)
             log(f"{self.description()} failed: {self.error}\n{traceback.format_exc()}", Qgis.Critical)
             self._discard()
             return False
@@ -72,6 +74,14 @@ class EngineTask(QgsTask):
             self._discard()
             return False
         return True
+
+    def _word(self, exc: BaseException) -> str:
+        if self.words is not None:
+            try:
+                return self.words(exc)
+            except Exception:  # wording must never hide the error itself
+                pass
+        return str(exc) or type(exc).__name__
 
     def _discard(self) -> None:
         if self.staging is not None:

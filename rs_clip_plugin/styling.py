@@ -1,4 +1,4 @@
-"""Turning engine outputs into styled QGIS layers (main thread only)."""
+"""Styling engine outputs as QGIS layers, for the GUI and the Processing post-processors (main thread only)."""
 
 from __future__ import annotations
 
@@ -19,19 +19,49 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 
-def provider_label(provider: Optional[str], device: Optional[str] = None) -> str:
-    """'CUDAExecutionProvider' -> 'CUDA (NVIDIA H100 ...)'; 'CPUExecutionProvider' -> 'CPU (model name)'."""
+def provider_label(provider: Optional[str], device: Optional[str] = None, threads: Optional[int] = None) -> str:
+    """Where a job ran, in an analyst's words: 'GPU (NVIDIA H100, CUDA)' or 'CPU (Intel Xeon ..., 2 threads)'.
+
+    Raw ONNX Runtime provider names (CPUExecutionProvider, Azure...) mean nothing to a user.
+    """
     if not provider:
         return "not run yet"
-    short = provider.replace("ExecutionProvider", "")
-    if device:
-        return f"{short} ({device})"
     try:
-        from ..engine.runtime import device_name
+        from .engine.runtime import GPU_PROVIDERS, default_threads, device_name
 
-        return f"{short} ({device_name(provider)})"
+        name = device or device_name(provider)
+        if provider in GPU_PROVIDERS:
+            return f"GPU ({name}, {provider.replace('ExecutionProvider', '').replace('Tensorrt', 'TensorRT')})"
+        n = threads or default_threads()
+        return f"CPU ({name}, {n} thread{'s' if n != 1 else ''})"
     except Exception:  # the label must never break showing a result
-        return short
+        return provider.replace("ExecutionProvider", "")
+
+
+OUTPUT_PROPERTY = "rsclip/output"  # layer custom property: which RS-CLIP result a layer shows
+
+
+def mark_output(layer, kind: str) -> None:
+    """Remember (in the project too) that a layer is an RS-CLIP result, not an input."""
+    layer.setCustomProperty(OUTPUT_PROPERTY, kind)
+
+
+def is_rsclip_output(layer) -> bool:
+    """An RS-CLIP result: marked when added, or a raster whose file the engine wrote (its OUTPUT_TAG),
+    which also catches results added by hand or from an earlier session."""
+    if layer.customProperty(OUTPUT_PROPERTY):
+        return True
+    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+        return False
+    try:
+        from osgeo import gdal
+
+        from .engine.writers import OUTPUT_TAG
+
+        ds = gdal.OpenEx(layer.source().split("|")[0], gdal.OF_RASTER)
+        return ds is not None and bool(ds.GetMetadataItem(OUTPUT_TAG))
+    except Exception:  # an unreadable file is not ours; the search reports it as unreadable
+        return False
 
 
 def _group(project: QgsProject, name: str) -> QgsLayerTreeGroup:
@@ -92,6 +122,8 @@ def add_classification_layers(
             raise RuntimeError(f"QGIS cannot open the {what} {lyr.source()}; see the RS-CLIP log")
     style_labels(labels, result.summary, getattr(result, "qml_path", None), colours)
     style_ramp(confidence, 0.0, 1.0)
+    mark_output(labels, "classes")
+    mark_output(confidence, "confidence")
     group = _group(project, f"RS-CLIP: {title}")
     for lyr in (labels, confidence):
         project.addMapLayer(lyr, False)
@@ -116,6 +148,7 @@ def add_search_layers(result, title: str, project: Optional[QgsProject] = None) 
         stats = lyr.dataProvider().bandStatistics(1)
         style_ramp(lyr, stats.minimumValue, stats.maximumValue, "Magma")
         lyr.setOpacity(0.6)
+        mark_output(lyr, "similarity")
         project.addMapLayer(lyr, False)
         group.addLayer(lyr)
         heat_layer = heat_layer or lyr
@@ -124,6 +157,7 @@ def add_search_layers(result, title: str, project: Optional[QgsProject] = None) 
         if not hits_layer.isValid():
             raise RuntimeError(f"QGIS cannot open the hits file {result.gpkg_path}; see the RS-CLIP log")
         _style_hits(hits_layer)
+        mark_output(hits_layer, "hits")
         project.addMapLayer(hits_layer, False)
         group.insertLayer(0, hits_layer)
     return hits_layer, heat_layer
