@@ -82,6 +82,7 @@ def palette_classes(summary: dict) -> list[tuple[int, str, str]]:
 
 def style_labels(layer: QgsRasterLayer, summary: dict, qml: Optional[Path], colours: Optional[dict] = None) -> None:
     """Paletted renderer with class names and colours: the engine's .qml when it gives one, else built here."""
+    mark_output(layer, "classes")
     if qml and Path(qml).is_file():
         layer.loadNamedStyle(str(qml))
     renderer = layer.renderer()
@@ -110,6 +111,20 @@ def style_ramp(layer: QgsRasterLayer, vmin: float, vmax: float, ramp_name: str =
     layer.setRenderer(QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader))
 
 
+def style_confidence(layer: QgsRasterLayer) -> None:
+    """Probability of the chosen class, 0..1 on a colour ramp (never a grey stretch of 0..1 floats)."""
+    style_ramp(layer, 0.0, 1.0)
+    mark_output(layer, "confidence")
+
+
+def style_heatmap(layer: QgsRasterLayer) -> None:
+    """Similarity scores on a ramp over their own range, see-through enough to show the map beneath."""
+    stats = layer.dataProvider().bandStatistics(1)
+    style_ramp(layer, stats.minimumValue, stats.maximumValue, "Magma")
+    layer.setOpacity(0.6)
+    mark_output(layer, "similarity")
+
+
 def add_classification_layers(
     result, title: str, colours: Optional[dict] = None, project: Optional[QgsProject] = None
 ) -> tuple[QgsRasterLayer, QgsRasterLayer]:
@@ -121,9 +136,7 @@ def add_classification_layers(
         if not lyr.isValid():
             raise RuntimeError(f"QGIS cannot open the {what} {lyr.source()}; see the RS-CLIP log")
     style_labels(labels, result.summary, getattr(result, "qml_path", None), colours)
-    style_ramp(confidence, 0.0, 1.0)
-    mark_output(labels, "classes")
-    mark_output(confidence, "confidence")
+    style_confidence(confidence)
     group = _group(project, f"RS-CLIP: {title}")
     for lyr in (labels, confidence):
         project.addMapLayer(lyr, False)
@@ -145,10 +158,7 @@ def add_search_layers(result, title: str, project: Optional[QgsProject] = None) 
         lyr = QgsRasterLayer(str(path), f"{title} – similarity {Path(path).stem}")
         if not lyr.isValid():
             raise RuntimeError(f"QGIS cannot open the heat map {path}; see the RS-CLIP log")
-        stats = lyr.dataProvider().bandStatistics(1)
-        style_ramp(lyr, stats.minimumValue, stats.maximumValue, "Magma")
-        lyr.setOpacity(0.6)
-        mark_output(lyr, "similarity")
+        style_heatmap(lyr)
         project.addMapLayer(lyr, False)
         group.addLayer(lyr)
         heat_layer = heat_layer or lyr
@@ -156,16 +166,17 @@ def add_search_layers(result, title: str, project: Optional[QgsProject] = None) 
         hits_layer = QgsVectorLayer(str(result.gpkg_path), f"{title} – hits", "ogr")
         if not hits_layer.isValid():
             raise RuntimeError(f"QGIS cannot open the hits file {result.gpkg_path}; see the RS-CLIP log")
-        _style_hits(hits_layer)
-        mark_output(hits_layer, "hits")
+        style_hits(hits_layer)
         project.addMapLayer(hits_layer, False)
         group.insertLayer(0, hits_layer)
     return hits_layer, heat_layer
 
 
-def _style_hits(layer: QgsVectorLayer) -> None:
+def style_hits(layer: QgsVectorLayer) -> None:
+    """Red outlines labelled with the rank."""
     from qgis.core import QgsPalLayerSettings, QgsVectorLayerSimpleLabeling
 
+    mark_output(layer, "hits")
     symbol = layer.renderer().symbol() if layer.renderer() is not None else None
     if symbol is not None:
         symbol.setColor(QColor(0, 0, 0, 0))

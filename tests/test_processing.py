@@ -53,6 +53,36 @@ def test_classify_through_processing_run(provider, crop, tiny_bundle, tmp_path) 
     assert not list(tmp_path.glob(".*partial"))
 
 
+def test_loaded_results_are_styled(provider, qgis_iface, crop, tiny_bundle, tmp_path) -> None:
+    """runAndLoadResults (what the toolbox's Run and models do): QGIS loads the outputs itself, ignoring the
+    .qml beside them; the algorithms' post-processors must style them (issue 10, defect 3)."""
+    import processing
+    from qgis.core import QgsProject
+
+    from rs_clip_plugin.styling import is_rsclip_output
+
+    res = processing.runAndLoadResults(
+        "rsclip:classify",
+        {"INPUT": str(crop), "CLASSES": "forest;water;town", "BUNDLE": str(tiny_bundle), "PROVIDER": 1,
+         "OUTPUT": str(tmp_path / "classes.tif"), "CONFIDENCE": str(tmp_path / "confidence.tif")},
+    )
+    layers = {Path(lyr.source()).name: lyr for lyr in QgsProject.instance().mapLayers().values()}
+    labels, confidence = layers["classes.tif"], layers["confidence.tif"]
+    assert Path(res["OUTPUT"]).name == "classes.tif"
+    assert labels.renderer().type() == "paletted"
+    # Exactly the classes, named: not a 256-entry 0..255 legend with black beyond the last class.
+    assert [c.label for c in labels.renderer().classes()] == ["forest", "water", "town"]
+    assert confidence.renderer().type() == "singlebandpseudocolor"
+    assert is_rsclip_output(labels) and is_rsclip_output(confidence)
+    res = processing.runAndLoadResults(
+        "rsclip:heatmap", {"LAYERS": [str(crop)], "QUERY": "a river", "BUNDLE": str(tiny_bundle), "PROVIDER": 1,
+                           "OUTPUT": str(tmp_path / "heat.tif")},
+    )
+    heat = next(lyr for lyr in QgsProject.instance().mapLayers().values() if Path(lyr.source()).name == "heat.tif")
+    assert heat.renderer().type() == "singlebandpseudocolor"
+    assert heat.opacity() < 1.0
+
+
 def test_classify_a_raster_without_crs(provider, data_dir, tiny_bundle, tmp_path) -> None:
     """A plain photo (UC Merced, no georeferencing) has no ground area: the report gives pixels instead."""
     import processing

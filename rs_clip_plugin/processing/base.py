@@ -12,10 +12,11 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
+from ..engine.bands import MODALITIES as BAND_TABLE_MODALITIES
 from ..presets import icon_path
 from .common import PROVIDERS
 
-MODALITIES = ["auto", "s2-l2a", "s2-l1c", "s1-grd", "rgb"]
+MODALITIES = ["auto", *BAND_TABLE_MODALITIES]  # from the band tables, as in the CLI and the dialog
 
 
 class RSClipAlgorithm(QgsProcessingAlgorithm):

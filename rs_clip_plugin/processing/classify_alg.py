@@ -18,6 +18,7 @@ from qgis.core import (
 )
 
 from ..presets import PRESETS, preset_classes
+from ..styling import style_confidence, style_labels
 from .base import RSClipAlgorithm
 from .common import (
     engine_call,
@@ -28,6 +29,7 @@ from .common import (
     move_into_place,
     staging_dir,
 )
+from .styles import StylePostProcessor
 
 PRESET_OPTIONS = ["(none: use CLASSES)", *PRESETS]
 
@@ -135,6 +137,10 @@ class ClassifyAlgorithm(RSClipAlgorithm):
             outputs["SUMMARY"] = move_into_place(result.summary_path, summ)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        summary = result.summary
+        qml = output.with_suffix(".qml")
+        StylePostProcessor.attach(context, outputs["OUTPUT"], lambda lyr: style_labels(lyr, summary, qml))
+        StylePostProcessor.attach(context, outputs.get("CONFIDENCE") or "", style_confidence)
         provider = str(result.summary.get("provider", ""))
         feedback.pushInfo(f"Execution provider: {provider}")
         for c in result.summary.get("classes", []):

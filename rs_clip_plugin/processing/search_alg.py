@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
+from ..styling import style_heatmap, style_hits
 from .base import RSClipAlgorithm
 from .common import (
     engine_call,
@@ -27,6 +28,7 @@ from .common import (
     move_into_place,
     staging_dir,
 )
+from .styles import StylePostProcessor
 
 
 class _SearchBase(RSClipAlgorithm):
@@ -118,6 +120,7 @@ class SearchAlgorithm(_SearchBase):
             shutil.rmtree(work, ignore_errors=True)
         if out is None:
             raise QgsProcessingException("the engine wrote no hits file; see the log above")
+        StylePostProcessor.attach(context, out, style_hits)
         return {"OUTPUT": out, "EXECUTION_PROVIDER": provider}
 
 
@@ -145,4 +148,5 @@ class HeatmapAlgorithm(_SearchBase):
             shutil.rmtree(work, ignore_errors=True)
         if out is None:
             raise QgsProcessingException("the engine wrote no heat map; see the log above")
+        StylePostProcessor.attach(context, out, style_heatmap)
         return {"OUTPUT": out, "EXECUTION_PROVIDER": provider}
