@@ -173,8 +173,9 @@ class ModelStore:
             p = self.default_path()
             if p is None:
                 raise BundleError(
-                    "no model bundle chosen and the default bundle is not built: add a bundle in RS-CLIP's model "
-                    "manager (folder, .zip or URL), or run `rsclip demo` once to build the default"
+                    "no model bundle chosen and no default bundle installed: add a bundle in RS-CLIP's model "
+                    "manager (a bundle folder, .zip or address), or reinstall the plugin from its zip, which "
+                    "ships the demonstration model"
                 )
             return p
         if (self.root / spec / MANIFEST).is_file():

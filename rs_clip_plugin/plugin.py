@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 from qgis.core import Qgis, QgsApplication, QgsSettings
@@ -26,6 +27,7 @@ class RSClipPlugin:
         self.models_dialog = None
         self.deps_dialog = None
         self.missing: list = []
+        self.missing_bar = None  # the message bar item offering to install missing packages
 
     # -- Processing (also the only part qgis_process loads) --------------------------------------------
     def initProcessing(self) -> None:
@@ -37,18 +39,18 @@ class RSClipPlugin:
 
     def initGui(self) -> None:
         self.initProcessing()
-        icon = QIcon(icon_path())
         self.toolbar = self.iface.addToolBar("RS-CLIP")
         self.toolbar.setObjectName("RSClipToolbar")
-        for text, slot, on_toolbar in (
-            ("Classify layer by prompt…", self.show_classify, True),
-            ("Map search panel", self.toggle_search, True),
-            ("Model manager…", self.show_models, False),
-            ("Check Python packages…", self.show_deps, False),
+        for text, slot, on_toolbar, icon, name in (
+            ("Classify layer by prompt…", self.show_classify, True, "icon_classify", "rsclip_classify"),
+            ("Map search panel", self.toggle_search, True, "icon_search", "rsclip_search"),
+            ("Model manager…", self.show_models, False, "icon", "rsclip_models"),
+            ("Check Python packages…", self.show_deps, False, "icon", "rsclip_deps"),
         ):
-            action = QAction(icon, text, self.iface.mainWindow())
-            action.setObjectName("rsclip_" + text.split()[0].lower())
-            action.triggered.connect(slot)
+            action = QAction(QIcon(icon_path(icon)), text, self.iface.mainWindow())
+            action.setObjectName(name)
+            # triggered(bool) must not reach slots with optional parameters: call them bare.
+            action.triggered.connect(lambda _checked=False, slot=slot: slot())
             self.iface.addPluginToRasterMenu(MENU, action)
             if on_toolbar:
                 self.toolbar.addAction(action)
@@ -84,9 +86,10 @@ class RSClipPlugin:
         bar = self.iface.messageBar()
         widget = bar.createMessage("RS-CLIP", text)
         button = QPushButton("Install…", widget)
-        button.clicked.connect(self.show_deps)
+        button.setObjectName("rsclip_deps_offer")
+        button.clicked.connect(lambda _checked=False: self.show_deps())
         widget.layout().addWidget(button)
-        bar.pushWidget(widget, Qgis.Warning)
+        self.missing_bar = bar.pushWidget(widget, Qgis.Warning)
         if QgsSettings().value("rsclip/ask_install", True, type=bool):
             QTimer.singleShot(0, self.show_deps)
 
@@ -97,12 +100,21 @@ class RSClipPlugin:
             return False
         return True
 
+    def _clear_missing_bar(self) -> None:
+        """Once installed, the 'packages missing' warning has said its piece."""
+        self.missing = deps.missing_packages()
+        if self.missing_bar is not None and not self.missing:
+            with contextlib.suppress(RuntimeError):  # the user may have closed it already
+                self.iface.messageBar().popWidget(self.missing_bar)
+            self.missing_bar = None
+
     # -- windows ---------------------------------------------------------------------------------------
     def show_deps(self) -> None:
         from .gui.deps_dialog import DependencyDialog
 
         if self.deps_dialog is None:
             self.deps_dialog = DependencyDialog(self.iface)
+            self.deps_dialog.installed.connect(self._clear_missing_bar)
         self.deps_dialog.refresh()
         self.deps_dialog.show()
         self.deps_dialog.raise_()

@@ -16,8 +16,9 @@ PRESETS = {"EuroSAT": "eurosat", "BigEarthNet-19": "bigearthnet19"}
 __all__ = ["PRESETS", "icon_path", "preset_classes", "preset_languages", "resources_dir"]
 
 
-def icon_path() -> str:
-    icon: Path = resources_dir() / "icon.png"
+def icon_path(name: str = "icon") -> str:
+    """resources/<name>.png: "icon" (the plugin), "icon_classify" and "icon_search" (one per toolbar tool)."""
+    icon: Path = resources_dir() / f"{name}.png"
     if not icon.is_file():
         raise FileNotFoundError(f"RS-CLIP icon {icon} is missing; reinstall the plugin")
     return str(icon)

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "rs_clip_plugin"
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", "tests", "data", "bundles"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".so.tmp", ".tmp"}
-RESOURCE_FILES = ("icon.svg", "icon.png", "prompt_templates.json")
+RESOURCE_FILES = ("icon.svg", "icon.png", "icon_classify.png", "icon_search.png", "prompt_templates.json")
 RESOURCE_DIRS = ("classnames",)
 
 

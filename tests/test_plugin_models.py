@@ -114,3 +114,48 @@ def test_constraints_and_pip_command(tmp_path: Path) -> None:
     assert cmd[-2:] == ["onnxruntime-gpu>=1.16", "tokenizers>=0.15"]
     assert deps.pip_install_command(missing, tmp_path / "t", c, gpu=False)[-2] == "onnxruntime>=1.16"
     assert Path(cmd[0]).name.startswith("python")
+
+
+def test_versions_not_just_presence(tmp_path, monkeypatch) -> None:
+    """An old copy importable first must be reported with what to do, not taken as installed (issue 10, #12)."""
+    import importlib
+    import sys
+
+    pkg = tmp_path / "rsclip_old_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    info = tmp_path / "rsclip_old_pkg-1.2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rsclip_old_pkg\nVersion: 1.2.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    old = deps.Requirement("rsclip_old_pkg", "rsclip_old_pkg>=1.16", "test", minimum="1.16")
+    ok = deps.Requirement("rsclip_old_pkg", "rsclip_old_pkg>=1.1", "test", minimum="1.1", below="2")
+    assert deps.missing_packages((old, ok)) == [old]
+    assert old.problem() == "rsclip_old_pkg 1.2.0 is too old (RS-CLIP needs >= 1.16)"
+    [line] = deps.shadowed([old])
+    assert str(tmp_path) in line and "upgrade it there" in line
+    assert "update" in deps.describe([old])
+    assert deps._release("2.0rc1") == (2, 0) and deps._release("1.16.3+cu118") == (1, 16, 3)
+    assert sys.modules.get("rsclip_old_pkg") is None  # checked without importing it
+
+
+def test_pip_runs_for_qgis_python_not_a_shim(tmp_path, monkeypatch) -> None:
+    """Inside QGIS sys.executable can be a pyenv shim on PATH: pip must run for QGIS's own interpreter."""
+    import sys
+
+    shim = tmp_path / "shims" / "python3"
+    shim.parent.mkdir()
+    shim.write_text("#!/bin/sh\nexec /somewhere/else/python3 \"$@\"\n")
+    shim.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(shim))
+    exe = Path(deps.python_executable())
+    assert exe != shim
+    assert exe.resolve().is_relative_to(Path(sys.base_exec_prefix).resolve())
+    monkeypatch.delenv("RSCLIP_PACKAGES", raising=False)
+    site = deps.private_site_dir(tmp_path / "profile")
+    assert site.name == f"py{sys.version_info.major}{sys.version_info.minor}"  # one folder per Python version
+    c = deps.write_constraints(tmp_path / "c.txt")
+    cmd = deps.pip_install_command([deps.ENGINE_REQUIREMENTS[2]], site, c, gpu=False, wheels=tmp_path / "wheels")
+    assert cmd[0] == str(exe)
+    assert cmd[cmd.index("--find-links") + 1] == str(tmp_path / "wheels") and "--no-index" in cmd

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from qgis.core import Qgis
-from qgis.PyQt.QtCore import QProcess
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtCore import QProcess, pyqtSignal
 from qgis.PyQt.QtGui import QFont
 from qgis.PyQt.QtWidgets import QDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout
 
@@ -14,8 +16,11 @@ from .tasks import log
 
 
 class DependencyDialog(QDialog):
+    installed = pyqtSignal()  # everything the engine needs is importable now (the plugin clears its warning)
+
     def __init__(self, iface=None, parent=None) -> None:
         super().__init__(parent or (iface.mainWindow() if iface else None))
+        self.setObjectName("rsclip_deps_dialog")
         self.iface = iface
         self.process: Optional[QProcess] = None
         self.setWindowTitle("RS-CLIP – Python packages")
@@ -34,10 +39,20 @@ class DependencyDialog(QDialog):
         self.outcome.setWordWrap(True)
         root.addWidget(self.outcome)
         row = QHBoxLayout()
+        row.addWidget(QLabel("Offline: install from a folder of wheels"))
+        self.wheels_widget = QgsFileWidget()
+        self.wheels_widget.setObjectName("rsclip_deps_wheels")
+        self.wheels_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.wheels_widget.setToolTip("A folder of .whl files for this Python (made elsewhere with `pip download`); "
+                                      "leave empty to download from the package index")
+        row.addWidget(self.wheels_widget, 1)
+        root.addLayout(row)
+        row = QHBoxLayout()
         row.addStretch(1)
         self.install_btn, close = QPushButton("Install"), QPushButton("Close")
-        self.install_btn.clicked.connect(self.install)
-        close.clicked.connect(self.close)
+        self.install_btn.setObjectName("rsclip_deps_install")
+        self.install_btn.clicked.connect(lambda _checked=False: self.install())
+        close.clicked.connect(lambda _checked=False: self.close())
         row.addWidget(self.install_btn)
         row.addWidget(close)
         root.addLayout(row)
@@ -46,18 +61,32 @@ class DependencyDialog(QDialog):
     def refresh(self) -> list:
         missing = deps.missing_packages()
         ort = deps.onnxruntime_package(self.gpu)
-        self.summary.setText(
-            f"{deps.describe(missing)}<br>NVIDIA GPU found: <b>{'yes' if self.gpu else 'no'}</b> "
-            f"(ONNX Runtime package: {ort}).<br>Packages go to <tt>{self.target}</tt>; a constraints file frozen "
-            "from QGIS's own packages keeps pip from replacing anything QGIS uses."
-        )
-        self.install_btn.setEnabled(bool(missing) and self.process is None)
+        try:
+            python = deps.python_executable()
+        except RuntimeError as exc:
+            python = str(exc)
+        lines = [deps.describe(missing)]
+        lines += [f"<b>{line}</b>" for line in deps.shadowed(missing)]
+        hint = deps.system_package_hint(missing)
+        if hint:
+            lines.append(hint)
+        lines += [
+            f"NVIDIA GPU found: <b>{'yes' if self.gpu else 'no'}</b> (ONNX Runtime package: {ort}).",
+            f"Rasters are read with: {deps.gdal_status()}.",
+            f"Packages go to <tt>{self.target}</tt> for the Python QGIS runs (<tt>{python}</tt>); a constraints "
+            "file frozen from QGIS's own packages keeps pip from replacing anything QGIS uses.",
+        ]
+        self.summary.setText("<br>".join(lines))
+        installable = [r for r in missing if r.problem() == "missing"]
+        self.install_btn.setEnabled(bool(installable) and self.process is None)
         return missing
 
     def command(self) -> list[str]:
-        missing = deps.missing_packages()
+        missing = [r for r in deps.missing_packages() if r.problem() == "missing"]
         constraints = deps.write_constraints(self.target.parent / "rsclip-constraints.txt", exclude=self.target)
-        return deps.pip_install_command(missing, self.target, constraints, gpu=self.gpu)
+        wheels = self.wheels_widget.filePath().strip()
+        return deps.pip_install_command(missing, self.target, constraints, gpu=self.gpu,
+                                        wheels=Path(wheels) if wheels else None)
 
     def install(self) -> None:
         cmd = self.command()
@@ -85,6 +114,7 @@ class DependencyDialog(QDialog):
         missing = self.refresh()
         if code == 0 and not missing:
             text, level = "Installed. RS-CLIP is ready (restart QGIS if a package was already imported).", Qgis.Success
+            self.installed.emit()
         else:
             text = (f"pip failed (exit {code}); the log above says why. Still missing: "
                     f"{', '.join(r.module for r in missing) or 'nothing'}. Fix: install them with your system's "

@@ -12,8 +12,8 @@ from qgis.PyQt.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
-    QInputDialog,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QPushButton,
     QTableWidget,
@@ -26,36 +26,73 @@ from ..models import ModelStore
 from .tasks import EngineTask, log, start
 
 COLUMNS = ["Name", "Default", "Modalities", "Languages", "Size", "Provenance"]
+DEMO_NOTE = (
+    "<b>The built-in model is a demonstration</b>: a tiny model trained on a few sample images so that every "
+    "RS-CLIP tool works out of the box, offline. It is not an accurate land-cover model. For real work add a "
+    "real model bundle: a folder or .zip exported with <code>rsclip-train export</code>, or the address of a "
+    "published bundle .zip with its sha256."
+)
 
 
 class ModelManagerDialog(QDialog):
     def __init__(self, iface=None, store: Optional[ModelStore] = None, parent=None) -> None:
         super().__init__(parent or (iface.mainWindow() if iface else None))
+        self.setObjectName("rsclip_model_manager")
         self.iface = iface
         self.store = store or ModelStore()
         self.task: Optional[EngineTask] = None
         self.setWindowTitle("RS-CLIP – Model manager")
-        self.resize(760, 360)
+        self.resize(800, 420)
         root = QVBoxLayout(self)
+        note = QLabel(DEMO_NOTE)
+        note.setObjectName("rsclip_models_note")
+        note.setWordWrap(True)
+        root.addWidget(note)
         root.addWidget(QLabel(f"Bundles installed in {self.store.root}"))
         self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setObjectName("rsclip_models_table")
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.horizontalHeader().setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.Stretch)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         root.addWidget(self.table, 1)
+        # A typed source works like a browsed one: power users paste paths and addresses.
+        row = QHBoxLayout()
+        self.source_edit = QLineEdit()
+        self.source_edit.setObjectName("rsclip_models_source")
+        self.source_edit.setPlaceholderText("bundle folder, bundle .zip, or https:// address of a bundle .zip")
+        self.sha_edit = QLineEdit()
+        self.sha_edit.setObjectName("rsclip_models_sha256")
+        self.sha_edit.setPlaceholderText("sha256 (for addresses; from the publisher)")
+        browse_dir, browse_zip = QPushButton("Folder…"), QPushButton(".zip…")
+        browse_dir.setObjectName("rsclip_models_browse_folder")
+        browse_zip.setObjectName("rsclip_models_browse_zip")
+        browse_dir.clicked.connect(lambda _checked=False: self.browse_folder())
+        browse_zip.clicked.connect(lambda _checked=False: self.browse_zip())
+        self.add_btn = QPushButton("Add")
+        self.add_btn.setObjectName("rsclip_models_add")
+        self.add_btn.clicked.connect(lambda _checked=False: self.add_source())
+        row.addWidget(self.source_edit, 3)
+        row.addWidget(browse_dir)
+        row.addWidget(browse_zip)
+        row.addWidget(self.sha_edit, 2)
+        row.addWidget(self.add_btn)
+        root.addLayout(row)
         self.message = QLabel("")
+        self.message.setObjectName("rsclip_models_message")
         self.message.setWordWrap(True)
         root.addWidget(self.message)
         row = QHBoxLayout()
-        for text, slot in (("Add folder…", self.add_folder), ("Add .zip…", self.add_zip), ("Add from URL…", self.add_url),
-                           ("Remove", self.remove_selected), ("Set as default", self.default_selected)):
+        for text, slot, name in (("Remove", self.remove_selected, "rsclip_models_remove"),
+                                 ("Set as default", self.default_selected, "rsclip_models_default")):
             b = QPushButton(text)
-            b.clicked.connect(slot)
+            b.setObjectName(name)
+            b.clicked.connect(lambda _checked=False, slot=slot: slot())
             row.addWidget(b)
         row.addStretch(1)
         close = QPushButton("Close")
-        close.clicked.connect(self.close)
+        close.setObjectName("rsclip_models_close")
+        close.clicked.connect(lambda _checked=False: self.close())
         row.addWidget(close)
         root.addLayout(row)
         self.refresh()
@@ -65,7 +102,7 @@ class ModelManagerDialog(QDialog):
         for b in self.store.installed():
             r = self.table.rowCount()
             self.table.insertRow(r)
-            name = b.name + (" (built-in)" if b.builtin else "")
+            name = b.name + (" (built-in demonstration)" if b.builtin else "")
             for c, text in enumerate([name, "✔" if b.is_default else "", ", ".join(b.modalities),
                                       ", ".join(b.languages), b.size_text, b.provenance_text]):
                 item = QTableWidgetItem(text)
@@ -86,30 +123,36 @@ class ModelManagerDialog(QDialog):
     def _install(self, what: str, fn) -> None:
         # Hash checks and copying take seconds for real models: run in the background.
         def done(b):
+            self.source_edit.clear()
+            self.sha_edit.clear()
             self.refresh()
             self._report(f"installed {b.name} ({', '.join(b.modalities)}; {b.size_text})")
 
         self.task = EngineTask(f"RS-CLIP: install {what}", lambda _p: fn(), done, lambda m: self._report(m, ok=False))
         start(self.task)
 
-    def add_folder(self) -> None:
+    def browse_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Bundle folder (holds manifest.json)")
         if folder:
-            self._install(Path(folder).name, lambda: self.store.add_folder(Path(folder)))
+            self.source_edit.setText(folder)
 
-    def add_zip(self) -> None:
+    def browse_zip(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Bundle archive", "", "Bundle (*.zip)")
         if path:
-            self._install(Path(path).name, lambda: self.store.add_zip(Path(path)))
+            self.source_edit.setText(path)
 
-    def add_url(self) -> None:
-        url, ok = QInputDialog.getText(self, "Add bundle from URL", "Address of the bundle .zip:")
-        if not ok or not url.strip():
+    def add_source(self) -> None:
+        """Install what the source field names: an address, a .zip or a folder."""
+        source, sha = self.source_edit.text().strip(), self.sha_edit.text().strip() or None
+        if not source:
+            self._report("type or browse a bundle folder, .zip or address in the field above ‘Add’", ok=False)
             return
-        sha, ok = QInputDialog.getText(self, "Add bundle from URL", "Its sha256 (from the publisher; strongly advised):")
-        if not ok:
-            return
-        self._install(url, lambda: self.store.add_url(url.strip(), sha256=sha.strip() or None))
+        if source.lower().startswith(("http://", "https://")):
+            self._install(source, lambda: self.store.add_url(source, sha256=sha))
+        elif source.lower().endswith(".zip"):
+            self._install(Path(source).name, lambda: self.store.add_zip(Path(source), sha256=sha))
+        else:
+            self._install(Path(source).name, lambda: self.store.add_folder(Path(source)))
 
     def remove_selected(self) -> None:
         name = self.selected_name()
