@@ -21,6 +21,8 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtCore import QPoint, Qt
+from qgis.PyQt.QtTest import QTest
 
 from rs_clip_plugin.models import MemorySettings, ModelStore
 
@@ -75,20 +77,44 @@ def _new_layers(before: set) -> list:
     return [lyr for lid, lyr in QgsProject.instance().mapLayers().items() if lid not in before]
 
 
+def click(button) -> None:
+    """A real mouse click on a button (what a user does; never the handler behind it)."""
+    assert button.isEnabled(), f"{button.text()} is disabled"
+    QTest.mouseClick(button, Qt.LeftButton)
+
+
+def click_run(dlg):
+    """Click Classify; the task it started (None when the dialog refused, with its message)."""
+    dlg.task = None
+    click(dlg.run_btn)
+    return dlg.task
+
+
+def show_canvas_at(canvas, layer, rect: QgsRectangle) -> None:
+    canvas.resize(400, 400)
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(rect)
+    canvas.refresh()
+    QgsApplication.processEvents()
+
+
 def test_classify_task_adds_styled_layers(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
-    from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
+    from rs_clip_plugin.gui.classify_dialog import EXTENTS, ClassifyDialog
     from rs_clip_plugin.gui.tasks import wait_for
 
+    # A small extent (2x2 tiles of the bundle's 640 m) keeps the test fast: the user zooms there first.
+    e = layer.extent()
+    show_canvas_at(qgis_iface.mapCanvas(), layer, QgsRectangle(e.xMinimum(), e.yMaximum() - 1280,
+                                                              e.xMinimum() + 1280, e.yMaximum()))
     dlg = ClassifyDialog(qgis_iface, store=store)
     dlg.layer_combo.setLayer(layer)
     assert "s2-l2a" in dlg.detected_label.text() and "B04" in dlg.detected_label.text()
     dlg.set_bundle_path(tiny_bundle)
     dlg.set_classes(["forest", "river", "town"], ["#00aa00", "#0000ff", "#ff0000"])
     dlg.out_widget.setFilePath(str(tmp_path / "out"))
-    # A small extent (2x2 tiles of the bundle's 640 m) keeps the test fast.
-    e = layer.extent()
+    dlg.extent_combo.setCurrentIndex(EXTENTS.index("Current map canvas"))
     before = set(QgsProject.instance().mapLayers())
-    task = dlg.run(extent_override=QgsRectangle(e.xMinimum(), e.yMaximum() - 1280, e.xMinimum() + 1280, e.yMaximum()))
+    task = click_run(dlg)  # failed on every click before: Qt's 'checked' flag reached run(extent_override)
     assert task is not None, dlg.message_label.text()
     assert wait_for(task), dlg.message_label.text()
 
@@ -101,7 +127,8 @@ def test_classify_task_adds_styled_layers(qgis_iface, layer, store, tiny_bundle,
     assert [c.color.name() for c in renderer.classes()] == ["#00aa00", "#0000ff", "#ff0000"]
     assert conf.renderer().type() == "singlebandpseudocolor"
     assert dlg.area_table.rowCount() >= 3
-    assert "CPU" in dlg.status.text()
+    assert "CPU (" in dlg.status.text() and "thread" in dlg.status.text()
+    assert "ExecutionProvider" not in dlg.status.text()
     outs = list((tmp_path / "out").iterdir())
     assert len(outs) == 1 and not outs[0].name.startswith(".")
     assert {p.name for p in outs[0].iterdir()} >= {"labels.tif", "confidence.tif", "labels.qml", "summary.json"}
@@ -136,7 +163,7 @@ def test_classify_canvas_extent(qgis_iface, layer, store, tiny_bundle, tmp_path)
         (shown.xMinimum(), shown.yMinimum(), shown.xMaximum(), shown.yMaximum()), abs=1e-3)
     assert (x1 - x0) * (y1 - y0) < e.width() * e.height() / 2  # a part of the layer, not all of it
 
-    task = dlg.run()
+    task = click_run(dlg)
     assert task is not None, dlg.message_label.text()
     assert wait_for(task), dlg.message_label.text()
     with rasterio.open(dlg.result.labels_path) as ds:
@@ -181,8 +208,8 @@ def test_cancelled_classify_leaves_nothing(qgis_iface, layer, store, tiny_bundle
     dlg.set_classes(["forest", "water"])
     dlg.out_widget.setFilePath(str(tmp_path / "out"))
     before = set(QgsProject.instance().mapLayers())
-    task = dlg.run()
-    task.cancel()
+    task = click_run(dlg)
+    click(dlg.cancel_btn)
     assert not wait_for(task)
     assert _new_layers(before) == []
     out = tmp_path / "out"
@@ -201,11 +228,12 @@ def test_search_dock_returns_hits_and_zooms(qgis_iface, layer, store, tiny_bundl
     try:
         dock.set_bundle_path(tiny_bundle)
         assert dock.checked_layers() == [layer]
-        dock.query_edit.setText("a river")
+        QTest.keyClicks(dock.query_edit, "a river")
         dock.topk_spin.setValue(3)
         dock.heatmap_check.setChecked(True)
         before = set(QgsProject.instance().mapLayers())
-        task = dock.search_text()
+        click(dock.search_btn)
+        task = dock.task
         assert task is not None, dock.index_label.text()
         assert wait_for(task), dock.index_label.text()
         assert len(dock.result.hits) == 3
@@ -219,16 +247,134 @@ def test_search_dock_returns_hits_and_zooms(qgis_iface, layer, store, tiny_bundl
 
         canvas.setExtent(QgsRectangle(0, 0, 1000, 1000))  # somewhere else, so the zoom must move the map
         old = QgsRectangle(canvas.extent())
-        dock._item_clicked(dock.results_list.item(0))
+        rect = dock.results_list.visualItemRect(dock.results_list.item(0))
+        dock.results_list.resize(300, 400)
+        QTest.mouseClick(dock.results_list.viewport(), Qt.LeftButton, Qt.NoModifier, rect.center())
         new = canvas.extent()
         assert new != old
         x0, y0, x1, y1 = dock.result.hits[0].bounds
         assert new.contains(QgsRectangle(x0, y0, x1, y1))
 
-        # Second search: the index is reused, and a find-similar query from a map point works.
-        task = dock.find_similar_at(layer, layer.extent().center())
+        # Second search: the index is reused, and a find-similar query from a map click works.
+        show_canvas_at(canvas, layer, layer.extent())
+        qgis_iface.setActiveLayer(layer)
+        click(dock.similar_btn)
+        assert dock.query_layer_combo.currentLayer() == layer  # 'Example from' follows the active layer
+        pixel = canvas.getCoordinateTransform().transform(layer.extent().center())
+        dock.task = None
+        QTest.mouseClick(canvas.viewport(), Qt.LeftButton, Qt.NoModifier, QPoint(int(pixel.x()), int(pixel.y())))
+        task = dock.task
         assert task is not None, dock.index_label.text()
         assert wait_for(task), dock.index_label.text()
         assert dock.result.hits and "index reused" in dock.index_label.text()
     finally:
         dock.cleanup()
+
+
+def _one_band(crop: Path, out: Path) -> Path:
+    """A 1-band raster (B04 alone): no bundle encoder can read it."""
+    import rasterio
+
+    with rasterio.open(crop) as src:
+        profile = src.profile.copy()
+        profile.update(count=1)
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(src.read(3), 1)
+            dst.set_band_description(1, "B04")
+    return out
+
+
+def test_search_skips_unreadable_layers_and_replaces_results(qgis_iface, layer, crop, store, tiny_bundle, tmp_path) -> None:
+    """One odd layer must not abort a search (issue 10, #4); RS-CLIP's own outputs are never candidates; a new
+    search replaces the previous one's layers unless pinned (#8)."""
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    band = QgsRasterLayer(str(_one_band(crop, tmp_path / "B04.tif")), "B04 only")
+    QgsProject.instance().addMapLayer(band)
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.setFilePath(str(tmp_path / "results"))
+        items = {dock.layers_list.item(i).data(Qt.UserRole): dock.layers_list.item(i)
+                 for i in range(dock.layers_list.count())}
+        assert items[layer.id()].checkState() == Qt.Checked
+        assert items[band.id()].checkState() == Qt.Unchecked  # listed, greyed, with its reason
+        assert "B04 only" in dock.skipped_label.text()
+
+        def search(text: str):
+            dock.query_edit.clear()
+            QTest.keyClicks(dock.query_edit, text)
+            dock.heatmap_check.setChecked(True)
+            click(dock.search_btn)
+            assert dock.task is not None, dock.index_label.text()
+            assert wait_for(dock.task), dock.index_label.text()
+
+        search("a river")
+        assert dock.result.hits
+        groups = lambda: [g.name() for g in QgsProject.instance().layerTreeRoot().children()  # noqa: E731
+                          if g.name().startswith("RS-CLIP search:")]
+        assert len(groups()) == 1
+        # Our own heat map is never offered as a search input.
+        listed = {dock.layers_list.item(i).data(Qt.UserRole) for i in range(dock.layers_list.count())}
+        assert not any("similarity" in QgsProject.instance().mapLayer(lid).name() for lid in listed)
+        assert listed == {layer.id(), band.id()}
+        search("a town")
+        assert len(groups()) == 1, "the previous search's heat map stayed under the new one"
+        dock.pin_check.setChecked(True)
+        search("a field")
+        assert len(groups()) == 2
+        outs = [p for p in (tmp_path / "results").iterdir() if not p.name.startswith(".")]
+        assert len(outs) == 3  # written where the user chose, one folder per search
+    finally:
+        dock.cleanup()
+
+
+def test_search_goes_on_when_a_ticked_layer_fails(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
+    """A layer that breaks while indexing (a truncated file) is skipped with one line; the others are searched."""
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.setFilePath(str(tmp_path / "results"))
+        broken = tmp_path / "broken.tif"
+        broken.write_bytes(Path(layer.source()).read_bytes())
+        lyr = QgsRasterLayer(str(broken), "broken copy")
+        QgsProject.instance().addMapLayer(lyr)
+        with open(broken, "r+b") as f:  # truncated after QGIS opened it, as a failing disk or download would
+            f.truncate(broken.stat().st_size // 3)
+        dock.refresh_layers()
+        for i in range(dock.layers_list.count()):  # tick it even if the list greyed it: the job must cope
+            it = dock.layers_list.item(i)
+            if it.data(Qt.UserRole) == lyr.id():
+                it.setFlags(it.flags() | Qt.ItemIsUserCheckable | Qt.ItemIsEnabled)
+                it.setCheckState(Qt.Checked)
+        QTest.keyClicks(dock.query_edit, "a river")
+        click(dock.search_btn)
+        assert dock.task is not None, dock.index_label.text()
+        assert wait_for(dock.task), dock.index_label.text()
+        assert dock.result.hits
+        assert "skipped broken copy" in dock.index_label.text()
+    finally:
+        dock.cleanup()
+
+
+def test_classify_dialog_starts_ready(qgis_iface, layer, crop, store) -> None:
+    """The class table shows the preset the combo shows; the layer is the active one (issue 10, #11)."""
+    from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
+    from rs_clip_plugin.presets import preset_classes
+
+    other = QgsRasterLayer(str(crop), "second layer")
+    QgsProject.instance().addMapLayer(other)
+    qgis_iface.setActiveLayer(other)
+    dlg = ClassifyDialog(qgis_iface, store=store)
+    try:
+        assert dlg.layer_combo.currentLayer() == other
+        assert [n for n, _ in dlg.classes()] == preset_classes(dlg.preset_combo.currentText(), "en")
+        dlg.preset_combo.setCurrentIndex(1)
+        assert [n for n, _ in dlg.classes()] == preset_classes(dlg.preset_combo.currentText(), "en")
+        assert dlg.bundle_combo.currentText() != ""
+    finally:
+        dlg.close()
