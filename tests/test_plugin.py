@@ -378,3 +378,19 @@ def test_classify_dialog_starts_ready(qgis_iface, layer, crop, store) -> None:
         assert dlg.bundle_combo.currentText() != ""
     finally:
         dlg.close()
+
+
+def test_search_refuses_a_language_the_bundle_does_not_know(qgis_iface, layer, store, tiny_bundle) -> None:
+    """An English-only bundle must not silently read 'ein Hafen' as English (issue 10, #11)."""
+    from rs_clip_plugin.gui.search_dock import SearchDock
+
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        QTest.keyClicks(dock.query_edit, "ein Hafen")
+        dock.task = None
+        click(dock.search_btn)
+        assert dock.task is None
+        assert "German" in dock.index_label.text() and "Model bundle" in dock.index_label.text()
+    finally:
+        dock.cleanup()

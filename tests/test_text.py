@@ -107,3 +107,11 @@ def test_language_and_template_errors(bundle) -> None:
         class_embeddings(bundle, "river", templates=["no placeholder"])
     with pytest.raises(ValueError, match="no classes given"):
         class_embeddings(bundle, "")
+
+
+def test_guess_language_of_short_queries() -> None:
+    from rs_clip_plugin.engine.text import guess_language
+
+    cases = {"a river": "en", "um rio": "pt", "ein Hafen": "de", "une forêt": "fr", "een haven": "nl",
+             "un fiume": "it", "bosque": "es", "河流": "zh", "강": "ko", "река": "ru", "xyzzy": None}
+    assert {t: guess_language(t) for t in cases} == cases

@@ -6,7 +6,9 @@ text embeddings, normalised again: the zero-shot head of CLIP and of Paper A.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
@@ -115,3 +117,76 @@ def spec_embeddings(
     np.add.at(sums, np.asarray(owners), emb.astype(np.float64))
     counts = np.bincount(owners, minlength=len(specs))[:, None]
     return l2_normalise((sums / counts).astype(np.float32))
+
+
+# Function words that mark a language in a short search query ("um rio", "ein Hafen"). Words shared by
+# several of the ten languages count for none of them: only distinctive evidence decides.
+_FUNCTION_WORDS: dict[str, str] = {
+    "en": "a an the of with and in on near by from at or some many",
+    "pt": "um uma o os as do da dos das com perto em no na ao ou muitos muitas",
+    "es": "un una el los las del con cerca en y al o muchos muchas junto",
+    "fr": "un une le la les des du avec près et au aux ou dans sur beaucoup",
+    "de": "ein eine einer einem einen der die das mit und bei nahe im am oder viele",
+    "nl": "een het de met en bij nabij in op of veel",
+    "it": "un uno una il lo gli la le della del con vicino e in o molti molte",
+}
+
+
+@lru_cache(maxsize=1)
+def _vocabulary() -> dict[str, frozenset[str]]:
+    """Distinctive words per Latin-script language: function words plus the shipped class names."""
+    from .resources import classnames_dir, load_classnames
+
+    words: dict[str, set[str]] = {lang: set(ws.split()) for lang, ws in _FUNCTION_WORDS.items()}
+    for path in sorted(classnames_dir().glob("*.json")):
+        for lang, names in load_classnames(path.stem).items():
+            if lang in words:
+                for name in names:
+                    words[lang].update(_words(name))
+    counts: dict[str, int] = {}
+    for ws in words.values():
+        for w in ws:
+            counts[w] = counts.get(w, 0) + 1
+    return {lang: frozenset(w for w in ws if counts[w] == 1) for lang, ws in words.items()}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[^\W\d_]+", text.lower())
+
+
+def guess_language(text: str) -> Optional[str]:
+    """The language a short query is written in, when the evidence is clear; None when unsure.
+
+    Scripts decide Chinese, Korean and Russian; for the Latin-script languages, distinctive function words
+    and class-name words. Used to warn that a bundle would read the query in a language it does not know.
+    """
+    if re.search(r"[\uac00-\ud7af\u1100-\u11ff]", text):
+        return "ko"
+    if re.search(r"[\u4e00-\u9fff]", text):
+        return "zh"
+    if re.search(r"[\u0400-\u04ff]", text):
+        return "ru"
+    vocab = _vocabulary()
+    scores = {lang: sum(w in ws for w in _words(text)) for lang, ws in vocab.items()}
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    (best, top), (_, second) = ranked[0], ranked[1]
+    return best if top > 0 and top > second else None
+
+
+def check_query_language(bundle: Bundle, text: str, lang: str) -> Optional[str]:
+    """A one-line warning when ``text`` looks written in a language the bundle's text encoder does not
+    know, or in another one than ``lang`` says; None when nothing is wrong."""
+    guess = guess_language(text)
+    if guess is None or guess == lang:
+        return None
+    langs = bundle.manifest.text.languages
+    if guess not in langs:
+        return (f"the query looks {LANGUAGE_NAMES.get(guess, guess)}, which the bundle {bundle.manifest.name!r} "
+                f"does not know (it knows: {', '.join(langs)}); type the query in one of those, or choose a "
+                "multilingual bundle")
+    return (f"the query looks {LANGUAGE_NAMES.get(guess, guess)} but the language chosen is "
+            f"{LANGUAGE_NAMES.get(lang, lang)}; choose {guess} for its prompts")
+
+
+LANGUAGE_NAMES = {"en": "English", "pt": "Portuguese", "es": "Spanish", "fr": "French", "de": "German",
+                  "nl": "Dutch", "it": "Italian", "zh": "Chinese", "ko": "Korean", "ru": "Russian"}

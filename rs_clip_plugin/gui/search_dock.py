@@ -301,6 +301,19 @@ class SearchDock(QgsDockWidget):
             self.show_error("type what to look for, e.g. 'a river'")
             return None
         lang = self.lang_combo.currentText() or "en"
+        bundle = self._bundle_or_none()
+        if bundle is not None:
+            from ..engine.text import check_query_language, guess_language
+
+            warning = check_query_language(bundle, text, lang)
+            if warning:
+                guess = guess_language(text)
+                if guess not in bundle.manifest.text.languages:
+                    self.show_error(warning.replace("choose a multilingual bundle",
+                                                    "choose a multilingual bundle in ‘Model bundle’"))
+                    return None
+                self.lang_combo.setCurrentText(guess)  # the bundle knows it: read the query as what it is
+                lang = guess
 
         def query(bundle):
             from ..engine.search import text_query_vector
