@@ -3,7 +3,7 @@
 Installed bundles are plain bundle directories under ``<profile>/rsclip/bundles/<name>``. Every add goes
 through the engine's ``load_bundle`` (file hashes and ONNX inputs checked) in a staging folder and is moved
 into place only when it passed, so a bad archive never leaves a half-installed model. Archives are unpacked
-with ``bundle.safe_extract`` (no absolute paths, no ``..``, no links).
+with ``bundle.safe_extract`` (no absolute paths, no ``..``, no links; inflated size and ratio capped).
 """
 
 from __future__ import annotations

@@ -7,10 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
+from hostile_zips import deflate, raw_zip, tree_bytes, zero_deflate
 
 from rs_clip_plugin.engine.bundle import (
     MANIFEST,
@@ -19,6 +22,7 @@ from rs_clip_plugin.engine.bundle import (
     Manifest,
     load_bundle,
     read_manifest,
+    safe_extract,
     write_manifest,
     zip_bundle,
 )
@@ -170,3 +174,98 @@ def test_unchanged_bundle_is_checked_once_per_process_but_changes_are_caught(bun
     os.utime(onnx, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a write always moves mtime on
     with pytest.raises(BundleError, match=onnx.name):
         load_bundle(bundle_copy)
+
+
+# --- every file of a bundle resolves inside it (issue 15, item 5) --------------------------------------------
+
+@pytest.mark.parametrize("entry", ["../outside.bin", "/etc/hostname", "sub/../../outside.bin", "C:/outside.bin"])
+def test_manifest_paths_outside_the_bundle_are_refused_and_never_read(entry: str, bundle_copy: Path,
+                                                                      monkeypatch) -> None:
+    import rs_clip_plugin.engine.bundle as bundle_mod
+
+    (bundle_copy.parent / "outside.bin").write_bytes(b"secret")
+    hashed: list[str] = []
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p, *a, **k: hashed.append(str(p)) or real(p, *a, **k))
+    _edit_manifest(bundle_copy, lambda d: d["files"].update({entry: "0" * 64}))
+    with pytest.raises(BundleError, match=r"file entry .* points outside the bundle") as err:
+        load_bundle(bundle_copy)
+    assert entry in str(err.value) and "secret" not in str(err.value)
+    assert not any("outside" in h or "hostname" in h for h in hashed)
+
+
+def test_onnx_path_outside_the_bundle_is_refused(bundle_copy: Path) -> None:
+    _edit_manifest(bundle_copy, lambda d: d["encoders"][0].update(onnx="../image_rgb.onnx"))
+    with pytest.raises(BundleError, match=r"'\.\./image_rgb\.onnx' points outside the bundle"):
+        load_bundle(bundle_copy, verify=False)
+
+
+def test_symlink_to_a_file_outside_the_bundle_is_refused(bundle_copy: Path, tmp_path: Path, capsys) -> None:
+    outside = tmp_path / "outside.json"
+    shutil.move(bundle_copy / "tokenizer.json", outside)
+    (bundle_copy / "tokenizer.json").symlink_to(outside)
+    with pytest.raises(BundleError, match=r"'tokenizer\.json' is a link to a file outside the bundle"):
+        load_bundle(bundle_copy)
+    assert rsclip_main(["info", str(bundle_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer.json" in err and "outside the bundle" in err and "sha256" not in err
+    # A link that stays inside the bundle is fine.
+    (bundle_copy / "tokenizer.json").unlink()
+    shutil.move(outside, bundle_copy / "tok-real.json")
+    (bundle_copy / "tokenizer.json").symlink_to(bundle_copy / "tok-real.json")
+    load_bundle(bundle_copy)
+
+
+# --- zip bombs (issue 15, item 5) -----------------------------------------------------------------------------
+
+def test_zip_declaring_gibibytes_is_refused_before_inflating(tiny_bundle: Path, tmp_path: Path) -> None:
+    bomb = zero_deflate(3 * 1024)  # 3 GiB of zeros in ~3 MB
+    z = raw_zip(tmp_path / "bomb.zip", [(MANIFEST, zlib.compress(b"{}")[2:-4], 2), ("pad.bin", bomb, 3 << 30)])
+    assert z.stat().st_size < 4 << 20
+    dest = tmp_path / "out"
+    t0 = time.perf_counter()
+    with pytest.raises(BundleError, match=r"bomb\.zip: the archive inflates to 3072 MiB .* refusing it"):
+        safe_extract(z, dest)
+    assert time.perf_counter() - t0 < 2.0
+    assert tree_bytes(dest) == 0
+    with pytest.raises(BundleError, match="refusing it"):
+        load_bundle(z)
+    cache = Path(os.environ["RSCLIP_CACHE"]) / "bundles"
+    assert sum(tree_bytes(p) for p in cache.glob("*bomb*")) == 0 if cache.is_dir() else True
+
+
+def test_zip_whose_declared_size_lies_stops_inflating(tmp_path: Path) -> None:
+    bomb = zero_deflate(3 * 1024)
+    z = raw_zip(tmp_path / "liar.zip", [("pad.bin", bomb, 4096)])  # says 4 KiB, inflates 3 GiB
+    dest = tmp_path / "out"
+    t0 = time.perf_counter()
+    with pytest.raises(BundleError, match=r"liar\.zip"):
+        safe_extract(z, dest)
+    assert time.perf_counter() - t0 < 2.0
+    assert tree_bytes(dest) <= 1 << 20  # at most one read chunk, never the GiBs
+
+
+def test_zip_with_a_highly_compressed_pad_beside_a_real_bundle_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    files = [MANIFEST, *read_manifest(tiny_bundle).files]
+    entries = [(rel, deflate((tiny_bundle / rel).read_bytes()), (tiny_bundle / rel).stat().st_size) for rel in files]
+    entries.append(("pad.bin", zero_deflate(3 * 1024), 3 << 30))  # honest sizes, a 3 GiB pad
+    z = raw_zip(tmp_path / "padded.zip", entries)
+    assert z.stat().st_size < 20 << 20
+    with pytest.raises(BundleError, match=r"20x compression"):
+        load_bundle(z)
+    # The same bundle without the pad unpacks: real bundles are far below the ratio limit.
+    load_bundle(zip_bundle(tiny_bundle, tmp_path / "plain.zip"))
+
+
+# --- embed_dim against the ONNX outputs (issue 15, item 6) ---------------------------------------------------
+
+def test_embed_dim_must_match_the_onnx_outputs(bundle_copy: Path, capsys) -> None:
+    _edit_manifest(bundle_copy, lambda d: d.update(embed_dim=32))
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle_copy, verify=False)
+    msg = str(err.value)
+    assert "64-wide embeddings" in msg and "embed_dim 32" in msg and str(bundle_copy) in msg
+    assert "image encoder" in msg or "text encoder" in msg
+    assert "re-export the bundle" in msg
+    assert rsclip_main(["info", str(bundle_copy)]) == 2
+    assert "embed_dim 32" in capsys.readouterr().err

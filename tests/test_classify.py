@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from plugin_support import s2_crop
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
@@ -154,6 +155,26 @@ def test_nodata_pixels_and_skipped_tiles(bundle, tmp_path: Path) -> None:
     assert s["tiling"]["skipped_nodata"] == 2 and s["tiling"]["embedded"] == 2
     assert s["nodata"]["pixels"] == 72 * 128 and s["valid_pixels"] == 56 * 128
     assert s["nodata"]["area_ha"] == pytest.approx(72 * 128 * 0.01)
+
+
+def test_raster_smaller_than_a_tile_is_labelled(bundle, major_tom_dir: Path, tmp_path: Path, capsys) -> None:
+    """A 40 x 40 px (400 m) crop under the bundle's 640 m tile (issue 15, item 4): one tile of real pixels
+    is encoded (resized up to the encoder's input), not a padded tile skipped as no data."""
+    small = s2_crop(major_tom_dir, tmp_path / "small.tif", size=40)
+    res = classify_raster(small, CLASSES, tmp_path / "out", bundle=bundle, provider="cpu")
+    t = res.summary["tiling"]
+    assert (t["tiles"], t["embedded"], t["skipped_nodata"], t["tile_px"]) == (1, 1, 0, 40)
+    assert res.summary["valid_pixels"] == 1600 and res.summary["nodata"]["pixels"] == 0
+    with rasterio.open(res.labels_path) as lab:
+        labels = lab.read(1)
+    assert labels.shape == (40, 40) and (labels > 0).all()
+    # Tile sizes the raster cannot hold, or that are not numbers, are one-line errors naming the option.
+    for bad, said in (("nan", "got nan"), ("inf", "got inf"), ("-640", "got -640"), ("1e9", "larger than the whole raster")):
+        rc = main(["classify", str(small), "--classes", CLASSES, "--out", str(tmp_path / "o2"),
+                   "--bundle", str(bundle.root), "--provider", "cpu", f"--tile-size-m={bad}"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--tile-size-m" in err and said in err and "Traceback" not in err, err
+        assert not (tmp_path / "o2").exists()
 
 
 def test_geographic_pixel_area() -> None:

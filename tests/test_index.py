@@ -122,6 +122,31 @@ def test_corrupt_cache_is_rebuilt(tiny_bundle: Path, rgb_tif: Path, damage: str)
     open_index(again.root)  # verifies cleanly now
 
 
+@pytest.mark.parametrize("meta", [[], None, "text", 3, {}, "no-dim", "dim-string", "transform-short", "n-bool"])
+def test_meta_of_the_wrong_shape_is_rebuilt(tiny_bundle: Path, rgb_tif: Path, meta) -> None:
+    """Valid JSON that is not an index's meta.json (issue 15, item 7) is corrupt: rebuilt, never a crash."""
+    idx = build_index(rgb_tif, tiny_bundle, provider="cpu")
+    good = json.loads((idx.root / META).read_text())
+    root = idx.root
+    del idx
+    if isinstance(meta, str) and meta != "text":
+        bad = dict(good)
+        if meta == "no-dim":
+            del bad["dim"]
+        elif meta == "dim-string":
+            bad["dim"] = "64"
+        elif meta == "transform-short":
+            bad["transform"] = bad["transform"][:3]
+        else:
+            bad["n_tiles"] = True
+        meta = bad
+    (root / META).write_text(json.dumps(meta))
+    again = build_index(rgb_tif, tiny_bundle, provider="cpu")
+    assert not again.reused and again.root == root
+    assert json.loads((root / META).read_text())["dim"] == good["dim"]
+    assert build_index(rgb_tif, tiny_bundle, provider="cpu").reused
+
+
 def test_cancelled_build_leaves_nothing(tiny_bundle: Path, major_tom_dir: Path) -> None:
     calls = []
 

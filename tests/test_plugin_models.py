@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hostile_zips import deflate, raw_zip, tree_bytes, zero_deflate
 
 from rs_clip_plugin import deps
 from rs_clip_plugin.engine.bundle import BundleError, zip_bundle
@@ -58,6 +59,15 @@ def test_zip_with_traversal_is_refused(store: ModelStore, tiny_bundle: Path, tmp
         store.add_zip(evil)
     assert not (tmp_path / "outside.txt").exists() and not (store.root.parent / "outside.txt").exists()
     assert not list(store.root.iterdir())
+
+
+def test_zip_bomb_is_refused_and_nothing_installed(store: ModelStore, tiny_bundle: Path, tmp_path: Path) -> None:
+    manifest = (tiny_bundle / "manifest.json").read_bytes()
+    bomb = raw_zip(tmp_path / "bomb.zip", [("manifest.json", deflate(manifest), len(manifest)),
+                                           ("pad.bin", zero_deflate(3 * 1024), 3 << 30)])
+    with pytest.raises(BundleError, match="refusing it"):
+        store.add_zip(bomb)
+    assert tree_bytes(store.root) == 0 and tree_bytes(tmp_path) < 8 << 20
 
 
 def test_checksum_and_corrupt_bundle_refused(store: ModelStore, tiny_bundle: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from rasterio.windows import Window
 
 from rs_clip_plugin.engine import tiling
 from rs_clip_plugin.engine.bundle import EncoderSpec
+from rs_clip_plugin.engine.errors import InputError, cli_names
 from rs_clip_plugin.engine.radiometry import default_transform
 from rs_clip_plugin.engine.raster import open_source
 from rs_clip_plugin.engine.tiling import (
@@ -74,10 +76,12 @@ def test_grid_with_extent_snaps_to_pixels(tmp_path: Path) -> None:
         for w in grid.windows:
             assert w.col_off >= 10 and w.col_off + w.width <= 50 and w.row_off >= 5 and w.row_off + w.height <= 40
         small = make_grid(src, 32, extent=(X0 + 900, Y0 - 700, X0 + 1000, Y0 - 600))  # 10 x 10 px at the corner
-        assert small.windows == [Window(90, 60, 32, 32)]
+        # One tile around the small extent, shifted inside the raster: real pixels, no padding, not skipped.
+        assert small.windows == [Window(68, 38, 32, 32)] and small.out_window == Window(90, 60, 10, 10)
         tile = src.read(small.windows[0])
-        assert nodata_fraction(tile) == pytest.approx(1 - 100 / 1024)  # padded beyond the raster: NaN
-        assert should_skip(tile)
+        assert nodata_fraction(tile) == 0.0 and not should_skip(tile)
+        mid = make_grid(src, 32, extent=(X0 + 400, Y0 - 400, X0 + 500, Y0 - 300))  # 10 x 10 px inside
+        assert mid.windows == [Window(29, 19, 32, 32)]  # centred on it
         with pytest.raises(ValueError, match="does not overlap"):
             make_grid(src, 32, extent=(0, 0, 10, 10))
 
@@ -92,6 +96,34 @@ def test_tile_size_from_bundle(major_tom_dir: Path, data_dir: Path) -> None:
         assert 64 < tile_size_px_for(spec, src) < 70
     with open_source(next((data_dir / "ucmerced" / "forest").glob("*.tif"))) as src:  # no georeferencing
         assert tile_size_px_for(spec, src) == 64
+
+
+def test_tile_size_is_clamped_to_small_rasters_and_bounded(tmp_path: Path, major_tom_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    u, t, m, s = default_transform("s1-grd", 2)
+    spec = EncoderSpec("s1-grd", "x.onnx", ["VV", "VH"], t, u, m, s, 32, 10.0, 64)  # 640 m tiles
+    with open_source(s1_raster(tmp_path / "small.tif", 40, 50)) as src:
+        assert tile_size_px_for(spec, src) == 40  # the default tile shrinks to the raster's shorter side
+        assert tile_size_px_for(spec, src, tile_size_m=450) == 40  # between the sides: clamped as well
+        grid = make_grid(src, tile_size_px_for(spec, src))
+        assert [(int(w.col_off), int(w.row_off), int(w.width)) for w in grid.windows] == [(0, 0, 40), (10, 0, 40)]
+        for bad, said in ((float("nan"), "nan"), (float("inf"), "inf"), (-5.0, "-5"), (0, "0"), ("abc", "'abc'")):
+            with pytest.raises(InputError, match=r"^tile_size_m .*" + re.escape(said)) as err:
+                tile_size_px_for(spec, src, tile_size_m=bad)
+            assert err.value.params == ("tile_size_m",)
+            assert "--tile-size-m" in err.value.render(cli_names(err.value.params))
+        with pytest.raises(InputError, match=r"1e\+09 m is larger than the whole raster small\.tif .*at most 500 m"):
+            tile_size_px_for(spec, src, tile_size_m=1e9)
+    # A 30 km tile on the 10.7 km Major-TOM scene is refused before anything is read or allocated.
+    u, t, m, s = default_transform("s2-l2a", 12)
+    s2 = EncoderSpec("s2-l2a", "x.onnx", ["B01"] * 12, t, u, m, s, 32, 10.0, 64)
+    with open_source(major_tom_dir) as src:
+        with pytest.raises(InputError, match="30000 m is larger than the whole raster"):
+            tile_size_px_for(s2, src, tile_size_m=30_000)
+        assert tile_size_px_for(s2, src, tile_size_m=8000) == 800
+        monkeypatch.setattr(tiling, "MAX_TILE_BYTES", 12 * 4 * 500 * 500)  # memory bound: 500 px for 12 bands
+        with pytest.raises(InputError, match=r"800 x 800 px in 12 bands needs 29 MiB per read; give at most 5000 m"):
+            tile_size_px_for(s2, src, tile_size_m=8000)
 
 
 def test_nodata_fraction_counts_pixels_with_any_nan_band() -> None:

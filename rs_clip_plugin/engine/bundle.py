@@ -17,10 +17,12 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 from .atomic import atomic_write_text  # also re-exported: the long-standing import path for writers
@@ -37,6 +39,14 @@ IMAGE_INPUT = "image"
 TEXT_INPUT = "input_ids"
 EMBEDDING_OUTPUT = "embedding"
 TOKENIZER_KINDS = ("clip-bpe", "hf")
+# Limits on unpacking a bundle .zip (a download is untrusted): the total inflated size, and the ratio of
+# inflated to compressed bytes once the total passes RATIO_FREE_BYTES. Real bundles are ONNX weights, which
+# barely compress (measured ~1.1x for the default bundle); a ratio of 20 leaves room for text files while
+# a zip bomb (1000x and more) is refused before anything is inflated.
+MAX_UNZIPPED_BYTES = 8 << 30
+MAX_ZIP_RATIO = 20.0
+RATIO_FREE_BYTES = 16 << 20
+_CHUNK = 1 << 20
 
 
 @dataclass
@@ -194,9 +204,47 @@ class Manifest:
                 raise BundleError(f"{where}: units {e.units!r} not one of {UNITS}")
             if e.input_size <= 0 or e.tile_size_px <= 0 or e.gsd_m <= 0:
                 raise BundleError(f"{where}: input_size, tile_size_px and gsd_m must be positive")
+        for rel in [*self.onnx_files(), self.text.tokenizer, *self.files]:
+            check_relative(rel, source)
         for lang, templates in self.prompt_templates.items():
             if not templates or any("{}" not in t for t in templates):
                 raise BundleError(f"{source}: prompt templates for {lang!r} must each contain '{{}}' for the class name")
+
+
+def check_relative(rel: object, source: str = MANIFEST) -> str:
+    """A manifest file entry must be a plain relative path inside the bundle: no absolute path, drive or '..'.
+
+    Checked on the text alone (no file system access), so nothing outside the bundle is ever opened.
+    """
+    if not isinstance(rel, str) or not rel.strip():
+        raise BundleError(f"{source}: file entry {rel!r} is not a file name; re-export the bundle")
+    if _leaves_root(rel):
+        raise BundleError(
+            f"{source}: file entry {rel!r} points outside the bundle; every file of a bundle must be inside its "
+            "folder (re-export the bundle, and do not use a bundle edited this way)"
+        )
+    return rel
+
+
+def _leaves_root(name: str) -> bool:
+    """True for a path that is absolute, has a drive, or climbs with '..' (either slash counts: Windows)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return name.startswith(("/", "\\")) or bool(parts and ":" in parts[0]) or ".." in parts
+
+
+def bundle_file(root: Path, rel: str, source: str = MANIFEST) -> Path:
+    """``root / rel`` after checking it stays inside the bundle, also through symbolic links."""
+    check_relative(rel, source)
+    p = Path(root) / rel
+    base = Path(root).resolve()
+    try:
+        p.resolve().relative_to(base)
+    except ValueError:
+        raise BundleError(
+            f"{source}: file entry {rel!r} is a link to a file outside the bundle; copy the real file into the "
+            "bundle folder instead of linking to it"
+        ) from None
+    return p
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -216,7 +264,7 @@ def write_manifest(root: Path, manifest: Manifest) -> Manifest:
     manifest.validate()
     files = {}
     for rel in [*manifest.onnx_files(), manifest.text.tokenizer, *manifest.files]:
-        p = root / rel
+        p = bundle_file(root, rel)
         if not p.is_file():
             raise BundleError(f"{p}: listed in the manifest but not written; the exporter must write it first")
         files[rel] = sha256_file(p)
@@ -252,17 +300,80 @@ def read_manifest(root: Path) -> Manifest:
     return Manifest.from_dict(data, source=str(path))
 
 
-def safe_extract(zip_path: Path, dest: Path) -> None:
-    """Extract refusing absolute paths, '..' and links: a bundle from the internet must not write outside dest."""
+def safe_extract(zip_path: Path, dest: Path, *, max_bytes: int = MAX_UNZIPPED_BYTES,
+                 max_ratio: float = MAX_ZIP_RATIO) -> None:
+    """Extract an untrusted archive into ``dest``: a bundle from the internet must not write outside dest
+    nor fill the disk.
+
+    Refused before anything is written: absolute paths, drives, '..', links and other special entries, a
+    declared total over ``max_bytes``, and a declared inflation ratio over ``max_ratio`` (past
+    RATIO_FREE_BYTES). Declared sizes can lie, so bytes are also counted while inflating: an entry that
+    inflates past its declared size, or a total past the limits, stops the extraction at once.
+    """
     dest = Path(dest).resolve()
+    zip_path = Path(zip_path)
+    packed = max(zip_path.stat().st_size, 1)
+    limit = _inflate_limit(packed, max_bytes, max_ratio)
+    try:
+        _extract_checked(zip_path, dest, packed, limit, max_bytes, max_ratio)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise BundleError(f"{zip_path}: not a readable .zip archive ({exc}); download or copy it again") from exc
+
+
+def _extract_checked(zip_path: Path, dest: Path, packed: int, limit: int, max_bytes: int, max_ratio: float) -> None:
     with zipfile.ZipFile(zip_path) as zf:
-        for info in zf.infolist():
-            target = (dest / info.filename).resolve()
-            if info.filename.startswith(("/", "\\")) or not str(target).startswith(str(dest) + os.sep):
-                raise BundleError(f"{zip_path}: entry {info.filename!r} would be written outside the bundle; refusing this archive")
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise BundleError(f"{zip_path}: entry {info.filename!r} is a symbolic link; refusing this archive")
-        zf.extractall(dest)
+        infos = zf.infolist()
+        for info in infos:
+            _check_entry(zip_path, info, dest)
+        declared = sum(i.file_size for i in infos)
+        if declared > limit:
+            raise BundleError(_too_big(zip_path, declared, packed, max_bytes, max_ratio))
+        written = 0
+        for info in infos:
+            target = dest / info.filename
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            entry = 0
+            with zf.open(info) as src, open(target, "wb") as out:
+                while True:
+                    block = src.read(_CHUNK)
+                    if not block:
+                        break
+                    entry += len(block)
+                    written += len(block)
+                    if entry > info.file_size:
+                        raise BundleError(
+                            f"{zip_path}: entry {info.filename!r} inflates past its declared size "
+                            f"({info.file_size} bytes); the archive is corrupt or hostile, refusing it"
+                        )
+                    if written > limit:
+                        raise BundleError(_too_big(zip_path, written, packed, max_bytes, max_ratio))
+                    out.write(block)
+
+
+def _inflate_limit(packed: int, max_bytes: int, max_ratio: float) -> int:
+    return int(min(max_bytes, max(RATIO_FREE_BYTES, packed * max_ratio)))
+
+
+def _too_big(zip_path: Path, size: int, packed: int, max_bytes: int, max_ratio: float) -> str:
+    return (
+        f"{zip_path}: the archive inflates to {size / 2**20:.0f} MiB or more from {packed / 2**20:.1f} MiB "
+        f"(limits: {max_bytes / 2**30:.0f} GiB in all, {max_ratio:.0f}x compression); a model bundle is "
+        "mostly ONNX weights, which barely compress, so this is not a bundle: refusing it"
+    )
+
+
+def _check_entry(zip_path: Path, info: zipfile.ZipInfo, dest: Path) -> None:
+    name = info.filename
+    if _leaves_root(name) or not str((dest / name).resolve()).startswith(str(dest) + os.sep):
+        raise BundleError(f"{zip_path}: entry {name!r} would be written outside the bundle; refusing this archive")
+    mode = (info.external_attr >> 16) & 0o170000
+    if mode == stat.S_IFLNK:
+        raise BundleError(f"{zip_path}: entry {name!r} is a symbolic link; refusing this archive")
+    if mode not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise BundleError(f"{zip_path}: entry {name!r} is not a plain file (mode {oct(mode)}); refusing this archive")
 
 
 @dataclass
@@ -271,7 +382,7 @@ class Bundle:
     manifest: Manifest
 
     def path(self, rel: str) -> Path:
-        return self.root / rel
+        return bundle_file(self.root, rel)
 
     @property
     def digest(self) -> str:
@@ -302,7 +413,7 @@ class Bundle:
                 for e in m.encoders
             ],
             "provenance": m.provenance,
-            "size_bytes": sum((self.root / f).stat().st_size for f in m.files),
+            "size_bytes": sum(self.path(f).stat().st_size for f in m.files),
         }
 
 
@@ -318,6 +429,8 @@ def load_bundle(path: os.PathLike | str, verify: bool = True, check_onnx: bool =
     else:
         root = path
     manifest = read_manifest(root)
+    for rel in [*manifest.onnx_files(), manifest.text.tokenizer, *manifest.files]:
+        bundle_file(root, rel, str(Path(root) / MANIFEST))  # a link out of the bundle is refused before any read
     # Hashing and opening every ONNX file costs seconds for a ViT-B bundle; the plugin opens the same bundle
     # for every job, so a bundle whose files are unchanged (size, mtime) since this process checked it is
     # not checked again.
@@ -376,7 +489,7 @@ def verify_files(root: Path, manifest: Manifest) -> None:
     if missing_hash:
         raise BundleError(f"{Path(root) / MANIFEST}: no sha256 for {sorted(missing_hash)}; re-export the bundle")
     for rel, want in manifest.files.items():
-        p = Path(root) / rel
+        p = bundle_file(root, rel, str(Path(root) / MANIFEST))
         if not p.is_file():
             raise BundleError(f"{p}: missing from the bundle; copy the complete bundle again or re-export it")
         got = sha256_file(p)
@@ -389,6 +502,13 @@ def verify_files(root: Path, manifest: Manifest) -> None:
 
 def onnx_io(path: Path) -> tuple[dict[str, tuple[str, list]], dict[str, str]]:
     """Inputs (name -> (type, shape)) and custom metadata of an ONNX file, read through ONNX Runtime."""
+    inputs, _, meta = onnx_graph_io(path)
+    return inputs, meta
+
+
+def onnx_graph_io(path: Path) -> tuple[dict[str, tuple[str, list]], dict[str, tuple[str, list]], dict[str, str]]:
+    """Inputs and outputs (name -> (type, shape), symbolic dimensions as strings) and custom metadata of an
+    ONNX file, read from its graph through ONNX Runtime (no optimisation, nothing run)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -399,18 +519,40 @@ def onnx_io(path: Path) -> tuple[dict[str, tuple[str, list]], dict[str, str]]:
     except Exception as exc:  # ORT raises its own exception types
         raise BundleError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export the bundle") from exc
     inputs = {i.name: (i.type, list(i.shape)) for i in sess.get_inputs()}
-    return inputs, dict(sess.get_modelmeta().custom_metadata_map)
+    outputs = {o.name: (o.type, list(o.shape)) for o in sess.get_outputs()}
+    return inputs, outputs, dict(sess.get_modelmeta().custom_metadata_map)
 
 
 def check_onnx_inputs(root: Path, manifest: Manifest) -> None:
+    """Every ONNX file's input shape, and its embedding width (manifest ``embed_dim``), match the manifest."""
     root = Path(root)
     for e in manifest.encoders:
         for rel in filter(None, [e.onnx, e.onnx_fp16]):
-            inputs, _ = onnx_io(root / rel)
-            _expect_input(root / rel, inputs, IMAGE_INPUT, [len(e.bands), e.input_size, e.input_size])
+            path = bundle_file(root, rel)
+            inputs, outputs, _ = onnx_graph_io(path)
+            _expect_input(path, inputs, IMAGE_INPUT, [len(e.bands), e.input_size, e.input_size])
+            _expect_embed_dim(root, path, outputs, manifest, f"{e.modality} image encoder")
     for rel in filter(None, [manifest.text.onnx, manifest.text.onnx_fp16]):
-        inputs, _ = onnx_io(root / rel)
-        _expect_input(root / rel, inputs, TEXT_INPUT, [manifest.text.context_length])
+        path = bundle_file(root, rel)
+        inputs, outputs, _ = onnx_graph_io(path)
+        _expect_input(path, inputs, TEXT_INPUT, [manifest.text.context_length])
+        _expect_embed_dim(root, path, outputs, manifest, "text encoder")
+
+
+def _expect_embed_dim(root: Path, path: Path, outputs: dict, manifest: Manifest, role: str) -> None:
+    """The encoder's (first) output is [batch, D]; D must be the manifest's embed_dim, or every job would
+    fail later in a matrix product with a broadcast error naming neither the bundle nor the fix."""
+    if not outputs:
+        raise BundleError(f"{path}: the {role} has no output; re-export the bundle")
+    name = EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in outputs else next(iter(outputs))
+    shape = outputs[name][1]
+    width = shape[-1] if shape else None
+    if isinstance(width, int) and width != manifest.embed_dim:
+        raise BundleError(
+            f"bundle {manifest.name!r} ({root}): the {role} {path.name} outputs {width}-wide embeddings but "
+            f"{MANIFEST} says embed_dim {manifest.embed_dim}; the manifest and the model disagree: re-export the "
+            f"bundle (rsclip-train export), or set embed_dim to {width} if the ONNX file is the intended model"
+        )
 
 
 def _expect_input(path: Path, inputs: dict, name: str, tail: list[int]) -> None:

@@ -36,7 +36,7 @@ from .progress import Progress
 from .raster import RasterSource, open_source
 from .runtime import TEXT_ROLE, EncoderSession
 from .text import check_language, class_embeddings, templates_for
-from .tiling import LogitAccumulator, TileGrid, make_grid, stride_for, tile_size_px_for
+from .tiling import LogitAccumulator, TileGrid, check_tile_size_m, make_grid, stride_for, tile_size_px_for
 from .writers import (
     AUX_SUFFIX,
     geotiff_profile,
@@ -205,6 +205,8 @@ def classify_raster(
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold {threshold} is not a probability; give a value between 0 and 1")
     stride_for(1, overlap)  # validate before anything is opened
+    if tile_size_m is not None:
+        check_tile_size_m(tile_size_m)
     check_outputs(out_dir, overwrite)
     b = as_bundle(bundle)
     check_language(b, lang)

@@ -62,6 +62,51 @@ class IndexCacheError(ValueError):
     """A cached index that cannot be trusted (missing, stale, corrupt); callers rebuild it."""
 
 
+# The meta.json keys an opened index relies on, with their JSON types: valid JSON of another shape (a list,
+# null, a missing key, a string where a number belongs) is a corrupt index, rebuilt like any other.
+_NUMBER = (int, float)
+_META_SCHEMA: dict[str, tuple[type, ...]] = {
+    "format": (int,),
+    "source": (str,),
+    "modality": (str,),
+    "dtype": (str,),
+    "crs_wkt": (str,),
+    "n_tiles": (int,),
+    "grid_tiles": (int,),
+    "dim": (int,),
+    "tile_px": (int,),
+    "stride_px": (int,),
+    "embeddings_bytes": (int,),
+    "tiles_bytes": (int,),
+    "embeddings_sha256": (str,),
+    "tiles_sha256": (str,),
+    "transform": (list,),
+    "out_transform": (list,),
+    "out_window": (list,),
+}
+_META_LISTS = {"transform": (6, _NUMBER), "out_transform": (6, _NUMBER), "out_window": (4, (int,))}
+
+
+def _check_meta_shape(meta: object, meta_path: Path) -> dict:
+    """``meta`` if it has the shape of an index's meta.json, else IndexCacheError naming what is wrong."""
+    if not isinstance(meta, dict):
+        raise IndexCacheError(f"{meta_path}: a JSON {type(meta).__name__}, not an object")
+    for key, types in _META_SCHEMA.items():
+        value = meta.get(key)
+        # bool is an int subclass in Python; a true/false is never a count
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise IndexCacheError(f"{meta_path}: '{key}' is missing or not a {'/'.join(t.__name__ for t in types)}")
+    for key, (n, types) in _META_LISTS.items():
+        value = meta[key]
+        if len(value) != n or not all(isinstance(v, types) and not isinstance(v, bool) for v in value):
+            raise IndexCacheError(f"{meta_path}: '{key}' is not a list of {n} numbers")
+    if min(meta["n_tiles"], meta["dim"], meta["tile_px"], meta["stride_px"]) < 0 or meta["dim"] == 0:
+        raise IndexCacheError(f"{meta_path}: negative or zero sizes")
+    if meta["dtype"] not in STORAGE_DTYPES:
+        raise IndexCacheError(f"{meta_path}: dtype {meta['dtype']!r} is not one of {STORAGE_DTYPES}")
+    return meta
+
+
 def index_root() -> Path:
     return cache_dir() / "index"
 
@@ -231,8 +276,9 @@ def open_index(root: Path, expect: Optional[dict] = None) -> Index:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexCacheError(f"{meta_path}: unreadable ({exc})") from exc
-    if meta.get("format") != INDEX_FORMAT:
+    if isinstance(meta, dict) and meta.get("format") != INDEX_FORMAT:
         raise IndexCacheError(f"{meta_path}: index format {meta.get('format')} is not {INDEX_FORMAT}")
+    meta = _check_meta_shape(meta, meta_path)
     if expect is not None:
         changed = sorted(k for k, v in expect.items() if meta.get(k) != v)
         if changed:
@@ -250,8 +296,8 @@ def open_index(root: Path, expect: Optional[dict] = None) -> Index:
         tiles = np.load(root / TILES)
     except (OSError, ValueError) as exc:
         raise IndexCacheError(f"{root}: arrays unreadable ({exc})") from exc
-    n = int(meta["n_tiles"])
-    if emb.shape != (n, int(meta["dim"])) or tiles.shape != (n, 4):
+    n = meta["n_tiles"]
+    if emb.shape != (n, meta["dim"]) or tiles.shape != (n, 4) or emb.dtype != np.dtype(meta["dtype"]):
         raise IndexCacheError(f"{root}: array shapes {emb.shape}, {tiles.shape} do not match meta ({n} tiles)")
     return Index(root, meta, emb, tiles)
 

@@ -2,9 +2,18 @@
 
 Grid policy: tiles start at the extent's top-left corner and step by ``stride_px``. The last row and
 column are *shifted inward* so that they end exactly at the extent's far edge (no padding, no tile
-sticking out of the data) — the extra overlap is absorbed by logit averaging. Only when the extent is
-smaller than one tile does a tile stick out; it is then anchored at the extent's top-left and its
-pixels beyond the raster read as NaN (padding).
+sticking out of the data) — the extra overlap is absorbed by logit averaging. An extent narrower than one
+tile gets one tile centred on it and shifted to lie inside the raster (its context comes from the real
+pixels around the extent).
+
+Tile size (``tile_size_px_for``): the bundle's tile on the ground, or ``tile_size_m``, in the raster's
+pixels, *clamped to the raster's shorter side*. A CLIP encoder takes a fixed input size, so every tile is
+resized to it anyway; a raster smaller than the tile is therefore encoded whole (one tile of real pixels,
+resized up) rather than padded. Padding was wrong twice over: NaN padding counted as no data and the tile
+was skipped (the raster came out all label 0), and any fill (mean, reflection) shows the encoder content
+that is not there, while a smaller tile only changes the scale, as ``tile_size_m`` does by design. An
+explicit ``tile_size_m`` larger than the whole raster, not finite or not positive, or a tile whose read
+would exceed MAX_TILE_BYTES, is an InputError naming ``{tile_size_m}``.
 
 The output grid is the source's working grid restricted to the extent (snapped outward to whole
 pixels): ``TileGrid.out_window`` on the working grid, ``TileGrid.out_transform`` for writers.
@@ -24,11 +33,15 @@ from affine import Affine
 from rasterio.windows import Window
 
 from .bundle import EncoderSpec
+from .errors import InputError
 from .raster import RasterSource
 
 DEFAULT_MAX_NODATA = 0.5
 # Per-pixel sums beyond this many bytes go to a disk-backed memmap instead of RAM.
 DENSE_IN_MEMORY_BYTES = 256 * 1024 * 1024
+# One tile read (float32, all encoder bands) may hold at most this much: a 12-band tile of ~2360 px side
+# (23 km at 10 m), an RGB tile of ~4700 px. Larger tiles would only be averaged down to the encoder's input.
+MAX_TILE_BYTES = 256 << 20
 
 
 @dataclass
@@ -56,9 +69,11 @@ class TileGrid:
         return len(self.windows)
 
 
-def _starts(begin: int, length: int, tile: int, stride: int) -> list[int]:
+def _starts(begin: int, length: int, tile: int, stride: int, size: int) -> list[int]:
+    """Tile offsets along one axis of the working grid (``size`` pixels) covering ``begin``..``begin+length``."""
     if length <= tile:
-        return [begin]
+        # One tile centred on the extent, inside the raster when it fits (context from real pixels around it).
+        return [max(0, min(begin + (length - tile) // 2, size - tile))]
     n = math.ceil((length - tile) / stride) + 1
     starts = [begin + i * stride for i in range(n)]
     starts[-1] = begin + length - tile  # shifted inward: the last tile ends at the edge
@@ -109,24 +124,59 @@ def make_grid(
     c0, r0, w, h = int(out.col_off), int(out.row_off), int(out.width), int(out.height)
     windows = [
         Window(c, r, tile_size_px, tile_size_px)
-        for r in _starts(r0, h, tile_size_px, stride)
-        for c in _starts(c0, w, tile_size_px, stride)
+        for r in _starts(r0, h, tile_size_px, stride, source.height)
+        for c in _starts(c0, w, tile_size_px, stride, source.width)
     ]
     return TileGrid(windows, tile_size_px, stride, out, source.transform * Affine.translation(c0, r0), source.crs)
 
 
+def check_tile_size_m(tile_size_m: object) -> float:
+    """``tile_size_m`` as a finite, positive number of metres, else an InputError naming it."""
+    try:
+        metres = float(tile_size_m)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{{tile_size_m}} {tile_size_m!r} is not a number; give the tile size on the ground in "
+                         "metres, e.g. 640", params=("tile_size_m",)) from None
+    if not math.isfinite(metres) or metres <= 0:
+        raise InputError(f"{{tile_size_m}} must be a positive number of metres, got {tile_size_m}; e.g. 640, or leave "
+                         "it unset for the bundle's tile size", params=("tile_size_m",))
+    return metres
+
+
 def tile_size_px_for(spec: EncoderSpec, source: RasterSource, tile_size_m: Optional[float] = None) -> int:
-    """Tile size in the source's pixels for a tile of ``tile_size_m`` (default: the bundle's) on the ground.
+    """Tile size in the source's pixels for a tile of ``tile_size_m`` (default: the bundle's) on the ground,
+    clamped to the raster's shorter side (see the module docstring).
 
     A raster without georeferencing (plain photos) has no ground size: the bundle's tile_size_px is used.
+    Raises InputError for a ``tile_size_m`` that is not a positive finite number, larger than the whole
+    raster, or too large to read (MAX_TILE_BYTES).
     """
-    metres = spec.tile_size_m if tile_size_m is None else float(tile_size_m)
-    if metres <= 0:
-        raise ValueError(f"tile size must be positive, got {metres} m")
+    explicit = tile_size_m is not None
+    metres = check_tile_size_m(tile_size_m) if explicit else spec.tile_size_m
     res = source.res_m
+    short, long = min(source.width, source.height), max(source.width, source.height)
     if res is None:
-        return int(spec.tile_size_px)
-    return max(1, round(metres / res))
+        px = int(spec.tile_size_px)
+    else:
+        px = max(1, round(metres / res))
+        if explicit and px > long:
+            raise InputError(
+                f"{{tile_size_m}} {metres:g} m is larger than the whole raster {source.path.name} "
+                f"({source.width} x {source.height} px, {long * res:.0f} m on its longer side); give at most "
+                f"{long * res:.0f} m, or leave {{tile_size_m}} unset to use the bundle's tile",
+                params=("tile_size_m",),
+            )
+    px = max(1, min(px, short))
+    max_px = math.isqrt(MAX_TILE_BYTES // (4 * max(1, len(spec.bands))))
+    if px > max_px:
+        limit = f"{max_px * res:.0f} m" if res else f"{max_px} px"
+        raise InputError(
+            f"{{tile_size_m}}: a tile of {px} x {px} px in {len(spec.bands)} bands needs "
+            f"{4 * len(spec.bands) * px * px / 2**20:.0f} MiB per read; give at most {limit} "
+            f"({max_px} px) for {{tile_size_m}}",
+            params=("tile_size_m",),
+        )
+    return px
 
 
 def nodata_fraction(tile: np.ndarray) -> float:
