@@ -237,9 +237,16 @@ class _Recipe:
         sec = s2cfg[which]
         d = self.stage2_data(which)
         student_cfg = dict(sec.get("student", {}))
-        if self.dry_run:
-            student_cfg["checkpoint"] = None  # a dry run needs no weights
+        ckpt_path = student_cfg.get("checkpoint")
+        if self.dry_run and ckpt_path and not Path(ckpt_path).is_file():
+            # A dry run needs no weights, but loads them when they are here: a layout that does not fit shows now,
+            # not hours into a GPU job.
+            log.warning("dry run: student checkpoint %s not found, the %s student starts from random weights", ckpt_path, which)
+            student_cfg["checkpoint"] = None
         student = build_student(student_cfg, bands, self.lm.model.visual, self.lm.embed_dim, self.size).to(self.device)
+        # What the student started from: {checkpoint, loaded, total, patch_embed_loaded, skipped, missing, ignored}.
+        init = dict(getattr(student, "load_report", None) or {"checkpoint": None, "kind": student_cfg.get("kind", "clip_visual")})
+        self.metrics.setdefault("student_init", {})[which] = init
         teacher = self.lm.model.visual
         held = d["held"]
         # The teacher stays frozen through the alignment: its held-out embeddings are computed once.
