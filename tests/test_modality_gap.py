@@ -275,3 +275,18 @@ def test_split_every_holds_out_by_position() -> None:
     assert len(train) == 8 and all(t is not items[3] and t is not items[7] for t in train)
     assert sum(t == {"id": 0} for t in train) == 3  # a filter on "not in held" would drop all four
     assert split_every(items, 0) == (items, [])
+
+
+def test_stage_length_from_epochs_batch_and_world(tmp_path: Path, monkeypatch, capsys) -> None:
+    from training.length import plan_steps
+    from training.methods.modality_gap.recipe import _Recipe
+
+    assert plan_steps(1000, 128, epochs=5, world=1)["steps"] == 40  # ceil(5000 / 128)
+    assert plan_steps(1000, 128, epochs=5, world=4)["steps"] == 10  # each rank takes its own 128
+    assert plan_steps(1000, 128, samples_seen=2560, world=2)["steps"] == 10
+    assert plan_steps(1000, 128, steps=7)["steps"] == 7
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = _Recipe({"device": "cpu"}, tmp_path, dry_run=False)
+    assert r.length({"epochs": 5, "batch_size": 256}, 51200, "stage2.s2") == 500
+    assert r.metrics["length"]["stage2.s2"]["global_batch"] == 512
+    assert "5 epochs = 500 steps" in capsys.readouterr().out
