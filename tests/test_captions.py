@@ -95,3 +95,40 @@ def test_class_folder_captions_on_real_eurosat(data_dir: Path):
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8
     tif = read_rgb(next((data_dir / "ucmerced" / "forest").glob("*.tif")))
     assert tif.shape == (256, 256, 3)
+
+
+def test_translations_merge_with_originals_in_the_shipped_rs_m_clip_layout(tmp_path: Path, monkeypatch, data_dir: Path):
+    """rs_m_clip.yaml reads data/RSICD/dataset_rsicd.json and data/translations/rsicd/captions.all.jsonl, whose
+    image paths are '../../RSICD/RSICD_images/x.jpg' (relative to the manifest): one record per image."""
+    import shutil
+
+    import yaml
+
+    from training.methods.rs_m_clip.recipe import build_records
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "training" / "configs" / "rs_m_clip.yaml").read_text(encoding="utf-8"))
+    entries = [e for e in cfg["data"]["captions"] if "rsicd" in e["path"].lower()]
+    assert [e["format"] for e in entries] == ["karpathy", "manifest"]
+    monkeypatch.chdir(tmp_path)
+    img_dir = Path(entries[0]["image_dir"])
+    img_dir.mkdir(parents=True)
+    jpgs = sorted((data_dir / "eurosat_rgb_small" / "Forest").glob("*.jpg"))[:3]
+    for j in jpgs:
+        shutil.copy(j, img_dir / j.name)
+    splits = ["train", "train", "test"]
+    Path(entries[0]["path"]).write_text(json.dumps({"images": [
+        {"filename": j.name, "split": s, "sentences": [{"raw": f"forest number {i}"}]} for i, (j, s) in enumerate(zip(jpgs, splits))
+    ]}), encoding="utf-8")  # fmt: skip
+    # What `rsclip-train translate` writes: English plus translations, paths relative to the manifest's folder.
+    recs = load_captions(entries[0]["path"], entries[0]["image_dir"], "karpathy")
+    for r in recs:
+        r.add("pt", "floresta " + r.captions["en"][0].split()[-1])
+    Path(entries[1]["path"]).parent.mkdir(parents=True)
+    write_manifest_jsonl(entries[1]["path"], recs)
+    assert json.loads(Path(entries[1]["path"]).read_text().splitlines()[0])["image"].startswith("../../RSICD/")
+    train, val = build_records({"captions": entries}, ["en", "pt"], seed=0)
+    assert len(train) == 2 and len(val) == 1  # not 4 + 2: the translated images are the same images
+    for r in train + val:
+        assert sorted(r.captions) == ["en", "pt"] and len(r.captions["en"]) == 1, r
+        assert ".." not in r.image.parts and r.image.is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -125,22 +126,88 @@ def test_clip_student_starts_as_teacher_on_rgb_bands():
     assert lm.model.visual.conv1.weight.shape[1] == 3  # the teacher is untouched
 
 
-def test_timm_student_loads_local_checkpoint(tmp_path: Path):
+def _mlp(num_layers: int, d_in: int, d_mlp: int, d_out: int, last_bn: bool = True) -> nn.Sequential:
+    """MoCo v3's ``_build_mlp`` (moco/builder.py): Linear(no bias), BN, ReLU, ..., Linear, BN(affine=False)."""
+    layers: list[nn.Module] = []
+    for i in range(num_layers):
+        d1, d2 = (d_in if i == 0 else d_mlp), (d_out if i == num_layers - 1 else d_mlp)
+        layers.append(nn.Linear(d1, d2, bias=False))
+        if i < num_layers - 1:
+            layers += [nn.BatchNorm1d(d2), nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(d2, affine=False))
+    return nn.Sequential(*layers)
+
+
+def moco_v3_file(path: Path, img_size: int = 32, depth: int = 2, seed: int = 0) -> tuple[Path, dict]:
+    """A file of exactly SSL4EO-S12's ``B13_vits16_moco_0099_ckpt.pth`` layout (MoCo v3 main_moco.py's
+    save_checkpoint): {'epoch', 'arch', 'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*',
+    'module.predictor.*'}, 'optimizer', 'scaler'}; the encoders are timm ViT-S/16 with 13 input bands whose
+    classifier is MoCo's 3-layer projector. Fewer blocks than 12 keep it small; the key layout is the same."""
+    import timm
+
+    torch.manual_seed(seed)
+    base = timm.create_model("vit_small_patch16_224", in_chans=13, img_size=img_size, depth=depth, num_classes=10)
+    base.head = _mlp(3, 384, 64, 32)
+    momentum = copy.deepcopy(base)
+    predictor = _mlp(2, 32, 64, 32, last_bn=False)
+    sd = {f"module.base_encoder.{k}": v for k, v in base.state_dict().items()}
+    sd.update({f"module.momentum_encoder.{k}": v + 1 for k, v in momentum.state_dict().items()})
+    sd.update({f"module.predictor.{k}": v for k, v in predictor.state_dict().items()})
+    opt = torch.optim.AdamW(base.parameters())
+    torch.save({"epoch": 100, "arch": "vit_small", "state_dict": sd, "optimizer": opt.state_dict(),
+                "scaler": {"scale": 65536.0, "growth_factor": 2.0}}, path)  # fmt: skip
+    return path, {k: v for k, v in base.state_dict().items() if not k.startswith("head.")}
+
+
+def test_student_loads_moco_v3_checkpoint_with_its_13_band_patch_embedding(tmp_path: Path):
+    path, want = moco_v3_file(tmp_path / "B13_vits16_moco_0099_ckpt.pth")
+    dst = TimmStudent("vit_small_patch16_224", 13, 64, 32, checkpoint=path, model_kwargs={"depth": 2})
+    rep = dst.load_report
+    assert rep["loaded"] == rep["total"] == len(want) and rep["missing"] == []
+    assert rep["patch_embed_loaded"]
+    assert rep["ignored"] == {"module.momentum_encoder": len(want) + 16, "module.predictor": 7}
+    assert all(s.startswith("head.") for s in rep["skipped"]) and len(rep["skipped"]) == 16  # MoCo's projector
+    for k, v in dst.backbone.state_dict().items():  # the base encoder, not the momentum copy (+1)
+        assert torch.equal(v, want[k]), k
+    assert dst(torch.rand(1, 13, 32, 32)).shape == (1, 64)
+    # reinit_patch_embed discards the pretrained kernels only when asked to.
+    fresh = TimmStudent("vit_small_patch16_224", 13, 64, 32, checkpoint=path, reinit_patch_embed=True, model_kwargs={"depth": 2})
+    assert not fresh.load_report["patch_embed_loaded"]
+    assert not torch.equal(fresh.backbone.patch_embed.proj.weight, want["patch_embed.proj.weight"])
+
+
+def test_student_loads_dino_moco_v2_and_timm_layouts(tmp_path: Path):
+    import argparse
+
     from training.checkpoint import CheckpointError
 
-    src = TimmStudent("vit_tiny_patch16_224", 13, 64, 32)
-    # MoCo-style layout: {'model': {'module.encoder_q.<key>': tensor}} with a head to drop.
-    wrapped = {f"module.encoder_q.{k}": v for k, v in src.backbone.state_dict().items()}
-    wrapped["module.encoder_q.head.weight"] = torch.zeros(10, 192)
-    torch.save({"model": wrapped, "epoch": 3}, tmp_path / "moco.pth")
-    dst = TimmStudent("vit_tiny_patch16_224", 13, 64, 32, checkpoint=tmp_path / "moco.pth")
-    assert dst.load_report["loaded"] >= len(src.backbone.state_dict()) - 2
-    assert "patch_embed.proj.weight" in dst.load_report["missing"]  # a new patch embedding, as in Paper A
-    assert torch.equal(dst.backbone.blocks[0].attn.qkv.weight, src.backbone.blocks[0].attn.qkv.weight)
-    assert dst(torch.rand(1, 13, 32, 32)).shape == (1, 64)
+    src = TimmStudent("vit_small_patch16_224", 13, 64, 32, model_kwargs={"depth": 1})
+    bb = src.backbone.state_dict()
+    files = {
+        # DINO main_dino.py: teacher/student (student under DDP 'module.'), heads, and the argparse Namespace
+        "dino": {"teacher": {**{f"backbone.{k}": v for k, v in bb.items()}, "head.last_layer.weight_g": torch.ones(1, 1)},
+                 "student": {f"module.backbone.{k}": v * 0 for k, v in bb.items()}, "epoch": 99,
+                 "args": argparse.Namespace(arch="vit_small", patch_size=16)},
+        # MoCo v2: the query encoder plus the key encoder and the queue
+        "mocov2": {"state_dict": {**{f"module.encoder_q.{k}": v for k, v in bb.items()},
+                                  **{f"module.encoder_k.{k}": v * 0 for k, v in bb.items()}, "module.queue": torch.zeros(8, 4)}},
+        # plain timm, with a 3-band patch embedding (an ImageNet model): skipped, reported, the rest loaded
+        "timm_rgb": {**bb, "patch_embed.proj.weight": torch.zeros(384, 3, 16, 16), "head.weight": torch.zeros(10, 384)},
+    }  # fmt: skip
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / f"{name}.pth")
+        dst = TimmStudent("vit_small_patch16_224", 13, 64, 32, checkpoint=tmp_path / f"{name}.pth", model_kwargs={"depth": 1})
+        rep = dst.load_report
+        assert torch.equal(dst.backbone.blocks[0].attn.qkv.weight, src.backbone.blocks[0].attn.qkv.weight), name
+        if name == "timm_rgb":
+            assert not rep["patch_embed_loaded"] and rep["missing"] == ["patch_embed.proj.weight"]
+            assert any(s.startswith("patch_embed.proj.weight: shape (384, 3, 16, 16)") for s in rep["skipped"])
+        else:
+            assert rep["patch_embed_loaded"] and rep["loaded"] == rep["total"], name
     torch.save({"model": {"something.else": torch.zeros(3)}}, tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match="is it a checkpoint of this architecture"):
-        TimmStudent("vit_tiny_patch16_224", 13, 64, 32, checkpoint=tmp_path / "wrong.pth")
+        TimmStudent("vit_small_patch16_224", 13, 64, 32, checkpoint=tmp_path / "wrong.pth", model_kwargs={"depth": 1})
 
 
 def test_run_overrides():
@@ -186,11 +253,18 @@ def test_smoke_recipe_learns_and_exports(smoke_run: Path):
 
 
 def test_paper_recipe_dry_run(tmp_path: Path):
+    """The dry run loads the configured student checkpoint when it is there and reports what it loaded."""
     from training.cli import main
 
-    assert main(["run", str(PAPER), "--out", str(tmp_path), "--dry-run"]) == 0
+    ckpt, want = moco_v3_file(tmp_path / "moco.pth", img_size=224)
+    assert main(["run", str(PAPER), "--out", str(tmp_path), "--dry-run", "--set", f"stage2.s2.student.checkpoint={ckpt}",
+                 "--set", "stage2.s2.student.model_kwargs.depth=2"]) == 0  # fmt: skip
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["dry_run"] and m["stage1"]["steps"] == 1 and m["alignment"]["s2"]["steps"] == 1
+    init = m["student_init"]["s2"]
+    assert init["loaded"] == init["total"] == len(want) and init["patch_embed_loaded"] is True
+    assert len(init["skipped"]) == 16 and init["checkpoint"] == str(ckpt)
+    assert m["student_init"]["s1"]["checkpoint"] is None
     assert not (tmp_path / "bundle").exists()
 
 
@@ -201,3 +275,18 @@ def test_split_every_holds_out_by_position() -> None:
     assert len(train) == 8 and all(t is not items[3] and t is not items[7] for t in train)
     assert sum(t == {"id": 0} for t in train) == 3  # a filter on "not in held" would drop all four
     assert split_every(items, 0) == (items, [])
+
+
+def test_stage_length_from_epochs_batch_and_world(tmp_path: Path, monkeypatch, capsys) -> None:
+    from training.length import plan_steps
+    from training.methods.modality_gap.recipe import _Recipe
+
+    assert plan_steps(1000, 128, epochs=5, world=1)["steps"] == 40  # ceil(5000 / 128)
+    assert plan_steps(1000, 128, epochs=5, world=4)["steps"] == 10  # each rank takes its own 128
+    assert plan_steps(1000, 128, samples_seen=2560, world=2)["steps"] == 10
+    assert plan_steps(1000, 128, steps=7)["steps"] == 7
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = _Recipe({"device": "cpu"}, tmp_path, dry_run=False)
+    assert r.length({"epochs": 5, "batch_size": 256}, 51200, "stage2.s2") == 500
+    assert r.metrics["length"]["stage2.s2"]["global_batch"] == 512
+    assert "5 epochs = 500 steps" in capsys.readouterr().out

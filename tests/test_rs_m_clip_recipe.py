@@ -84,3 +84,22 @@ def test_bundle_answers_all_ten_languages(run_dir: Path, data_dir: Path, capsys)
     images = np.stack([read_rgb(p) for p in sorted((data_dir / "eurosat_rgb_small" / "Forest").glob("*.jpg"))[:2]])
     zs = evaluate_zero_shot(enc, images, [1, 1], names, load_prompt_templates(LANGS))
     assert set(zs) == set(LANGS) and all(0 <= v["top1"] <= 100 for v in zs.values())
+
+
+def test_shipped_recipe_length_is_epochs_over_data_batch_and_world(monkeypatch, capsys, data_dir: Path):
+    """rs_m_clip.yaml says 10 epochs: steps follow from the images, the per-GPU batch and the torchrun world size."""
+    import yaml
+
+    from training.methods.rs_m_clip.recipe import run_recipe
+
+    cfg = yaml.safe_load((SMOKE.parents[1] / "rs_m_clip.yaml").read_text(encoding="utf-8"))
+    assert cfg["train"]["epochs"] == 10 and "steps" not in cfg["train"]
+    cfg["data"] = {"class_folders": [{"root": "$DATA/eurosat_rgb_small", "classnames": "eurosat"}], "val_fraction": 0.2}
+    cfg["train"]["batch_size"] = 8
+    for world, steps in ((1, 100), (4, 25)):  # 80 training images x 10 epochs / (8 x world)
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        m = run_recipe(cfg, Path("unused"), dry_run=True)
+        assert m["train_images"] == 80 and m["length"]["steps"] == m["train"]["steps"] == steps
+        assert m["length"]["epochs"] == 10 and m["length"]["global_batch"] == 8 * world
+        assert m["train"]["warmup_steps"] == steps // 10 == m["train"]["teacher_temp_warmup_steps"]  # 1 epoch
+        assert f"10 epochs = {steps} steps" in capsys.readouterr().out

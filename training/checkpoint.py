@@ -123,6 +123,18 @@ def read_state_dict(path: os.PathLike | str) -> dict[str, torch.Tensor]:
         if (p / META).is_file():
             return load_checkpoint(p)[1]
         raise CheckpointError(f"{p}: a directory but not an RS-CLIP checkpoint (no {META}); give a .safetensors/.pt file")
+    return _unwrap(read_raw(p), p)
+
+
+def read_raw(path: os.PathLike | str) -> Any:
+    """The object stored in a weights file, as saved (wrappers such as {'state_dict': ...} kept).
+
+    Torch files are read with ``weights_only=True``; ``argparse.Namespace`` is allowed because DINO and other
+    training scripts store their arguments beside the weights (plain attributes, no code).
+    """
+    import argparse
+
+    p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file; check the path")
     if p.suffix == ".safetensors":
@@ -130,20 +142,34 @@ def read_state_dict(path: os.PathLike | str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            obj: Any = load_file(str(p), device="cpu")
+            return load_file(str(p), device="cpu")
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{p}: not a readable safetensors file ({exc}); download or save it again") from exc
-    elif p.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+    if p.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle errors come in many types
             raise CheckpointError(
                 f"{p}: cannot be read with torch.load(weights_only=True) ({str(exc).splitlines()[0]}); only plain tensor "
                 "checkpoints are accepted (no pickled code): re-save it as a state dict or .safetensors"
             ) from exc
-    else:
-        raise CheckpointError(f"{p}: unknown checkpoint type {p.suffix!r}; use .safetensors, .pt, .pth or .bin")
-    return _unwrap(obj, p)
+    raise CheckpointError(f"{p}: unknown checkpoint type {p.suffix!r}; use .safetensors, .pt, .pth or .bin")
+
+
+def flatten_tensors(obj: Any, prefix: str = "", skip: tuple[str, ...] = ("optimizer", "scaler", "lr_scheduler", "opt")) -> dict[str, torch.Tensor]:
+    """Every tensor in nested dicts, keyed by its dotted path ({'teacher': {'a.b': t}} -> 'teacher.a.b').
+
+    Optimiser and scaler states (top-level keys in ``skip``) are left out: they hold no model weights; top-level
+    wrappers ({'state_dict': ...}, {'model': ...}) add no prefix."""
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(obj, torch.Tensor):
+        out[prefix[:-1]] = obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(k, str) and not (not prefix and k in skip):
+                out.update(flatten_tensors(v, "" if not prefix and k in _WRAPPER_KEYS else f"{prefix}{k}.", skip))
+    return out
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -34,12 +34,29 @@ class CaptionDataError(ValueError):
     """A caption file that cannot be used; the message names the file, what is wrong and how to fix it."""
 
 
+def image_key(path: os.PathLike | str) -> str:
+    """The identity of an image file: its resolved path (symbolic links followed, ``..`` removed).
+
+    Manifests store paths relative to their own folder (``../../RSICD/RSICD_images/x.jpg``); the caption files
+    they translate name the same file from elsewhere (``data/RSICD/RSICD_images/x.jpg``). Every place that asks
+    "is this the same image" (merging languages, counting duplicates) compares this key, not the Path as written.
+    """
+    return os.path.realpath(path)
+
+
 @dataclass
 class CaptionedImage:
-    image: Path
+    image: Path  # made absolute and normalised (no '..'); the file keeps its own name (links are not followed)
     captions: dict[str, list[str]] = field(default_factory=dict)  # lang -> captions
     split: str = "train"
     source: str = ""
+
+    def __post_init__(self) -> None:
+        self.image = Path(os.path.normpath(os.path.abspath(self.image)))
+
+    @property
+    def key(self) -> str:
+        return image_key(self.image)
 
     def add(self, lang: str, caption: str) -> None:
         caption = " ".join(caption.split())
@@ -124,13 +141,15 @@ def load_manifest(path: os.PathLike | str, image_dir: Optional[os.PathLike | str
         missing = [c for c in MANIFEST_COLUMNS if c not in rows[0]]
         if missing:
             raise CaptionDataError(f"{path}: columns {missing} are missing; a caption manifest needs {list(MANIFEST_COLUMNS)} (and optionally 'split')")
-    by_image: dict[Path, CaptionedImage] = {}
+    by_image: dict[str, CaptionedImage] = {}
+    keys: dict[str, str] = {}  # each image has ~50 rows (5 captions x 10 languages): resolve its path once
     for n, row in enumerate(rows, 1):
         if not row.get("image") or not row.get("lang"):
             raise CaptionDataError(f"{path}: row {n} has an empty 'image' or 'lang'")
         img = Path(row["image"])
         img = img if img.is_absolute() else root / img
-        rec = by_image.setdefault(img, CaptionedImage(img, split=str(row.get("split") or "train"), source=path.name))
+        key = keys.get(row["image"]) or keys.setdefault(row["image"], image_key(img))
+        rec = by_image.setdefault(key, CaptionedImage(img, split=str(row.get("split") or "train"), source=path.name))
         rec.add(str(row["lang"]), str(row.get("caption") or ""))
     return list(by_image.values())
 
@@ -165,10 +184,10 @@ def load_captions(
 
 def merge(*record_lists: Iterable[CaptionedImage]) -> list[CaptionedImage]:
     """One record per image with the captions of every list (e.g. English + its nine translations)."""
-    by_image: dict[Path, CaptionedImage] = {}
+    by_image: dict[str, CaptionedImage] = {}
     for records in record_lists:
         for r in records:
-            tgt = by_image.setdefault(r.image, CaptionedImage(r.image, split=r.split, source=r.source))
+            tgt = by_image.setdefault(r.key, CaptionedImage(r.image, split=r.split, source=r.source))
             for lang, caps in r.captions.items():
                 for c in caps:
                     tgt.add(lang, c)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +28,7 @@ from training.data.composites import S2_L2A_AS_13, ms_input, rgb_input, s1_input
 from training.data.transforms import resize_batch
 from training.evaluate.retrieval import recall_at_k
 from training.evaluate.tables import write_table
+from training.length import describe, plan_steps, world_size
 
 from . import data as recipe_data
 from .alignment import alignment_step, mean_cosine
@@ -54,12 +55,6 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
-def _steps(section: dict, n: int) -> int:
-    if "steps" in section:
-        return int(section["steps"])
-    return max(1, math.ceil(float(section.get("epochs", 1)) * n / int(section["batch_size"])))
-
-
 class _Recipe:
     def __init__(self, config: dict, out_dir: Path, dry_run: bool):
         self.cfg = config
@@ -74,6 +69,18 @@ class _Recipe:
         self.streaming = bool(self.data_cfg.get("streaming", False))
 
     # -- set-up ------------------------------------------------------------------------------------
+    def length(self, section: dict, n: int, what: str) -> int:
+        """Optimizer steps of a stage from its epochs (or samples_seen, or steps), the data size, the per-GPU
+        batch and the world size; printed and written to metrics['length'][what]."""
+        if self.dry_run:
+            return 1
+        plan = plan_steps(n, int(section["batch_size"]), epochs=section.get("epochs", 1), samples_seen=section.get("samples_seen"),
+                          steps=section.get("steps"), world=world_size())  # fmt: skip
+        self.metrics.setdefault("length", {})[what] = plan
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(describe(plan, what), flush=True)
+        return plan["steps"]
+
     def build_model(self):
         from training.models.factory import create_model
 
@@ -136,7 +143,7 @@ class _Recipe:
         for p in visual.parameters():
             p.requires_grad_(True)
         clf = ImageClassifier(visual, head)
-        steps = 1 if self.dry_run else _steps(s1, n)
+        steps = self.length(s1, n, "stage1")
         opt = OptimConfig.from_dict(s1["optim"], steps)
         hist = train(
             clf,
@@ -237,16 +244,23 @@ class _Recipe:
         sec = s2cfg[which]
         d = self.stage2_data(which)
         student_cfg = dict(sec.get("student", {}))
-        if self.dry_run:
-            student_cfg["checkpoint"] = None  # a dry run needs no weights
+        ckpt_path = student_cfg.get("checkpoint")
+        if self.dry_run and ckpt_path and not Path(ckpt_path).is_file():
+            # A dry run needs no weights, but loads them when they are here: a layout that does not fit shows now,
+            # not hours into a GPU job.
+            log.warning("dry run: student checkpoint %s not found, the %s student starts from random weights", ckpt_path, which)
+            student_cfg["checkpoint"] = None
         student = build_student(student_cfg, bands, self.lm.model.visual, self.lm.embed_dim, self.size).to(self.device)
+        # What the student started from: {checkpoint, loaded, total, patch_embed_loaded, skipped, missing, ignored}.
+        init = dict(getattr(student, "load_report", None) or {"checkpoint": None, "kind": student_cfg.get("kind", "clip_visual")})
+        self.metrics.setdefault("student_init", {})[which] = init
         teacher = self.lm.model.visual
         held = d["held"]
         # The teacher stays frozen through the alignment: its held-out embeddings are computed once.
         emb_before = embed(student, held[0], self.device) if held else None
         teacher_emb = embed(teacher, held[1], self.device) if held else None
         before = mean_cosine(emb_before, teacher_emb) if held else None
-        steps = 1 if self.dry_run else _steps(sec, d["n"])
+        steps = self.length(sec, d["n"], f"stage2.{which}")
         step = alignment_step(teacher, self.head_weights, float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce"),
                               float(s2cfg.get("label_smoothing", 0.0)), self.device)  # fmt: skip
         ckpt = None if self.dry_run else self.out / "checkpoints" / f"{which}_student"

@@ -18,13 +18,12 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from training.checkpoint import CheckpointError, read_state_dict
+from training.checkpoint import CheckpointError, flatten_tensors, read_raw
 
 log = logging.getLogger(__name__)
 
 RGB_TO_S2 = ("B04", "B03", "B02")  # the teacher's red, green, blue channels
 _PREFIXES = ("module.", "encoder_q.", "momentum_encoder.", "base_encoder.", "backbone.", "encoder.", "model.", "student.")
-_HEAD_PREFIXES = ("head.", "fc.", "heads.")
 
 
 def inflate_patch_embed(
@@ -72,7 +71,10 @@ class ClipVisualStudent(nn.Module):
 
 
 class TimmStudent(nn.Module):
-    """timm backbone (features, no classifier) + linear projection to the CLIP embedding size."""
+    """timm backbone (features, no classifier) + linear projection to the CLIP embedding size.
+
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``drop_path_rate``; ``depth`` for small test models).
+    """
 
     def __init__(
         self,
@@ -81,12 +83,13 @@ class TimmStudent(nn.Module):
         embed_dim: int,
         img_size: int,
         checkpoint: Optional[os.PathLike | str] = None,
-        reinit_patch_embed: bool = True,
+        reinit_patch_embed: bool = False,
+        model_kwargs: Optional[dict[str, Any]] = None,
     ):
         super().__init__()
         import timm
 
-        kwargs: dict[str, Any] = {"pretrained": False, "in_chans": in_chans, "num_classes": 0}
+        kwargs: dict[str, Any] = {"pretrained": False, "in_chans": in_chans, "num_classes": 0, **(model_kwargs or {})}
         if "vit" in timm_name or "deit" in timm_name:
             kwargs["img_size"] = img_size
         self.backbone = timm.create_model(timm_name, **kwargs)
@@ -111,40 +114,102 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_backbone_checkpoint(
-    backbone: nn.Module, path: os.PathLike | str, reinit_patch_embed: bool = True, min_fraction: float = 0.5
-) -> dict[str, Any]:
-    """Load a local backbone checkpoint (safetensors, or torch weights_only) leniently but not blindly.
+# Among several encoders in one file, the one a downstream task uses: MoCo's query/base encoder (not the
+# momentum copy), DINO's teacher (its evaluation default, ``--checkpoint_key teacher``).
+_PREFERRED = ("base_encoder", "encoder_q", "teacher")
+_AVOIDED = ("momentum_encoder", "encoder_k", "student", "predictor")
 
-    Classifier/projection heads are dropped; a patch embedding of another shape (or any, with
-    ``reinit_patch_embed``) is left freshly initialised; position embeddings of another grid are resampled.
-    Raises when less than ``min_fraction`` of the backbone's tensors were found: wrong architecture.
+
+def find_encoder(flat: dict[str, torch.Tensor], own_keys: Sequence[str]) -> tuple[str, dict[str, int]]:
+    """The key prefix under which ``flat`` holds a model with ``own_keys``, and what lies outside it.
+
+    Every key that ends in one of the model's own key names votes for the prefix before that name
+    (``module.base_encoder.blocks.0.norm1.weight`` -> ``module.base_encoder.``); the prefix with most votes wins,
+    ties broken towards the encoder downstream code uses (``_PREFERRED``). Works for MoCo v2 (``encoder_q``),
+    MoCo v3 (``base_encoder``/``momentum_encoder``/``predictor``), DINO (``teacher``/``student`` with
+    ``backbone``/``head``), open_clip timm towers (``visual.trunk.``) and plain timm files (no prefix).
+    Returns (prefix, {group outside the prefix: tensor count}).
     """
-    state = strip_prefixes(read_state_dict(path))
+    own = set(own_keys)
+    votes: dict[str, int] = {}
+    for k in flat:
+        parts = k.split(".")
+        for i in range(len(parts)):
+            if ".".join(parts[i:]) in own:
+                pre = ".".join(parts[:i]) + ("." if i else "")
+                votes[pre] = votes.get(pre, 0) + 1
+                break
+    if not votes:
+        return "", {}
+
+    def rank(pre: str) -> tuple[int, int]:
+        words = pre.split(".")
+        return votes[pre], (1 if any(w in _PREFERRED for w in words) else -1 if any(w in _AVOIDED for w in words) else 0)
+
+    prefix = max(votes, key=rank)
+    depth = prefix.count(".")
+    ignored: dict[str, int] = {}
+    for k in flat:
+        if not k.startswith(prefix):
+            group = ".".join(k.split(".")[: max(1, depth)])
+            ignored[group] = ignored.get(group, 0) + 1
+    return prefix, ignored
+
+
+def load_backbone_checkpoint(
+    backbone: nn.Module, path: os.PathLike | str, reinit_patch_embed: bool = False, min_fraction: float = 0.5
+) -> dict[str, Any]:
+    """Load the backbone of a local checkpoint (safetensors, or torch weights_only) leniently but not blindly.
+
+    The encoder is found by ``find_encoder`` (MoCo v2/v3, DINO, timm, open_clip layouts); other encoders in the
+    file (momentum copy, predictor, DINO student) are ignored and counted. Every tensor whose name and shape fit
+    is loaded, the patch embedding included: Paper A swaps in the 13-channel convolution *before*
+    ``load_state_dict(strict=False)``, so SSL4EO-S12's 13-band kernels are kept (``reinit_patch_embed=True``
+    discards them on purpose). Heads and tensors of another shape are skipped; position embeddings of another
+    grid are resampled. Raises when less than ``min_fraction`` of the backbone's tensors were found.
+    Returns {checkpoint, prefix, loaded, total, patch_embed_loaded, skipped ['key: why'], missing, ignored}.
+    """
+    flat = flatten_tensors(read_raw(path))
     own = backbone.state_dict()
-    use, skipped = {}, []
+    prefix, ignored = find_encoder(flat, list(own))
+    state = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+    use: dict[str, torch.Tensor] = {}
+    skipped: list[str] = []
     for k, v in state.items():
-        if k.startswith(_HEAD_PREFIXES) or k not in own:
-            skipped.append(k)
+        if k not in own:
+            skipped.append(f"{k}: not in the model (head or other architecture)")
             continue
-        if "patch_embed" in k and (reinit_patch_embed or v.shape != own[k].shape):
-            skipped.append(k)
+        if reinit_patch_embed and k.startswith("patch_embed."):
+            skipped.append(f"{k}: reinit_patch_embed is set")
             continue
-        if k == "pos_embed" and v.shape != own[k].shape:
+        if k == "pos_embed" and v.shape != own[k].shape and v.ndim == 3:
             v = _resample_pos_embed(v, own[k], backbone)
         if v.shape != own[k].shape:
-            skipped.append(k)
+            skipped.append(f"{k}: shape {tuple(v.shape)} vs the model's {tuple(own[k].shape)}")
             continue
         use[k] = v
     if len(use) < min_fraction * len(own):
         raise CheckpointError(
             f"{path}: only {len(use)} of the backbone's {len(own)} tensors found in the checkpoint (e.g. it has "
-            f"{list(state)[:3]}); is it a checkpoint of this architecture?"
+            f"{list(flat)[:3]}); is it a checkpoint of this architecture?"
         )
     backbone.load_state_dict(use, strict=False)
     missing = [k for k in own if k not in use]
-    log.info("loaded %d tensors from %s; %d left initialised (%s)", len(use), path, len(missing), missing[:4])
-    return {"loaded": len(use), "missing": missing, "skipped": skipped}
+    patch_keys = [k for k in own if k.startswith("patch_embed.")]
+    report = {
+        "checkpoint": str(path),
+        "prefix": prefix,
+        "loaded": len(use),
+        "total": len(own),
+        "patch_embed_loaded": bool(patch_keys) and all(k in use for k in patch_keys),
+        "skipped": skipped,
+        "missing": missing,
+        "ignored": ignored,
+    }
+    log.info("loaded %d of %d tensors from %s (prefix %r); patch embedding %s; skipped %d; not loaded %s; ignored %s",
+             len(use), len(own), path, prefix, "loaded" if report["patch_embed_loaded"] else "NEW", len(skipped),
+             missing[:4], ignored)  # fmt: skip
+    return report
 
 
 def _resample_pos_embed(v: torch.Tensor, target: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
@@ -172,6 +237,7 @@ def build_student(
             embed_dim,
             int(cfg.get("img_size", input_size)),
             checkpoint=cfg.get("checkpoint"),
-            reinit_patch_embed=bool(cfg.get("reinit_patch_embed", True)),
+            reinit_patch_embed=bool(cfg.get("reinit_patch_embed", False)),
+            model_kwargs={**({"drop_path_rate": float(cfg["drop_path"])} if "drop_path" in cfg else {}), **(cfg.get("model_kwargs") or {})},
         )
     raise ValueError(f"unknown student kind {kind!r}: use 'clip_visual' or 'timm'")

@@ -21,6 +21,7 @@ Paths starting with ``$DATA/`` resolve under ``rs_clip_plugin.engine.settings.sa
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ from training.evaluate.multilingual import (
     load_prompt_templates,
     markdown_table,
 )
+from training.length import describe, epochs_to_steps, plan_steps
 
 from .trainer import CHECKPOINT_DIR, RSMCLIPTrainer, Sample, TrainConfig, summarise
 
@@ -119,12 +121,21 @@ def run_recipe(config: dict, out_dir: Path, *, dry_run: bool = False, progress: 
     if config.get("method", METHOD) != METHOD:
         raise ValueError(f"config method {config.get('method')!r} is not {METHOD!r}")
     languages = list(config.get("languages") or LANGUAGES)
-    cfg = TrainConfig.from_dict(config.get("train", {}) or {})
+    train_dict = dict(config.get("train", {}) or {})
     data_cfg = config.get("data", {}) or {}
-    train_recs, val_recs = build_records(data_cfg, languages, cfg.seed)
+    train_recs, val_recs = build_records(data_cfg, languages, int(train_dict.get("seed", 0)))
+    # Length in epochs (or samples seen) over the merged images, per-GPU batch x accumulation x world size.
+    plan = plan_steps(len(train_recs), int(train_dict.get("batch_size", TrainConfig.batch_size)),
+                      epochs=train_dict.get("epochs"), samples_seen=train_dict.get("samples_seen"),
+                      steps=train_dict.get("steps"), accum_steps=int(train_dict.get("accum_steps", 1)))  # fmt: skip
+    train_dict = epochs_to_steps(train_dict, plan["steps_per_epoch"])
+    train_dict["steps"] = plan["steps"]
+    cfg = TrainConfig.from_dict(train_dict)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(describe(plan, "rs_m_clip"), flush=True)
     if dry_run:
         return {"method": METHOD, "dry_run": True, "train_images": len(train_recs), "val_images": len(val_recs),
-                "languages": languages, "train": cfg.__dict__ | {"crops": cfg.crops.__dict__}}
+                "languages": languages, "length": plan, "train": cfg.__dict__ | {"crops": cfg.crops.__dict__}}
 
     torch.set_num_threads(int(config.get("threads", torch.get_num_threads())))
     model_name = config["model"]
@@ -141,7 +152,7 @@ def run_recipe(config: dict, out_dir: Path, *, dry_run: bool = False, progress: 
     if trainer.rank != 0:
         return {}
     metrics: dict[str, Any] = {"method": METHOD, "model": loaded.model_name, "resumed": resumed,
-                               "steps": trainer.step, "train_images": len(train_recs), "val_images": len(val_recs)}
+                               "steps": trainer.step, "length": plan, "train_images": len(train_recs), "val_images": len(val_recs)}
     metrics.update(summarise(history, int(config.get("loss_window", 1))))
     metrics["checkpoint"] = str(out_dir / CHECKPOINT_DIR / "model")
 

@@ -39,7 +39,9 @@ TRAINER_META = "trainer.json"
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 0  # optimizer steps; the recipe derives them from epochs / samples_seen (training.length)
+    epochs: float = 0.0
+    samples_seen: int = 0
     batch_size: int = 64  # per rank, per micro-batch
     accum_steps: int = 1
     lr: float = 5e-6
