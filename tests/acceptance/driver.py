@@ -473,8 +473,9 @@ def classify_cancel(d: dict) -> None:
     if not table_names(w["classes"]):
         choose(w["preset"], "EuroSAT")
         click(w["load"])
-    out_root = Path(child(dlg, QLineEdit, "rsclip_output_folder",
-                          pred=lambda e: os.sep in e.text() and Path(e.text()).is_absolute()).text())
+    from qgis.gui import QgsFileWidget
+
+    out_root = Path(child(dlg, QgsFileWidget, "rsclip_output_folder", pred=lambda f: True).filePath())
     d["output_folder"] = str(out_root)
     folders_before = set(os.listdir(out_root)) if out_root.is_dir() else set()
     before, t_before, t0 = layer_ids(), TASKS_ADDED[0], time.time()
@@ -493,6 +494,8 @@ def classify_cancel(d: dict) -> None:
     d["dialog_texts"] = [t for t in texts(dlg) if t][-6:]
     d["message_bar_now"] = bar_texts_since(t0)
     check(not d["new_layers"], f"layers added after Cancel: {d['new_layers']}")
+    check(any("cancel" in t.lower() for t in d["message_bar_now"] + d["dialog_texts"]),
+          f"nothing tells the analyst the run was cancelled: {d['message_bar_now']}")
     check(not d["new_folders"], f"folders left after Cancel: {d['new_folders']}")
     check(w["run"].isEnabled(), "Classify stays disabled after Cancel")
     dlg.close()
@@ -537,13 +540,13 @@ def processing_styled(d: dict) -> None:
 
 def open_search():
     act = action(("rsclip_search", "rsclip_map"), "search")
-    dock = iface.mainWindow().findChild(QDockWidget, "rsclip_search_dock")
+    dock = iface.mainWindow().findChild(QDockWidget, "RSClipSearchDock")
     if dock is None or not dock.isVisible():
         act.trigger()
     found = []
 
     def look():
-        for name in ("rsclip_search_dock", "RSClipSearchDock"):
+        for name in ("RSClipSearchDock", "rsclip_search_dock"):
             w = iface.mainWindow().findChild(QDockWidget, name)
             if w is not None and w.isVisible():
                 found[:] = [w, name]
@@ -551,8 +554,6 @@ def open_search():
         return False
 
     check(wait_until(look, 5), "the search dock did not open")
-    if found[1] != "rsclip_search_dock":
-        note_missing("rsclip_search_dock", f"objectName {found[1]!r}")
     return found[0]
 
 
@@ -595,7 +596,12 @@ def search_all(d: dict) -> None:
     d["message_bar_now"] = bar_texts_since(t0)
     check(not own_listed, f"the plugin's own outputs are listed as search layers: {own_listed}")
     check(d["hits"], f"no hits; panel says {d['panel'][-4:]}, message bar {d['message_bar_now']}")
-    reported = [t for t in d["panel"] if "B04" in t and t not in d["listed"] and "#" not in t]
+    skipped = dock.findChild(QLabel, "rsclip_search_skipped")
+    if skipped is not None:
+        reported = [skipped.text()] if "B04" in skipped.text() and skipped.isVisible() else []
+    else:
+        note_missing("rsclip_search_skipped", "any panel text naming B04")
+        reported = [t for t in d["panel"] if "B04" in t and t not in d["listed"] and "#" not in t]
     d["b04_reported"] = reported
     check(reported, "the 1-band B04 layer is not reported in the panel")
 
@@ -684,7 +690,7 @@ def row_is(text: str, name: str) -> bool:
 
 @scenario("07_model_manager_add_remove")
 def model_manager(d: dict) -> None:
-    """Model manager: add a bundle folder and a bundle .zip through the file dialogs, then remove them."""
+    """Model manager: add a bundle folder (browsed in the file dialog) and a bundle .zip (path typed), remove both."""
     action(("rsclip_models", "rsclip_model"), "Model manager").trigger()
     dlg = visible_dialog("rsclip_model_manager", "Model manager")
     table = child(dlg, QTableWidget, "rsclip_models_table", pred=lambda t: True)
@@ -692,30 +698,40 @@ def model_manager(d: dict) -> None:
     d["texts_at_open"] = [t for t in texts(dlg) if t]
     STATE["manager_texts"] = d["texts_at_open"]
     name = CFG["tiny_bundle_name"]
+    installed = Path(CFG["profile_dir"]) / "rsclip" / "bundles"
+    source = child(dlg, QLineEdit, "rsclip_models_source", "bundle folder")
+    add = child(dlg, QPushButton, "rsclip_models_add", pred=lambda b: b.text().replace("&", "") == "Add")
     steps: list = []
     d["steps"] = steps
-    for kind, path, button_name, text in (
-        ("folder", CFG["tiny_bundle_dir"], "rsclip_add_folder", "Add folder"),
-        ("zip", CFG["tiny_bundle_zip"], "rsclip_add_zip", "Add .zip"),
-    ):
-        add = child(dlg, QPushButton, button_name, text)
-        fill_file_dialog(path, steps)
+    for kind, path in (("folder", CFG["tiny_bundle_dir"]), ("zip", CFG["tiny_bundle_zip"])):
+        if kind == "folder":  # browse: the file dialog fills the field
+            fill_file_dialog(path, steps)
+            click(child(dlg, QPushButton, "rsclip_models_browse_folder", "Folder"))
+            wait_until(lambda path=path: source.text() == path, 5)
+            check(source.text() == path, f"the folder dialog did not fill the source field ({source.text()!r}; {steps})")
+        else:  # typed, as power users paste paths
+            source.setFocus()
+            source.clear()
+            QTest.keyClicks(source, path)
         t_before = TASKS_ADDED[0]
         click(add)
         wait_tasks(t_before, 60)
         rows = manager_rows(table)
         steps.append(f"after add {kind}: {rows}")
-        check(any(row_is(r, name) for r in rows), f"add {kind}: {name} not listed after the install ({rows}; {texts(dlg)[-2:]})")
-        installed = Path(CFG["profile_dir"]) / "rsclip" / "bundles"
+        check(any(row_is(r, name) for r in rows),
+              f"add {kind}: {name} not listed after the install ({rows}; {texts(dlg)[-2:]})")
+        check((installed / name / "manifest.json").is_file(), f"add {kind}: nothing installed in {installed}")
         row = next(r for r in range(table.rowCount()) if row_is(table.item(r, 0).text(), name))
         rect = table.visualItemRect(table.item(row, 0))
         QTest.mouseClick(table.viewport(), Qt.LeftButton, Qt.NoModifier, rect.center())
         answer_message_box(QMessageBox.Yes, steps)
-        click(child(dlg, QPushButton, "rsclip_remove_bundle", "Remove"))
+        click(child(dlg, QPushButton, "rsclip_models_remove", "Remove"))
         QTest.qWait(500)
         rows = manager_rows(table)
-        steps.append(f"after remove {kind}: {rows}; folder left: {sorted(os.listdir(installed)) if installed.is_dir() else []}")
+        left = sorted(p.name for p in installed.iterdir() if not p.name.startswith(".")) if installed.is_dir() else []
+        steps.append(f"after remove {kind}: {rows}; folders left: {left}")
         check(not any(row_is(r, name) for r in rows), f"remove {kind}: {name} still listed ({rows})")
+        check(name not in left, f"remove {kind}: {installed / name} still on disk")
     dlg.close()
 
 
@@ -740,8 +756,11 @@ def default_bundle(d: dict) -> None:
     manager = " ".join(STATE.get("manager_texts", []))
     d["manager_says_demonstration"] = "demonstrat" in manager.lower()
     check(d["manager_says_demonstration"], "the model manager does not say the built-in model is a demonstration")
-    first = RESULTS["scenarios"].get("02_classify_result_layer", {})
-    check(first.get("ok"), "the classify run with the default bundle (scenario 02) did not succeed")
+    runs = {k: RESULTS["scenarios"].get(k, {}).get("ok") for k in
+            ("02_classify_result_layer", "02b_classify_all_bands", "05_search_all_ticked")}
+    d["runs_with_default_bundle"] = runs
+    check(runs["05_search_all_ticked"] and (runs["02_classify_result_layer"] or runs["02b_classify_all_bands"]),
+          f"no classify and search run succeeded with the zip's default bundle: {runs}")
 
 
 def python_errors() -> list[str]:
