@@ -35,7 +35,6 @@ from qgis.PyQt.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -54,6 +53,7 @@ from .tasks import EngineTask, log, start
 SENSORS = ["auto", *MODALITIES]  # from the band tables: one list for the engine, the CLI, Processing and here
 EXTENTS = ["Whole layer", "Current map canvas", "Selected features"]
 MIN_CLASS_ROWS = 6
+AREA_ROWS = 5  # rows of the area table shown before it scrolls
 # Engine parameter -> the label of the field that sets it: errors name what to change in this dialog.
 FIELDS = {
     "sensor": "Sensor", "modality": "Sensor", "bands": "Band mapping", "bundle": "Model bundle",
@@ -89,12 +89,9 @@ class ClassifyDialog(QDialog):
 
     # -- layout -----------------------------------------------------------------------------------------
     def _build(self) -> None:
-        # Inputs scroll in the upper pane; results (progress, provider, message, area table) live in the lower
-        # pane of a splitter, so showing results never scrolls the layer choice out of view.
+        # Inputs scroll in the upper part, which takes the spare height; results (progress, provider, message,
+        # area table) sit below it at a bounded height, so showing results never scrolls the layer choice away.
         outer = QVBoxLayout(self)
-        self.splitter = QSplitter(Qt.Vertical)
-        self.splitter.setChildrenCollapsible(False)
-        outer.addWidget(self.splitter, 1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
@@ -102,7 +99,7 @@ class ClassifyDialog(QDialog):
         root = QVBoxLayout(body)
         root.setContentsMargins(0, 0, 0, 0)
         scroll.setWidget(body)
-        self.splitter.addWidget(scroll)
+        outer.addWidget(scroll, 1)
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setObjectName("rsclip_layer_combo")
@@ -223,10 +220,8 @@ class ClassifyDialog(QDialog):
         self.area_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.area_table.setMinimumHeight(table_height(self.area_table, 3))
         self.area_table.setVisible(False)
-        rl.addWidget(self.area_table, 1)
-        self.splitter.addWidget(results)
-        self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 1)
+        rl.addWidget(self.area_table)
+        outer.addWidget(results)
 
         row = QHBoxLayout()
         row.addStretch(1)
@@ -452,6 +447,8 @@ class ClassifyDialog(QDialog):
             area = c.get("area_ha")
             self.area_table.setItem(r, 1, QTableWidgetItem("n/a" if area is None else f"{float(area):.1f}"))
             self.area_table.setItem(r, 2, QTableWidgetItem(f"{100 * int(c.get('pixels', 0)) / valid:.1f} %"))
+        # Tall enough for a few classes; longer tables scroll inside, leaving the inputs their room.
+        self.area_table.setFixedHeight(table_height(self.area_table, min(max(len(rows), 3), AREA_ROWS)))
         self.area_table.setVisible(True)
 
     def _failed(self, message: str) -> None:
