@@ -71,3 +71,27 @@ def ssl4eo_s1_s2(data_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     files = sorted(s2.glob("B*.tif"), key=lambda p: (p.stem != "B2", canonical_band(p.stem)))  # a 10 m band first
     s2_tif = stack_bands({canonical_band(p.stem): p for p in files}, out_dir / "s2_l2a.tif")
     return s1_tif, s2_tif
+
+
+def s2_vrt(scene: Path, out: Path, bands: tuple[str, ...] = ("B04", "B03", "B02", "B08"), size: int = 128,
+           col: int = 300, row: int = 500) -> Path:
+    """A VRT stacking the Major-TOM band files (as ``gdalbuildvrt -separate`` does: no band descriptions, the
+    bands named by their source files), cropped to ``size`` px at (col, row)."""
+    import rasterio
+
+    with rasterio.open(scene / f"{bands[0]}.tif") as ds:
+        gt = ds.window_transform(rasterio.windows.Window(col, row, size, size)).to_gdal()
+        wkt = ds.crs.to_wkt()
+    xml = [f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>{wkt}</SRS>'
+           f"<GeoTransform>{', '.join(map(repr, gt))}</GeoTransform>"]
+    for i, b in enumerate(bands, 1):
+        xml.append(
+            f'<VRTRasterBand dataType="UInt16" band="{i}"><SimpleSource><SourceFilename relativeToVRT="0">'
+            f"{scene / (b + '.tif')}</SourceFilename><SourceBand>1</SourceBand>"
+            f'<SrcRect xOff="{col}" yOff="{row}" xSize="{size}" ySize="{size}"/>'
+            f'<DstRect xOff="0" yOff="0" xSize="{size}" ySize="{size}"/></SimpleSource></VRTRasterBand>'
+        )
+    xml.append("</VRTDataset>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(xml))
+    return out

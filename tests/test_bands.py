@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from rs_clip_plugin.engine.bands import (
+    S2_COMMON_NAMES,
     S2_L1C_BANDS,
     S2_L2A_BANDS,
     bands_for,
     canonical_band,
+    names_s2_bands,
     native_resolution,
     parse_s2_product,
     s2_offset_dn,
@@ -36,6 +38,26 @@ from rs_clip_plugin.engine.radiometry import (
 )  # fmt: skip
 def test_canonical_band(label: str, expected: str) -> None:
     assert canonical_band(label) == expected
+
+
+@pytest.mark.parametrize(
+    "label, expected",
+    [
+        ("red", "B04"), ("Green", "B03"), ("blue", "B02"), ("nir", "B08"), ("nir08", "B8A"), ("nir09", "B09"),
+        ("coastal", "B01"), ("cirrus", "B10"), ("swir16", "B11"), ("swir22", "B12"), ("B05", "B05"), ("VV", "VV"),
+        ("rededge", None),
+    ],
+)  # fmt: skip
+def test_stac_common_names_as_sentinel2_bands(label: str, expected: str) -> None:
+    assert canonical_band(label, s2_common=True) == expected
+    assert S2_COMMON_NAMES["nir"] == "B08" and set(S2_COMMON_NAMES.values()) <= set(S2_L1C_BANDS)
+
+
+def test_when_common_names_mean_sentinel2() -> None:
+    assert names_s2_bands(["red", "green", "blue", "nir"]) and names_s2_bands(["swir16", None])
+    assert not names_s2_bands(["red", "green", "blue"])  # a photo's channels
+    assert names_s2_bands(["red", "green", "blue"], sensor="s2-l2a")
+    assert canonical_band("nir") is None  # without the context a bare 'nir' names nothing
 
 
 def test_band_tables() -> None:

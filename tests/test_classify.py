@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from plugin_support import s2_crop
+from plugin_support import s2_crop, s2_vrt
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
@@ -175,6 +175,22 @@ def test_raster_smaller_than_a_tile_is_labelled(bundle, major_tom_dir: Path, tmp
         err = capsys.readouterr().err
         assert rc == 2 and "--tile-size-m" in err and said in err and "Traceback" not in err, err
         assert not (tmp_path / "o2").exists()
+
+
+def test_true_colour_vrt_runs_with_the_rgb_encoder(multimodal_bundle: Path, major_tom_dir: Path, tmp_path: Path,
+                                                   capsys) -> None:
+    """Issue 10, defect 5: a 4-band VRT B04, B03, B02, B08 with a bundle holding s2-l2a (12 bands) and rgb
+    encoders: picked automatically, and with --sensor rgb, the rgb encoder labels it (it was refused)."""
+    vrt = s2_vrt(major_tom_dir, tmp_path / "rgbn.vrt", size=64)
+    auto = classify_raster(vrt, CLASSES, tmp_path / "auto", bundle=multimodal_bundle, provider="cpu")
+    assert (auto.summary["sensor"], auto.summary["modality"]) == ("s2-l2a", "rgb")
+    assert auto.summary["valid_pixels"] == 64 * 64
+    rc = main(["classify", str(vrt), "--classes", CLASSES, "--out", str(tmp_path / "cli"), "--bundle",
+               str(multimodal_bundle), "--provider", "cpu", "--sensor", "rgb", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["modality"] == "rgb" and summary["classes"] == auto.summary["classes"]
 
 
 def test_geographic_pixel_area() -> None:

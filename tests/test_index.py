@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from plugin_support import s2_crop
 
 from rs_clip_plugin.engine import pipeline
 from rs_clip_plugin.engine.bundle import load_bundle, read_manifest, write_manifest
@@ -145,6 +146,64 @@ def test_meta_of_the_wrong_shape_is_rebuilt(tiny_bundle: Path, rgb_tif: Path, me
     assert not again.reused and again.root == root
     assert json.loads((root / META).read_text())["dim"] == good["dim"]
     assert build_index(rgb_tif, tiny_bundle, provider="cpu").reused
+
+
+_GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}
+
+
+def _vrt_over(tif: Path, vrt: Path, order: tuple[int, ...] = (1, 2, 3, 4)) -> Path:
+    """A hand-written VRT over a 4-band GeoTIFF, bands named by descriptions (B02, B03, B04, B08)."""
+    with rasterio.open(tif) as ds:
+        w, h, dtype, gt, wkt, names = ds.width, ds.height, ds.dtypes[0], ds.transform.to_gdal(), ds.crs.to_wkt(), ds.descriptions
+    bands = "".join(
+        f'''<VRTRasterBand dataType="{_GDAL_TYPES[dtype]}" band="{i}"><Description>{names[b - 1]}</Description>
+  <SimpleSource><SourceFilename relativeToVRT="1">{tif.name}</SourceFilename><SourceBand>{b}</SourceBand>
+  <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/></SimpleSource>
+</VRTRasterBand>''' for i, b in enumerate(order, start=1))
+    vrt.write_text(f'''<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{wkt}</SRS>
+<GeoTransform>{", ".join(map(repr, gt))}</GeoTransform>{bands}</VRTDataset>''')
+    return vrt
+
+
+def test_vrt_freshness_follows_the_pixels_not_its_statistics(tiny_bundle: Path, major_tom_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """QGIS writes statistics into a VRT in every session (issue 10, defect 10): that is no reason to re-index;
+    a changed file behind the VRT, or changed band definitions, are."""
+    tif = s2_crop(major_tom_dir, tmp_path / "crop.tif", size=128)
+    vrt = _vrt_over(tif, tmp_path / "scene.vrt")
+    first = build_index(vrt, tiny_bundle, provider="cpu")
+    assert not first.reused and len(first) == 4
+
+    # What QGIS does: GDAL computes statistics and rewrites the VRT with them (and its own serialisation).
+    from osgeo import gdal
+
+    ds = gdal.Open(str(vrt))
+    for i in range(1, ds.RasterCount + 1):
+        ds.GetRasterBand(i).ComputeStatistics(False)
+    ds = None
+    text = vrt.read_text()
+    assert "STATISTICS_MEAN" in text
+    # ... and by hand, dataset-level metadata with a later mtime, whitespace changed.
+    vrt.write_text(text.replace("<SRS", '<Metadata><MDI key="note">seen in QGIS</MDI></Metadata>\n  <SRS', 1))
+    st = vrt.stat()
+    os.utime(vrt, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))
+    again = build_index(vrt, tiny_bundle, provider="cpu")
+    assert again.reused and again.root == first.root
+    kinds = {Path(f["path"]).name: f for f in first.meta["files"]}
+    assert "vrt_sha256" in kinds["scene.vrt"] and kinds["crop.tif"]["size"] == tif.stat().st_size
+
+    # A changed file behind the VRT: rebuilt.
+    st = tif.stat()
+    os.utime(tif, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))
+    touched = build_index(vrt, tiny_bundle, provider="cpu")
+    assert not touched.reused and touched.root == first.root
+    assert build_index(vrt, tiny_bundle, provider="cpu").reused
+
+    # Changed band definitions (B02's source reads B03's pixels): rebuilt, with other pixels.
+    vrt.write_text(vrt.read_text().replace("<SourceBand>1</SourceBand>", "<SourceBand>2</SourceBand>", 1))
+    swapped = build_index(vrt, tiny_bundle, provider="cpu")
+    assert not swapped.reused
+    assert not np.allclose(np.asarray(swapped.embeddings), np.asarray(touched.embeddings))
 
 
 def test_cancelled_build_leaves_nothing(tiny_bundle: Path, major_tom_dir: Path) -> None:

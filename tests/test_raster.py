@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from plugin_support import s2_crop, s2_vrt
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from rasterio.windows import Window
@@ -18,8 +19,9 @@ from rasterio.windows import Window
 from rs_clip_plugin.engine.bands import S2_L1C_BANDS, S2_L2A_BANDS
 from rs_clip_plugin.engine.bundle import EncoderSpec, Manifest, TextSpec
 from rs_clip_plugin.engine.radiometry import default_transform
-from rs_clip_plugin.engine.raster import RasterError, encoder_for, open_source
+from rs_clip_plugin.engine.raster import RasterError, encoder_for, encoders_for, open_source
 from rs_clip_plugin.engine.sources import discover
+from training.data.composites import rgb_composite
 
 L2A_N0400 = "S2A_MSIL2A_20230610T101031_N0509_R022_T33UUP_20230610T150000"
 
@@ -278,6 +280,70 @@ def test_rgb_encoder_on_sentinel2_true_colour(major_tom_dir: Path) -> None:
         b = src.read(w, ["B04", "B03", "B02"])
     assert np.allclose(rgb, np.clip(b / 0.2, 0.0, 1.0))  # L2A: reflectance 0.2 is white
     assert rgb.min() >= 0.0 and rgb.max() <= 1.0
+
+
+def test_true_colour_bands_feed_the_rgb_encoder(tmp_path: Path, major_tom_dir: Path) -> None:
+    """A 4-band VRT B04, B03, B02, B08 (issue 10, defect 5): detected as s2-l2a, it cannot feed the 12-band
+    encoder, so the rgb one is chosen; --sensor rgb says the same explicitly; both read the composite."""
+    vrt = s2_vrt(major_tom_dir, tmp_path / "rgbn.vrt")
+    text = TextSpec("text.onnx", "tokenizer.json", 77, ["en"])
+    rgb = spec("rgb", ["red", "green", "blue"])
+    manifest = Manifest("m", 32, 100.0, text, [spec("s2-l2a", [*S2_L2A_BANDS]), rgb])
+    w = Window(5, 7, 16, 16)
+    with open_source(vrt) as src:
+        assert src.band_names == ["B04", "B03", "B02", "B08"] and src.sensor == "s2-l2a"
+        assert [e.modality for e in encoders_for(manifest, src)] == ["rgb"]
+        assert encoder_for(manifest, src).modality == "rgb"
+        composite = src.read_for(rgb, w)
+        reflectance = src.read(w, ["B04", "B03", "B02"])
+    # One definition of the composite: the training's (bands.S2_TRUE_COLOUR_WHITE_REFLECTANCE), unquantised.
+    assert np.allclose(composite, rgb_composite(_as_13(reflectance), "s2-l2a", quantize=False))
+    assert reflectance[0, 0, 0] == pytest.approx(direct(major_tom_dir / "B04.tif", 507, 305) / 10000.0)
+    with open_source(vrt, sensor="rgb") as src:
+        assert src.sensor == "s2-l2a" and src.encoders == ("rgb",)  # read as reflectance, composited
+        assert encoder_for(manifest, src).modality == "rgb"
+        assert np.array_equal(src.read_for(rgb, w), composite)
+        with pytest.raises(RasterError, match="s2-l2a encoder expects"):
+            src.check_mapping(spec("s2-l2a", ["B04", "B03", "B02", "B08"]))  # rgb asked for: only rgb
+    # Without the true-colour bands --sensor rgb still does not fit, and says what would.
+    only_nir = s2_vrt(major_tom_dir, tmp_path / "nir.vrt", bands=("B08", "B8A"))
+    with pytest.raises(RasterError, match=r"--sensor rgb does not fit .*B04, B03, B02"):
+        open_source(only_nir, sensor="rgb")
+
+
+def _as_13(rgb_reflectance: np.ndarray) -> np.ndarray:
+    """B04, B03, B02 placed in a 13-band L1C-ordered stack (what training's rgb_composite takes)."""
+    out = np.zeros((13, *rgb_reflectance.shape[1:]), np.float32)
+    for band, plane in zip(("B04", "B03", "B02"), rgb_reflectance):
+        out[S2_L1C_BANDS.index(band)] = plane
+    return out
+
+
+def test_band_mapping_by_common_names(tmp_path: Path, major_tom_dir: Path) -> None:
+    tif = s2_crop(major_tom_dir, tmp_path / "crop.tif", size=32)  # bands B02, B03, B04, B08
+    with open_source(tif, bands=["blue", "green", "red", "nir"]) as src:
+        assert src.band_names == ["B02", "B03", "B04", "B08"] and src.sensor == "s2-l2a"
+        assert src.read(Window(0, 0, 1, 1), ["B08"])[0, 0, 0] == pytest.approx(direct(tif, 0, 0, 4) / 10000.0)
+    with open_source(tif, bands=["B02", "green", "red", "nir08"]) as src:
+        assert src.band_names == ["B02", "B03", "B04", "B8A"]
+    with open_source(tif, bands=["blue", "green", "red", "B08"], sensor="s2-l2a") as src:
+        assert src.band_names == ["B02", "B03", "B04", "B08"]
+    # Band descriptions in common names (as STAC-derived COGs carry them).
+    named = tmp_path / "named.tif"
+    with rasterio.open(tif) as ds:
+        data, profile = ds.read(), ds.profile
+    with rasterio.open(named, "w", **profile) as ds:
+        ds.write(data)
+        for i, d in enumerate(["blue", "green", "red", "nir"], 1):
+            ds.set_band_description(i, d)
+    with open_source(named) as src:
+        assert src.band_names == ["B02", "B03", "B04", "B08"] and src.sensor == "s2-l2a"
+    with pytest.raises(RasterError, match=r"'rededge'\] names more than one band"):
+        open_source(tif, bands=["blue", "green", "red", "rededge"])
+    # 8-bit RGBN (aerial photos): red/green/blue stay a photo's channels, nir is left unused.
+    photo = write_tif(tmp_path / "rgbn.tif", np.full((4, 8, 8), 128, np.uint8))
+    with open_source(photo, bands=["red", "green", "blue", "nir"]) as src:
+        assert src.band_names == ["red", "green", "blue"] and src.sensor == "rgb"
 
 
 def test_encoder_for_and_reopen_in_thread(major_tom_dir: Path) -> None:

@@ -7,6 +7,7 @@ Sentinel-2 delivers it or whether a product carries the baseline-04.00 radiometr
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -82,27 +83,58 @@ S2_BASELINE_OFFSET_DN = 1000.0
 S2_TRUE_COLOUR: dict[str, str] = {"red": "B04", "green": "B03", "blue": "B02"}
 S2_TRUE_COLOUR_WHITE_REFLECTANCE: dict[str, float] = {"s2-l2a": 2000.0 / S2_QUANTIFICATION, "s2-l1c": 3558.0 / S2_QUANTIFICATION}
 
+# STAC ``eo:bands`` common names of the Sentinel-2 bands (the unambiguous ones: 'rededge' names B05, B06
+# and B07 alike, so those are given by number). A band list or band descriptions in common names mean
+# Sentinel-2 bands when they hold a name only a multispectral sensor has (MULTISPECTRAL_COMMON_NAMES) or the
+# sensor is a Sentinel-2 level; 'red, green, blue' alone stay a photo's channels.
+S2_COMMON_NAMES: dict[str, str] = {
+    "coastal": "B01",
+    "blue": "B02",
+    "green": "B03",
+    "red": "B04",
+    "nir": "B08",
+    "nir08": "B8A",
+    "nir09": "B09",
+    "cirrus": "B10",
+    "swir16": "B11",
+    "swir22": "B12",
+}
+MULTISPECTRAL_COMMON_NAMES = frozenset(S2_COMMON_NAMES) - frozenset(RGB_BANDS)
+AMBIGUOUS_COMMON_NAMES = frozenset({"rededge"})
+
 _S2_NAME = re.compile(r"^(?:B|BAND)?0?(\d{1,2}|8A)$", re.IGNORECASE)
 _RGB_ALIASES = {"r": "red", "red": "red", "g": "green", "green": "green", "b": "blue", "blue": "blue"}
 
 
-def canonical_band(name: str) -> Optional[str]:
+def canonical_band(name: str, s2_common: bool = False) -> Optional[str]:
     """Canonical band name for a label found in a file name or band description, or None.
 
-    Accepts 'B4', 'B04', 'b8a', 'band_08', 'VV', 'vh', 'Red'.
+    Accepts 'B4', 'B04', 'b8a', 'band_08', 'VV', 'vh', 'Red'; with ``s2_common`` the STAC common names
+    ('red', 'nir', 'nir08', 'swir16', ...) as the Sentinel-2 bands they name (S2_COMMON_NAMES).
     """
     token = name.strip().replace("_", "").replace(" ", "")
     upper = token.upper()
     if upper in S1_BANDS:
         return upper
-    if token.lower() in _RGB_ALIASES:
-        return _RGB_ALIASES[token.lower()]
+    lower = token.lower()
+    if s2_common and name.strip().lower() in S2_COMMON_NAMES:
+        return S2_COMMON_NAMES[name.strip().lower()]
+    if lower in _RGB_ALIASES:
+        rgb = _RGB_ALIASES[lower]
+        return S2_COMMON_NAMES[rgb] if s2_common else rgb
     m = _S2_NAME.match(upper)
     if m:
         num = m.group(1).upper()
         cand = "B8A" if num == "8A" else f"B{int(num):02d}"
         return cand if cand in S2_BANDS else None
     return None
+
+
+def names_s2_bands(labels: Sequence[Optional[str]], sensor: Optional[str] = None) -> bool:
+    """Whether common names in ``labels`` mean Sentinel-2 bands (see S2_COMMON_NAMES)."""
+    if sensor is not None and sensor.startswith("s2"):
+        return True
+    return any(lab is not None and lab.strip().lower() in MULTISPECTRAL_COMMON_NAMES for lab in labels)
 
 
 _PRODUCT = re.compile(

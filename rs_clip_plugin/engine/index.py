@@ -11,7 +11,10 @@ One index per (raster, bundle content, encoder modality, tiling, radiometry opti
 extent window, sensor, bands, Sentinel-2 DN offset, SAR units, storage dtype), so a different bundle or
 tiling gets its own index and switching back reuses the old one. The *freshness* items (size and
 modification time of every file behind the raster) are checked on every open: a raster changed since
-the index was built is re-indexed in place. Tiles that are mostly no-data are not encoded and have no row.
+the index was built is re-indexed in place. Freshness follows the pixels, not metadata: a VRT counts by
+its band definitions (its XML without <Metadata>, statistics, histograms and GDAL's cached source
+properties) and the files behind it, never by its own mtime, because QGIS writes statistics into a VRT
+(changing its mtime) in every session. Tiles that are mostly no-data are not encoded and have no row.
 
 Never trusted: ``meta.json`` records the byte size and sha256 of both arrays; an index whose files are
 missing, truncated or altered (or whose meta does not parse) is rebuilt. The hash is computed once per
@@ -31,6 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -141,11 +145,74 @@ def source_files(source) -> list[Path]:
 
 
 def fingerprint(files: Sequence[Path]) -> list[dict]:
-    out = []
+    """Freshness entries of the files behind a raster: size and mtime, or for a VRT its pixel definition
+    and the entries of the files behind it (see the module docstring)."""
+    out: list[dict] = []
     for p in files:
-        st = Path(p).stat()
-        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        _fingerprint_into(Path(p), out, set())
     return out
+
+
+# VRT elements that do not change pixel values: what GDAL/QGIS write when they compute statistics or
+# re-serialise a VRT (PAM metadata, histograms, cached source sizes, colour interpretation, overview lists).
+_VRT_NOT_PIXELS = frozenset({"Metadata", "Histograms", "SourceProperties", "ColorInterp", "OverviewList"})
+# Attributes GDAL adds when it re-serialises a VRT that only spell out a default (the SRS axis mapping), or
+# that only say how a file name is written (relativeToVRT: names are compared resolved).
+_VRT_IGNORED_ATTRS = frozenset({"dataAxisToSRSAxisMapping", "relativeToVRT"})
+
+
+def _numbers_or_text(text: str) -> object:
+    """Comma-separated numbers as floats (GDAL rewrites a GeoTransform as '  3.6e+05,  1.0e+01, ...')."""
+    try:
+        return [float(v) for v in text.split(",")] if text else text
+    except ValueError:
+        return text
+
+
+def _fingerprint_into(path: Path, out: list[dict], seen: set[str]) -> None:
+    key = str(path)
+    if key in seen:
+        return
+    seen.add(key)
+    if not path.is_file():
+        out.append({"path": key})  # a /vsi... source: identified by name only
+        return
+    if path.suffix.lower() == ".vrt":
+        definition, sources = _vrt_definition(path)
+        if definition is not None:
+            out.append({"path": key, "vrt_sha256": definition})
+            for src in sources:
+                _fingerprint_into(src, out, seen)
+            return
+    st = path.stat()
+    out.append({"path": key, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
+def _vrt_definition(path: Path) -> tuple[Optional[str], list[Path]]:
+    """(sha256 of the VRT's pixel definition, the files it reads), or (None, []) when it does not parse.
+
+    Source file names are resolved (relativeToVRT) so moving nothing but the VRT's text around changes
+    nothing, and whitespace, attribute order and the elements in _VRT_NOT_PIXELS are ignored."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
+        return None, []
+    sources: list[Path] = []
+
+    def canon(el: ET.Element) -> list:
+        text = (el.text or "").strip()
+        if el.tag == "SourceFilename":
+            p = Path(text)
+            if el.get("relativeToVRT") == "1":
+                p = path.parent / text
+            p = p.resolve() if not text.startswith("/vsi") else Path(text)
+            sources.append(p)
+            text = str(p)
+        attrs = sorted((k, v) for k, v in el.attrib.items() if k not in _VRT_IGNORED_ATTRS)
+        return [el.tag, attrs, _numbers_or_text(text), [canon(c) for c in el if c.tag not in _VRT_NOT_PIXELS]]
+
+    digest = hashlib.sha256(json.dumps(canon(root)).encode()).hexdigest()
+    return digest, list(dict.fromkeys(sources))
 
 
 def _key(identity: dict) -> str:

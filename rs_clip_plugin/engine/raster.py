@@ -42,7 +42,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from .bands import (
+    AMBIGUOUS_COMMON_NAMES,
     MODALITIES,
+    MULTISPECTRAL_COMMON_NAMES,
     RGB_BANDS,
     S1_BANDS,
     S1_GRD_BANDS,
@@ -56,6 +58,7 @@ from .bands import (
     SENSOR_BANDS,
     ZERO_BAND,
     canonical_band,
+    names_s2_bands,
     parse_s2_product,
     s2_offset_dn,
 )
@@ -67,6 +70,7 @@ __all__ = [
     "RasterError",
     "RasterSource",
     "encoder_for",
+    "encoders_for",
     "mapping_error",
     "open_source",
     "upsample_bilinear",
@@ -125,6 +129,9 @@ class _Resolved:
     bands: tuple[_Band, ...]
     sar_units: Optional[str]
     label: str
+    # Bundle encoders this source can feed, best first (_COMPATIBLE[sensor], or only "rgb" when the user
+    # asked for the true-colour composite of a Sentinel-2 raster with sensor="rgb").
+    encoders: tuple[str, ...] = ()
 
 
 def open_source(
@@ -159,11 +166,16 @@ def open_source(
             )
         refs = d.bands
     names = [r.name for r in refs]
+    encoders: Optional[tuple[str, ...]] = None
+    if sensor == "rgb" and _holds_true_colour(names):
+        # "Use this Sentinel-2 raster's true-colour bands with the rgb encoder": read as the Sentinel-2
+        # level it is (DN -> reflectance, offsets, no data), composite B04/B03/B02 for the rgb encoder.
+        sensor, encoders = _detect_sensor(names, d, label, None), ("rgb",)
     detected = _detect_sensor(names, d, label, sensor)
     if sensor is not None and not _names_fit(sensor, names):
         raise RasterError(
             f"{label}: --sensor {sensor} does not fit the raster's bands {names}; give the bands with --bands or "
-            "choose the matching sensor"
+            "choose the matching sensor (--sensor rgb takes a Sentinel-2 raster holding B04, B03, B02)"
         )
     sensor = sensor or detected
     # A 4th band of an RGB file (alpha / NIR) is not used.
@@ -173,7 +185,13 @@ def open_source(
     units = None
     if sensor == "s1-grd":
         units = sar_units or _detect_sar_units(refs[0])
-    return RasterSource(_Resolved(d, sensor, resolved_bands, units, label))
+    return RasterSource(_Resolved(d, sensor, resolved_bands, units, label, encoders or _COMPATIBLE[sensor]))
+
+
+def _holds_true_colour(names: Sequence[Optional[str]]) -> bool:
+    """Sentinel-2 band names that include the true-colour bands (B04, B03, B02)."""
+    known = [n for n in names if n is not None]
+    return bool(known) and all(n in S2_BANDS for n in known) and set(S2_TRUE_COLOUR.values()) <= set(known)
 
 
 def _open(uri: str, label: str) -> rasterio.io.DatasetReader:
@@ -190,21 +208,35 @@ def _single_file_bands(path: Path, bands: Optional[Sequence[str]], sensor: Optio
     uri = str(path)
     with _open(uri, str(path)) as ds:
         count, dtype, driver = ds.count, ds.dtypes[0], ds.driver
-        descriptions = [canonical_band(d) if d else None for d in ds.descriptions]
+        raw_descriptions = list(ds.descriptions)
+    # 8-bit data is never Sentinel-2 reflectance: there red/green/blue are a photo's channels, and an 'nir'
+    # channel (e.g. aerial RGBN) is left unused like an alpha band.
+    photo = dtype == "uint8"
     if bands is not None:
-        names = [canonical_band(b) for b in bands]
-        bad = [b for b, n in zip(bands, names) if n is None]
+        s2_common = names_s2_bands(bands, sensor) and not photo
+        names = [canonical_band(b, s2_common) for b in bands]
+        ambiguous = [b for b in bands if b.strip().lower() in AMBIGUOUS_COMMON_NAMES]
+        if ambiguous:
+            raise RasterError(f"{path}: --bands {ambiguous} names more than one band (B05, B06, B07); give them as B05, B06, B07")
+        bad = [b for b, n in zip(bands, names) if n is None and not (photo and b.strip().lower() in MULTISPECTRAL_COMMON_NAMES)]
         if bad:
-            raise RasterError(f"{path}: --bands {bad} are not band names; use names such as B04, B8A, VV, red")
+            raise RasterError(
+                f"{path}: --bands {bad} are not band names; use names such as B04, B8A, VV, or the common names "
+                "red, green, blue, nir, nir08, swir16, swir22"
+            )
         if len(names) != count:
             raise RasterError(f"{path}: --bands lists {len(names)} names but the raster has {count} bands; give one per band")
-    elif all(descriptions):
-        names = descriptions
     else:
-        names = vrt_source_names(path, count) if driver == "VRT" else [None] * count
-        if not all(names):
-            names = _names_from_count(path, count, dtype, sensor)
-    if len(set(names)) != len(names):
+        s2_common = names_s2_bands(raw_descriptions, sensor) and not photo
+        descriptions = [canonical_band(d, s2_common) if d else None for d in raw_descriptions]
+        if all(descriptions):
+            names = descriptions
+        else:
+            names = vrt_source_names(path, count) if driver == "VRT" else [None] * count
+            if not all(names):
+                names = _names_from_count(path, count, dtype, sensor)
+    known = [n for n in names if n is not None]
+    if len(set(known)) != len(known):
         raise RasterError(f"{path}: band names {names} repeat a band; give each band once with --bands")
     return [BandRef(n, uri, i + 1) for i, n in enumerate(names)]
 
@@ -321,6 +353,8 @@ class RasterSource:
         self.sensor: str = resolved.sensor
         self.sar_units: Optional[str] = resolved.sar_units
         self.band_names: list[str] = [b.name for b in resolved.bands]
+        # Encoder modalities this source can feed, best first (see _COMPATIBLE).
+        self.encoders: tuple[str, ...] = resolved.encoders or _COMPATIBLE[resolved.sensor]
         self._bands = {b.name: b for b in resolved.bands}
         self._datasets: dict[str, rasterio.io.DatasetReader] = {}
         self._warped: dict[str, WarpedVRT] = {}
@@ -466,7 +500,7 @@ class RasterSource:
 
     def _plan(self, spec: EncoderSpec) -> tuple[list[Optional[str]], Optional[float]]:
         """Per encoder band the source band to read (None = zeros), and a scale for S2 -> rgb composites."""
-        if spec.modality not in _COMPATIBLE[self.sensor]:
+        if spec.modality not in self.encoders:
             raise mapping_error(spec.modality, spec.bands, self.sensor, self.band_names, self._r.label)
         plan: list[Optional[str]] = []
         missing = []
@@ -693,12 +727,32 @@ def _bounds(transform, width: int, height: int) -> tuple[float, float, float, fl
     return (min(xs), min(ys), max(xs), max(ys))
 
 
-def encoder_for(manifest: Manifest, source: RasterSource) -> EncoderSpec:
-    """The bundle's encoder best suited to the source (exact modality first, then compatible ones)."""
+def encoders_for(manifest: Manifest, source: RasterSource) -> list[EncoderSpec]:
+    """The bundle's encoders the source can feed (bands present), best first: its own sensor's, a compatible
+    Sentinel-2 level, then the rgb composite. A 4-band B04, B03, B02, B08 raster cannot feed a 12-band
+    encoder but can feed the rgb one."""
     have = {e.modality: e for e in manifest.encoders}
-    for modality in _COMPATIBLE[source.sensor]:
+    out = []
+    for modality in source.encoders:
         if modality in have:
-            return have[modality]
+            try:
+                source.check_mapping(have[modality])
+            except RasterError:
+                continue
+            out.append(have[modality])
+    return out
+
+
+def encoder_for(manifest: Manifest, source: RasterSource) -> EncoderSpec:
+    """The bundle's encoder best suited to the source (``encoders_for``'s first); when none can be fed, the
+    mapping error of the best candidate (what it expects, what the raster has)."""
+    usable = encoders_for(manifest, source)
+    if usable:
+        return usable[0]
+    have = {e.modality: e for e in manifest.encoders}
+    for modality in source.encoders:
+        if modality in have:
+            source.check_mapping(have[modality])  # raises the mapping error naming the missing bands
     first = manifest.encoders[0]
     raise mapping_error(
         "/".join(have) or "(none)", first.bands, source.sensor, source.band_names, str(source.path)
