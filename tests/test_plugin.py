@@ -394,3 +394,22 @@ def test_search_refuses_a_language_the_bundle_does_not_know(qgis_iface, layer, s
         assert "German" in dock.index_label.text() and "Model bundle" in dock.index_label.text()
     finally:
         dock.cleanup()
+
+
+def test_classify_errors_name_the_dialog_fields(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
+    """Errors speak the dialog's words: the field to change and the layer's name, never a CLI flag or a long
+    path (issue 10, #6)."""
+    from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dlg = ClassifyDialog(qgis_iface, store=store)
+    dlg.layer_combo.setLayer(layer)
+    dlg.set_bundle_path(tiny_bundle)
+    dlg.out_widget.setFilePath(str(tmp_path / "out"))
+    dlg.sensor_combo.setCurrentText("s1-grd")  # wrong for a Sentinel-2 crop
+    task = click_run(dlg)
+    if task is not None:
+        assert not wait_for(task)
+    text = dlg.message_label.text()
+    assert "‘Sensor’" in text and "s1-grd" in text
+    assert "--" not in text and layer.source() not in text and f"‘{layer.name()}’" in text

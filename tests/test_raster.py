@@ -18,6 +18,7 @@ from rasterio.windows import Window
 
 from rs_clip_plugin.engine.bands import S2_L1C_BANDS, S2_L2A_BANDS
 from rs_clip_plugin.engine.bundle import EncoderSpec, Manifest, TextSpec
+from rs_clip_plugin.engine.errors import cli_names
 from rs_clip_plugin.engine.radiometry import default_transform
 from rs_clip_plugin.engine.raster import RasterError, encoder_for, encoders_for, open_source
 from rs_clip_plugin.engine.sources import discover
@@ -236,7 +237,7 @@ def test_bands_and_sensor_overrides_and_linear_detection(tmp_path: Path) -> None
 
 def test_unmappable_raster_and_non_raster_errors(tmp_path: Path, major_tom_dir: Path) -> None:
     five = write_tif(tmp_path / "five.tif", np.ones((5, 4, 4), np.uint8))
-    with pytest.raises(RasterError, match=r"5 unnamed uint8 bands.*--sensor.*--bands"):
+    with pytest.raises(RasterError, match=r"5 unnamed uint8 bands.*`sensor`.*`bands`"):
         open_source(five)
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
@@ -248,7 +249,12 @@ def test_unmappable_raster_and_non_raster_errors(tmp_path: Path, major_tom_dir: 
     with open_source(s1) as src, pytest.raises(RasterError) as err:
         src.encoder_input(spec("s2-l2a", list(S2_L2A_BANDS)))
     msg = str(err.value)
-    assert "expects bands ['B01'" in msg and "has ['VV', 'VH']" in msg and "--sensor" in msg and "--bands" in msg
+    assert "expects bands ['B01'" in msg and "has ['VV', 'VH']" in msg and "`sensor`" in msg and "`bands`" in msg
+    # Each front end names the parameters its own way (issue 15: one error vocabulary).
+    cli = err.value.render(cli_names(err.value.params))
+    assert "--sensor" in cli and "--bands" in cli and "`" not in cli
+    dialog = err.value.render({"sensor": "‘Sensor’", "bands": "‘Band mapping’"})
+    assert "‘Sensor’" in dialog and "‘Band mapping’" in dialog and "--" not in dialog
     with open_source(major_tom_dir) as src, pytest.raises(RasterError, match=r"missing \['HH'\]|encoder for s2-l2a"):
         src.check_mapping(spec("s1-grd", ["HH"]))
 
@@ -307,7 +313,7 @@ def test_true_colour_bands_feed_the_rgb_encoder(tmp_path: Path, major_tom_dir: P
             src.check_mapping(spec("s2-l2a", ["B04", "B03", "B02", "B08"]))  # rgb asked for: only rgb
     # Without the true-colour bands --sensor rgb still does not fit, and says what would.
     only_nir = s2_vrt(major_tom_dir, tmp_path / "nir.vrt", bands=("B08", "B8A"))
-    with pytest.raises(RasterError, match=r"--sensor rgb does not fit .*B04, B03, B02"):
+    with pytest.raises(RasterError, match=r"`sensor` rgb does not fit .*B04, B03, B02"):
         open_source(only_nir, sensor="rgb")
 
 
@@ -368,7 +374,7 @@ def test_encoder_for_and_reopen_in_thread(major_tom_dir: Path) -> None:
 
 
 def test_override_and_layout_errors(tmp_path: Path, major_tom_dir: Path) -> None:
-    with pytest.raises(RasterError, match="--sensor s1-grd does not fit"):
+    with pytest.raises(RasterError, match="`sensor` s1-grd does not fit"):
         open_source(major_tom_dir, sensor="s1-grd")
     with pytest.raises(RasterError, match="names its bands by file name"):
         open_source(major_tom_dir, bands=["B04"])

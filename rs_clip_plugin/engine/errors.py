@@ -4,7 +4,7 @@ Every error a user can fix is an :class:`RSClipError`. Its message may name the 
 should change as ``{name}`` placeholders (engine names: ``{sensor}``, ``{bands}``, ``{overwrite}``,
 ``{out}``, ...), listed in ``params``. Each front end words them its own way through :meth:`render`:
 the CLI as ``--sensor``, Processing as its parameter's label, the classify dialog as its field's label.
-``str(err)`` uses the engine names themselves, so logs and the Python API read plainly.
+``str(err)`` uses the engine names themselves in backticks (the Python API's keyword arguments).
 
 Subclasses say what kind of fix is needed; the CLI maps every ``RSClipError`` (and ``OSError``) to exit
 code 2 with one line, and anything else is a bug (exit 1, traceback).
@@ -36,7 +36,7 @@ class RSClipError(Exception):
             key = m.group(1)
             if key not in self.params:
                 return m.group(0)
-            return names.get(key, key)
+            return names.get(key, f"`{key}`")
 
         return _PLACEHOLDER.sub(sub, self.template)
 

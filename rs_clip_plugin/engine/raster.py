@@ -82,7 +82,7 @@ __all__ = [
 # GDAL_CACHEMAX (or QGIS's setting, inside QGIS) wins.
 GDAL_CACHE_MB = 256
 os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
-SENSOR_HELP = f"--sensor ({'|'.join(MODALITIES)}) and/or --bands NAME,NAME,... (one name per raster band, in order)"
+SENSOR_HELP = f"{{sensor}} ({'|'.join(MODALITIES)}) and/or {{bands}} NAME,NAME,... (one name per raster band, in order)"
 # Encoders a source can feed, best first. A 13-band (L1C) encoder takes L2A data with a zero B10
 # (Paper A); an L2A encoder takes L1C minus B10; an rgb encoder takes a Sentinel-2 true-colour composite.
 _COMPATIBLE: dict[str, tuple[str, ...]] = {
@@ -161,7 +161,7 @@ def open_source(
     else:
         if bands is not None:
             raise RasterError(
-                f"{label}: --bands names the bands of a single multi-band raster; a {d.layout} names its bands by "
+                f"{label}: {{bands}} names the bands of a single multi-band raster; a {d.layout} names its bands by "
                 "file name (rename the files, e.g. B04.tif, or build a VRT)"
             )
         refs = d.bands
@@ -174,8 +174,8 @@ def open_source(
     detected = _detect_sensor(names, d, label, sensor)
     if sensor is not None and not _names_fit(sensor, names):
         raise RasterError(
-            f"{label}: --sensor {sensor} does not fit the raster's bands {names}; give the bands with --bands or "
-            "choose the matching sensor (--sensor rgb takes a Sentinel-2 raster holding B04, B03, B02)"
+            f"{label}: {{sensor}} {sensor} does not fit the raster's bands {names}; give the bands with {{bands}} or "
+            "choose the matching {sensor} (rgb takes a Sentinel-2 raster holding B04, B03, B02)"
         )
     sensor = sensor or detected
     # A 4th band of an RGB file (alpha / NIR) is not used.
@@ -217,15 +217,15 @@ def _single_file_bands(path: Path, bands: Optional[Sequence[str]], sensor: Optio
         names = [canonical_band(b, s2_common) for b in bands]
         ambiguous = [b for b in bands if b.strip().lower() in AMBIGUOUS_COMMON_NAMES]
         if ambiguous:
-            raise RasterError(f"{path}: --bands {ambiguous} names more than one band (B05, B06, B07); give them as B05, B06, B07")
+            raise RasterError(f"{path}: {{bands}} {ambiguous} names more than one band (B05, B06, B07); give them as B05, B06, B07")
         bad = [b for b, n in zip(bands, names) if n is None and not (photo and b.strip().lower() in MULTISPECTRAL_COMMON_NAMES)]
         if bad:
             raise RasterError(
-                f"{path}: --bands {bad} are not band names; use names such as B04, B8A, VV, or the common names "
+                f"{path}: {{bands}} {bad} are not band names; use names such as B04, B8A, VV, or the common names "
                 "red, green, blue, nir, nir08, swir16, swir22"
             )
         if len(names) != count:
-            raise RasterError(f"{path}: --bands lists {len(names)} names but the raster has {count} bands; give one per band")
+            raise RasterError(f"{path}: {{bands}} lists {len(names)} names but the raster has {count} bands; give one per band")
     else:
         s2_common = names_s2_bands(raw_descriptions, sensor) and not photo
         descriptions = [canonical_band(d, s2_common) if d else None for d in raw_descriptions]
@@ -237,7 +237,7 @@ def _single_file_bands(path: Path, bands: Optional[Sequence[str]], sensor: Optio
                 names = _names_from_count(path, count, dtype, sensor)
     known = [n for n in names if n is not None]
     if len(set(known)) != len(known):
-        raise RasterError(f"{path}: band names {names} repeat a band; give each band once with --bands")
+        raise RasterError(f"{path}: band names {names} repeat a band; give each band once with {{bands}}")
     return [BandRef(n, uri, i + 1) for i, n in enumerate(names)]
 
 
@@ -250,8 +250,8 @@ def _names_from_count(path: Path, count: int, dtype: str, sensor: Optional[str])
         if sensor == "rgb" and count == 4:
             return [*want, None]
         raise RasterError(
-            f"{path}: --sensor {sensor} has {len(want)} bands {list(want)} but the raster has {count} unnamed bands; "
-            "name them with --bands"
+            f"{path}: {{sensor}} {sensor} has {len(want)} bands {list(want)} but the raster has {count} unnamed bands; "
+            "name them with {bands}"
         )
     is_float = np.issubdtype(np.dtype(dtype), np.floating)
     if count == 13:

@@ -57,6 +57,13 @@ FIELDS = {"bundle": "Model bundle", "lang": "Language", "top_k": "Top k", "out":
           "overwrite": "Output folder", "query": "the query field"}
 
 
+def short_reason(problem: str) -> str:
+    """The gist of why a layer cannot be searched, for one line in the panel (the tooltip has it all)."""
+    gist = problem.split("; ")[0]
+    # "‘name’: the bundle's ..." -> drop the layer name the line already starts with
+    return gist.split(": ", 1)[1] if gist.startswith("‘") and ": " in gist else gist
+
+
 @dataclass
 class Candidate:
     """A raster layer the dock may search, and why it cannot be (None when a bundle encoder reads it)."""
@@ -265,7 +272,7 @@ class SearchDock(QgsDockWidget):
                 item.setCheckState(Qt.Unchecked)
                 item.setToolTip(cand.problem)
                 item.setText(f"{cand.name} — cannot be searched")
-                skipped.append(f"{cand.name}: {cand.problem}")
+                skipped.append(f"{cand.name}: {short_reason(cand.problem)}")
             else:
                 item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
                 item.setCheckState(Qt.Unchecked if cand.layer_id in unticked else Qt.Checked)
@@ -428,7 +435,7 @@ class SearchDock(QgsDockWidget):
         folder = Path(result.gpkg_path).parent if getattr(result, "gpkg_path", None) else None
         skipped = f"; skipped {len(self.skipped)} layer(s)" if self.skipped else ""
         push_result(self.iface, f"{len(result.hits)} hits for '{title}'{skipped}", folder,
-                    level=Qgis.Warning if self.skipped else Qgis.Success)
+                    level=Qgis.Info if self.skipped else Qgis.Success)
 
     def remove_previous_results(self) -> None:
         """Drop the previous search's group (hits and heat maps), so heat maps do not pile up over the map."""

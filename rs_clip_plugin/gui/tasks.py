@@ -64,9 +64,16 @@ class EngineTask(QgsTask):
             self.was_cancelled = True
             self._discard()
             return False
-        except Exception as exc:  # every failure is reported with its message; the traceback goes to the log
+        except Exception as exc:  # every failure is reported with its message
+            from ..engine.errors import RSClipError
+
             self.error = self._word(exc)
-            log(f"{self.description()} failed: {self.error}\n{traceback.format_exc()}", Qgis.Critical)
+            if isinstance(exc, (RSClipError, OSError)):
+                # The user's to fix (a raster, a bundle, a full disk): one line says what and how; a traceback
+                # would only bury it.
+                log(f"{self.description()}: {self.error}", Qgis.Warning)
+            else:  # a bug: keep everything needed to fix it
+                log(f"{self.description()} failed: {self.error}\n{traceback.format_exc()}", Qgis.Critical)
             self._discard()
             return False
         if self.isCanceled():

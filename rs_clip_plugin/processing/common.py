@@ -15,9 +15,16 @@ from qgis.core import (
     QgsRectangle,
 )
 
+from ..engine.errors import RSClipError
 from ..engine.progress import Progress
 
 PROVIDERS = ["auto", "cpu", "cuda"]
+# Engine parameter -> how a Processing user changes it (the algorithms' parameter names).
+PARAMETER_NAMES = {
+    "sensor": "MODALITY", "modality": "MODALITY", "bands": "the band descriptions of INPUT (or a VRT naming them)",
+    "tile_size_m": "TILE_SIZE_M", "overlap": "OVERLAP", "extent": "EXTENT", "bundle": "BUNDLE", "lang": "LANG",
+    "threshold": "THRESHOLD", "out": "OUTPUT", "overwrite": "OVERWRITE", "provider": "PROVIDER", "top_k": "TOP_K",
+}
 
 
 def feedback_progress(feedback: Optional[QgsProcessingFeedback]) -> Progress:
@@ -102,6 +109,8 @@ def engine_call(fn, *args, **kwargs):
         raise QgsProcessingException("cancelled by the user; no output was written") from exc
     except QgsProcessingException:
         raise
+    except RSClipError as exc:
+        raise QgsProcessingException(exc.render(PARAMETER_NAMES)) from exc
     except (ValueError, OSError, RuntimeError, KeyError) as exc:
         raise QgsProcessingException(str(exc)) from exc
 
