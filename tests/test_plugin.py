@@ -65,6 +65,9 @@ def test_plugin_loads_and_unloads(qgis_iface) -> None:
         assert provider is not None
         assert sorted(a.name() for a in provider.algorithms()) == ["classify", "heatmap", "index", "search"]
         assert [a.text() for a in plugin.actions][:2] == ["Classify layer by prompt…", "Map search panel"]
+        # Two tools, two icons: the toolbar buttons must not look identical (issue 10, #11).
+        shown = [a.icon().pixmap(32, 32).toImage() for a in plugin.toolbar.actions()]
+        assert len(shown) == 2 and shown[0] != shown[1]
         dock = plugin.toggle_search()
         assert dock is not None and dock.widget() is not None
     finally:
@@ -413,3 +416,26 @@ def test_classify_errors_name_the_dialog_fields(qgis_iface, layer, store, tiny_b
     text = dlg.message_label.text()
     assert "‘Sensor’" in text and "s1-grd" in text
     assert "--" not in text and layer.source() not in text and f"‘{layer.name()}’" in text
+
+
+def test_output_folder_is_remembered(qgis_iface, layer, store, tmp_path) -> None:
+    """A folder chosen once is where the next run of either tool writes (QGIS remembers it; issue 10, #7)."""
+    from qgis.core import QgsSettings
+
+    from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
+    from rs_clip_plugin.gui.outputs import OUTPUT_KEY
+    from rs_clip_plugin.gui.search_dock import SearchDock
+
+    QgsSettings().remove(OUTPUT_KEY)
+    dlg = ClassifyDialog(qgis_iface, store=store)
+    assert ".cache" not in dlg.out_widget.filePath()  # never a hidden folder
+    chosen = tmp_path / "my results"
+    dlg.out_widget.lineEdit().clear()
+    QTest.keyClicks(dlg.out_widget.lineEdit(), str(chosen))
+    dlg.close()
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        assert dock.out_widget.filePath() == str(chosen)
+    finally:
+        dock.cleanup()
+        QgsSettings().remove(OUTPUT_KEY)
