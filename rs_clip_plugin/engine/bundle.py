@@ -6,6 +6,8 @@ A bundle is a directory, or the same content as one ``.zip``::
     text.onnx           text encoder: input_ids int64 [batch, context_length] -> embedding [batch, D]
     image_<mod>.onnx    one per image encoder: image float32 [batch, C, S, S] -> embedding [batch, D]
     *.fp16.onnx         optional half-precision twins for GPUs
+    *.int8.onnx         optional int8 twins of image encoders for CPUs (dynamic quantisation), each with its
+                        agreement with the fp32 graph measured at export on real tiles (``int8_agreement``)
     tokenizer.json      `tokenizers` format (CLIP BPE or the text tower's own tokenizer)
 
 Every failure raises BundleError whose message names the file and the fix.
@@ -83,6 +85,20 @@ class EncoderSpec:
     gsd_m: float
     tile_size_px: int
     onnx_fp16: Optional[str] = None
+    onnx_int8: Optional[str] = None
+    # Measured at export on real sample tiles (see engine/agreement.py): min_cosine, mean_cosine and
+    # label_agreement of the int8 graph with the fp32 one, and what they were measured on. The runtime picks
+    # int8 automatically only when label_agreement is recorded and high enough (runtime.INT8_MIN_AGREEMENT).
+    int8_agreement: Optional[dict[str, Any]] = None
+
+    def twins(self) -> dict[str, Optional[str]]:
+        """Graph file per precision (None where the bundle has none)."""
+        return {"fp32": self.onnx, "fp16": self.onnx_fp16, "int8": self.onnx_int8}
+
+    @property
+    def int8_label_agreement(self) -> Optional[float]:
+        value = (self.int8_agreement or {}).get("label_agreement")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     @property
     def tile_size_m(self) -> float:
@@ -126,9 +142,7 @@ class Manifest:
     def onnx_files(self) -> list[str]:
         out = [self.text.onnx] + ([self.text.onnx_fp16] if self.text.onnx_fp16 else [])
         for e in self.encoders:
-            out.append(e.onnx)
-            if e.onnx_fp16:
-                out.append(e.onnx_fp16)
+            out.extend(rel for rel in e.twins().values() if rel)
         return out
 
     def to_dict(self) -> dict:
@@ -204,6 +218,12 @@ class Manifest:
                 raise BundleError(f"{where}: units {e.units!r} not one of {UNITS}")
             if e.input_size <= 0 or e.tile_size_px <= 0 or e.gsd_m <= 0:
                 raise BundleError(f"{where}: input_size, tile_size_px and gsd_m must be positive")
+            if e.int8_agreement is not None:
+                agree = e.int8_agreement.get("label_agreement") if isinstance(e.int8_agreement, dict) else "?"
+                if agree is not None and (not isinstance(agree, (int, float)) or isinstance(agree, bool)
+                                          or not 0.0 <= agree <= 1.0):
+                    raise BundleError(f"{where}: int8_agreement.label_agreement must be a fraction in [0, 1] or null, "
+                                      f"got {agree!r}; re-export the bundle")
         for rel in [*self.onnx_files(), self.text.tokenizer, *self.files]:
             check_relative(rel, source)
         for lang, templates in self.prompt_templates.items():
@@ -409,6 +429,8 @@ class Bundle:
                     "tile_size_px": e.tile_size_px,
                     "units": e.units,
                     "fp16": bool(e.onnx_fp16),
+                    "int8": bool(e.onnx_int8),
+                    "int8_agreement": e.int8_agreement,
                 }
                 for e in m.encoders
             ],
@@ -527,7 +549,7 @@ def check_onnx_inputs(root: Path, manifest: Manifest) -> None:
     """Every ONNX file's input shape, and its embedding width (manifest ``embed_dim``), match the manifest."""
     root = Path(root)
     for e in manifest.encoders:
-        for rel in filter(None, [e.onnx, e.onnx_fp16]):
+        for rel in filter(None, e.twins().values()):
             path = bundle_file(root, rel)
             inputs, outputs, _ = onnx_graph_io(path)
             _expect_input(path, inputs, IMAGE_INPUT, [len(e.bands), e.input_size, e.input_size])

@@ -1,9 +1,11 @@
-"""ONNX Runtime sessions for a bundle's encoders: provider choice, CPU fallback, fp16 twins, batch size.
+"""ONNX Runtime sessions for a bundle's encoders: provider choice, CPU fallback, precision, batch size.
 
 One ``onnxruntime.InferenceSession`` per (bundle content, encoder, provider, threads, precision) is built
 the first time it is needed and then shared by every ``EncoderSession`` asking for the same thing, so a
 plugin that labels ten rasters in a row pays the graph optimisation once. The provider that actually
 runs is reported (``provider_used``, ``device``): Deepness users could not tell whether their GPU was used.
+So is the precision (``precision_used``): a bundle holds an fp32 graph per encoder and optionally fp16 and
+int8 twins; ``choose_precision`` is the one rule that picks among them (see PRECISION_CHOICES).
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ from typing import Optional
 import numpy as np
 
 from .bundle import EMBEDDING_OUTPUT, IMAGE_INPUT, TEXT_INPUT, Bundle, BundleError
+from .errors import InputError
 from .settings import cache_dir
 
 log = logging.getLogger(__name__)
 
 PROVIDER_CHOICES = ("auto", "cuda", "cpu")
+# auto: int8 on the CPU when the bundle recorded int8 labels agreeing with fp32 on >= INT8_MIN_AGREEMENT of
+# real tiles (measured at export), fp16 on a GPU when there is a twin, else fp32. An explicit precision is
+# honoured or refused (the bundle lacks that twin); it never silently becomes another.
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8")
+INT8_MIN_AGREEMENT = 0.99
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
@@ -167,6 +175,31 @@ def _session_options(threads: int):
     return so
 
 
+def choose_precision(
+    precision: str, twins: dict[str, Optional[str]], int8_agreement: Optional[float], gpu: bool, what: str = "encoder"
+) -> tuple[str, str]:
+    """(precision, graph file) for a request: ``twins`` maps fp32/fp16/int8 to a bundle file or None,
+    ``int8_agreement`` is the label agreement recorded for the int8 twin, ``gpu`` whether a GPU provider runs it."""
+    if precision not in PRECISION_CHOICES:
+        raise InputError(f"{{precision}} {precision!r} is not one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "auto":
+        if gpu and twins.get("fp16"):
+            precision = "fp16"
+        elif (not gpu and twins.get("int8") and int8_agreement is not None
+              and int8_agreement >= INT8_MIN_AGREEMENT):
+            precision = "int8"
+        else:
+            precision = "fp32"
+    rel = twins.get(precision)
+    if not rel:
+        have = ", ".join(k for k, v in twins.items() if v)
+        raise BundleError(
+            f"the {what} has no {precision} graph (it has: {have}); set {{precision}} to auto or fp32, or re-export "
+            f"the bundle with rsclip-train export (it writes int8 twins by default, fp16 with --fp16)"
+        )
+    return precision, rel
+
+
 def _create(path: Path, providers: list, threads: int):
     import onnxruntime as ort
 
@@ -183,31 +216,40 @@ class EncoderSession:
         provider: str = "auto",
         threads: Optional[int] = None,
         fp16: Optional[bool] = None,
+        precision: str = "auto",
     ) -> None:
+        """``precision``: auto|fp32|fp16|int8 (see PRECISION_CHOICES). ``fp16`` is the earlier spelling:
+        True = fp16, False = fp32, and only applies when ``precision`` is auto."""
         self.bundle = bundle
         self.role = role
         self.provider = provider
         self.threads = int(threads) if threads else default_threads()
-        self.fp16_requested = fp16
+        if fp16 is not None and precision == "auto":
+            precision = "fp16" if fp16 else "fp32"
+        self.precision = precision
         m = bundle.manifest
         if role == TEXT_ROLE:
             self.input_name = TEXT_INPUT
-            self._fp32_rel, self._fp16_rel = m.text.onnx, m.text.onnx_fp16
+            self._twins: dict[str, Optional[str]] = {"fp32": m.text.onnx, "fp16": m.text.onnx_fp16, "int8": None}
+            self._int8_agreement: Optional[float] = None
             self.spec = None
         else:
             self.spec = m.encoder(role)
             self.input_name = IMAGE_INPUT
-            self._fp32_rel, self._fp16_rel = self.spec.onnx, self.spec.onnx_fp16
-        if fp16 and not self._fp16_rel:
-            raise BundleError(f"bundle {m.name!r} has no fp16 graph for {role!r}; run without fp16 or re-export with one")
+            self._twins = self.spec.twins()
+            self._int8_agreement = self.spec.int8_label_agreement
+        self._what = f"{role!r} encoder of bundle {m.name!r}"
         self._names, self._plan_message = _plan(provider)
+        # Checked now, so a bundle without the requested twin fails before any raster is opened.
+        self.planned_precision = choose_precision(precision, self._twins, self._int8_agreement,
+                                                  self._names[0] in GPU_PROVIDERS, self._what)[0]
         self._state: Optional[tuple] = None
 
     # -- session creation (lazy, shared) -------------------------------------------------------------
     def _ensure(self) -> tuple:
         if self._state is not None:
             return self._state
-        key = (self.bundle.digest, self.role, self.provider, self.threads, self.fp16_requested)
+        key = (self.bundle.digest, self.role, self.provider, self.threads, self.precision)
         with _sessions_lock:
             state = _sessions.get(key)
             if state is None:
@@ -220,16 +262,14 @@ class EncoderSession:
         providers = resolve_providers(self.provider)
         message = self._plan_message
         gpu = any((p[0] if isinstance(p, tuple) else p) in GPU_PROVIDERS for p in providers)
-        use_fp16 = bool(self._fp16_rel) and (self.fp16_requested if self.fp16_requested is not None else gpu)
-        rel = self._fp16_rel if use_fp16 else self._fp32_rel
+        precision, rel = choose_precision(self.precision, self._twins, self._int8_agreement, gpu, self._what)
         try:
             sess = _create(self.bundle.path(rel), providers, self.threads)
         except Exception as exc:
             if not gpu:
                 raise BundleError(f"{self.bundle.path(rel)}: ONNX Runtime cannot load this graph ({exc}); re-export the bundle") from exc
             message = f"the GPU provider could not start ({str(exc).splitlines()[0][:200]}); running on the CPU instead"
-            use_fp16 = bool(self.fp16_requested) and bool(self._fp16_rel)
-            rel = self._fp16_rel if use_fp16 else self._fp32_rel
+            precision, rel = choose_precision(self.precision, self._twins, self._int8_agreement, False, self._what)
             sess = _create(self.bundle.path(rel), [CPU], self.threads)
         used = sess.get_providers()[0]
         if gpu and used == CPU and message is None:
@@ -242,12 +282,17 @@ class EncoderSession:
             log.warning(message)
         inp = sess.get_inputs()[0]
         dtype = np.float16 if "float16" in inp.type else (np.int64 if "int64" in inp.type else np.float32)
-        return sess, used, message, dtype, rel
+        return sess, used, message, dtype, rel, precision
 
     # -- what is running ----------------------------------------------------------------------------
     @property
     def provider_used(self) -> str:
         return self._ensure()[1]
+
+    @property
+    def precision_used(self) -> str:
+        """fp32, fp16 or int8: the graph that runs (reported beside ``provider_used``)."""
+        return self._ensure()[5]
 
     @property
     def device(self) -> str:
@@ -269,7 +314,7 @@ class EncoderSession:
     # -- inference -----------------------------------------------------------------------------------
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw embeddings [N, D] float32 for a batch of encoder inputs (or token ids for 'text')."""
-        sess, _, _, dtype, _ = self._ensure()
+        sess, _, _, dtype, _, _ = self._ensure()
         x = np.ascontiguousarray(batch, dtype=dtype)
         if x.shape[0] == 0:
             return np.zeros((0, self.bundle.manifest.embed_dim), np.float32)

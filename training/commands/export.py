@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--name", help="bundle name in the manifest (default: model name and tag)")
     p.add_argument("--fp16", action="store_true", help="also write half-precision twins (for GPUs)")
+    p.add_argument("--no-int8", dest="int8", action="store_false",
+                   help="skip the int8 twins of the image encoders (written by default for CPUs, with their agreement "
+                   "with fp32 measured on the real sample tiles)")
     p.add_argument("--zip", action="store_true", help="also write OUT.zip")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         out_dir=out,
         fp16=args.fp16,
+        int8=args.int8,
         zip_path=out.with_name(out.name + ".zip") if args.zip else None,
         overwrite=args.overwrite,
         name=args.name,
@@ -50,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"bundle {report['bundle']} written in {report['seconds']:.1f} s")
         for enc, fig in report["parity"].items():
             print(f"  {enc:16s} parity: min cosine {fig['min_cosine']:.7f}, max abs diff {fig['max_abs_diff']:.2e}")
+        for mod, fig in report.get("int8", {}).items():
+            if fig.get("label_agreement") is None:
+                print(f"  image_{mod} int8: not measured ({fig.get('note', 'no real tiles')}); auto keeps fp32")
+            else:
+                print(f"  image_{mod} int8: label agreement {fig['label_agreement']:.4f}, min cosine {fig['min_cosine']:.5f}, "
+                      f"mean cosine {fig['mean_cosine']:.5f} on {fig['tiles']} real tiles")
         if report.get("zip"):
             print(f"  zip: {report['zip']}")
     return 0

@@ -38,7 +38,7 @@ from rs_clip_plugin.engine.radiometry import BandTransform, default_transform
 from training.models.factory import LoadedModel, create_model
 from training.models.tiny import MULTILINGUAL_LANGUAGES, TINY_MULTILINGUAL
 
-from .onnx_export import ImageEncoder, TextEncoder, convert_fp16, export_onnx
+from .onnx_export import ImageEncoder, TextEncoder, convert_fp16, convert_int8, export_onnx, read_metadata
 from .parity import FP16_MIN_COSINE, FP32_MIN_COSINE, check_parity, random_images
 from .tokenizer_export import TokenizerInfo, write_tokenizer
 
@@ -144,6 +144,7 @@ def export_model(
     out_dir: Union[str, os.PathLike, None] = None,
     *,
     fp16: bool = False,
+    int8: bool = True,
     image_encoders: Optional[list[ImageEncoderExport]] = None,
     languages: Optional[list[str]] = None,
     prompt_templates: Optional[dict[str, list[str]]] = None,
@@ -180,6 +181,7 @@ def export_model(
             prompt_templates=prompt_templates,
             provenance=prov,
             fp16=fp16,
+            int8=int8,
             zip_path=zip_path,
             overwrite=overwrite,
         )
@@ -198,10 +200,14 @@ def export_bundle(
     prompt_templates: Optional[dict[str, list[str]]] = None,
     provenance: Optional[dict[str, Any]] = None,
     fp16: bool = False,
+    int8: bool = True,
     zip_path: Union[str, os.PathLike, None] = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write a complete bundle: every encoder exported and parity-checked, manifest last, then moved into place."""
+    """Write a complete bundle: every encoder exported and parity-checked, manifest last, then moved into place.
+
+    ``int8``: also an int8 twin of every image encoder, with its agreement with fp32 measured on real sample
+    tiles and recorded in the manifest (see ``add_int8_twins``)."""
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
     if not image_encoders:
@@ -284,22 +290,76 @@ def export_bundle(
         )
         write_manifest(work, manifest)
         load_bundle(work)  # the reader's own checks: hashes, ONNX inputs against the manifest
+        if int8:
+            add_int8_twins(work)
         _check_target(out_dir, overwrite)  # again: the export took a while
         replace_dir(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    manifest = load_bundle(out_dir).manifest
     files = {rel: (out_dir / rel).stat().st_size for rel in [*manifest.files, "manifest.json"]}
     report: dict[str, Any] = {
         "bundle": str(out_dir),
         "name": name,
         "parity": parity,
+        "int8": {e.modality: e.int8_agreement for e in manifest.encoders if e.onnx_int8},
         "files": files,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if zip_path:
         report["zip"] = str(zip_bundle(out_dir, Path(zip_path)))
     return report
+
+
+def add_int8_twins(root: Union[str, os.PathLike], modalities: Optional[list[str]] = None) -> dict[str, dict[str, Any]]:
+    """Give the image encoders of the bundle at ``root`` (all, or ``modalities``) an int8 twin, measure it
+    against fp32 on real sample tiles (engine/agreement.py: min/mean cosine, zero-shot label agreement over
+    the EuroSAT classes) and record both in the manifest, rewritten with its hashes. Works on an existing
+    bundle too (its fp32 graphs are the reference). Returns the figures per modality.
+
+    Which nodes stay fp32 is measured: MatMul/Gemm weights are quantised, activation x activation products
+    (attention) are not; when that still flips labels on more than 1 - INT8_MIN_AGREEMENT of the tiles, the
+    output projection (the last weight product, one token per image: no speed to lose) is kept fp32 too
+    and the better of the two is written.
+    """
+    import onnx
+
+    from rs_clip_plugin.engine.agreement import measure, real_tiles, zero_shot_classes
+    from rs_clip_plugin.engine.runtime import INT8_MIN_AGREEMENT
+    from training.export.onnx_export import weight_matmuls
+
+    root = Path(root)
+    bundle = load_bundle(root)
+    manifest = bundle.manifest
+    class_emb, _ = zero_shot_classes(bundle)
+    figures: dict[str, dict[str, Any]] = {}
+    for spec in manifest.encoders:
+        if modalities is not None and spec.modality not in modalities:
+            continue
+        src = root / spec.onnx
+        rel = spec.onnx.replace(".onnx", ".int8.onnx")
+        meta = read_metadata(src)
+        tiles, sources = real_tiles(spec)
+        how = convert_int8(src, root / rel, meta)
+        fig = measure(src, root / rel, spec, class_emb, tiles, sources)
+        agree = fig.get("label_agreement")
+        if agree is not None and agree < INT8_MIN_AGREEMENT:
+            weights, _ = weight_matmuls(onnx.load(str(src), load_external_data=False))
+            if weights:
+                alt = root / f".{rel}.alt"
+                how2 = convert_int8(src, alt, meta, exclude=weights[-1:])
+                fig2 = measure(src, alt, spec, class_emb, tiles, sources)
+                if (fig2.get("label_agreement") or 0.0) > agree:
+                    os.replace(alt, root / rel)
+                    how, fig = how2, fig2
+                alt.unlink(missing_ok=True)
+        spec.onnx_int8 = rel
+        spec.int8_agreement = {**fig, **how}
+        figures[spec.modality] = spec.int8_agreement
+    write_manifest(root, manifest)
+    load_bundle(root)  # hashes and every graph's inputs checked again, the new twins included
+    return figures
 
 
 def _export_one(

@@ -1,4 +1,4 @@
-"""Encoders to ONNX files that describe themselves (``metadata_props``), with optional fp16 twins.
+"""Encoders to ONNX files that describe themselves (``metadata_props``), with optional fp16 and int8 twins.
 
 Graphs output *unnormalised* embeddings: the engine L2-normalises, so one graph serves cosine search
 and anything that needs the raw projection.
@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,9 @@ from rs_clip_plugin.engine.bundle import EMBEDDING_OUTPUT, ONNX_META_PREFIX
 
 OPSET = 17
 FP16_KEEP_FP32_OPS = ("Transpose",)
+# int8 twins: dynamic quantisation (weights int8 per output channel, activations quantised per batch at run
+# time). MatMul/Gemm hold nearly all of a ViT's time; Conv (the patch embedding, one per image) is left fp32.
+INT8_OPS = ("MatMul", "Gemm")
 
 
 class TextEncoder(torch.nn.Module):
@@ -210,6 +213,55 @@ def convert_fp16(src: Path, dst: Path, metadata: dict[str, Any]) -> Path:
     set_metadata(half, {**metadata, "precision": "fp16"})
     _save_atomic(half, dst)
     return dst
+
+
+def weight_matmuls(proto: Any) -> tuple[list[str], list[str]]:
+    """(names of MatMul/Gemm nodes with a constant weight, names of those multiplying two activations).
+
+    The second kind (attention scores q.k and weights.v) would be quantised on both sides at run time: an
+    extra error on every attention map for little speed (the sequence is short), so they stay fp32."""
+    consts = {i.name for i in proto.graph.initializer}
+    consts |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    weights, activations = [], []
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type not in INT8_OPS:
+            continue
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"  # the quantiser addresses nodes by name
+        (weights if any(x in consts for x in node.input[:2]) else activations).append(node.name)
+    return weights, activations
+
+
+def convert_int8(src: Path, dst: Path, metadata: dict[str, Any], exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Dynamically quantised twin of ``src``: MatMul/Gemm with a constant weight in int8 (per channel), the
+    rest fp32, float32 inputs and outputs (drop-in for the fp32 file). ``exclude`` names more nodes kept fp32.
+    Returns what was quantised (written into the manifest beside the measured agreement)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto = onnx.load(str(src))
+    weights, activations = weight_matmuls(proto)
+    keep = [*activations, *exclude]
+    chosen = [n for n in weights if n not in set(exclude)]
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        import logging
+
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing" advice meant for static quantisation
+        try:
+            quantize_dynamic(proto, tmp, op_types_to_quantize=list(INT8_OPS), per_channel=True,
+                             weight_type=QuantType.QInt8, nodes_to_quantize=chosen, nodes_to_exclude=keep)
+        finally:
+            logging.getLogger().setLevel(quiet)
+        q = onnx.load(tmp)
+        set_metadata(q, {**metadata, "precision": "int8"})
+        _save_atomic(q, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return {"quantised": "MatMul/Gemm weights int8 per channel, activations dynamic",
+            "int8_nodes": len(chosen), "fp32_matmuls": len(keep)}
 
 
 def _save_atomic(proto: Any, path: Path) -> None:
