@@ -196,6 +196,7 @@ def classify_raster(
     progress: Optional[Progress] = None,
     overwrite: bool = False,
     workers: Optional[int] = None,
+    precision: str = "auto",
 ) -> ClassifyResult:
     """Label every pixel of a raster with one of ``classes`` (see the module docstring for the outputs)."""
     t_start = time.perf_counter()
@@ -214,11 +215,12 @@ def classify_raster(
     source = open_source(source_path, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units)
     with source:
         return _classify_open(source, specs, out_dir, b, modality, lang, threshold, tile_size_m, overlap, extent,
-                              provider, batch_size, progress, overwrite, workers, t_start)
+                              provider, batch_size, progress, overwrite, workers, t_start, precision)
 
 
 def _classify_open(source: RasterSource, specs, out_dir: Path, b: Bundle, modality, lang, threshold, tile_size_m,
-                   overlap, extent, provider, batch_size, progress: Progress, overwrite, workers, t_start) -> ClassifyResult:
+                   overlap, extent, provider, batch_size, progress: Progress, overwrite, workers, t_start,
+                   precision: str = "auto") -> ClassifyResult:
     modality = modality or choose_modality(source, b)
     spec = b.manifest.encoder(modality)
     source.check_mapping(spec)
@@ -232,7 +234,7 @@ def _classify_open(source: RasterSource, specs, out_dir: Path, b: Bundle, modali
     t_text = time.perf_counter() - t0
     progress.update(0.02, "class prompts encoded")
 
-    session = EncoderSession(b, modality, provider=provider)
+    session = EncoderSession(b, modality, provider=provider, precision=precision)
     acc = LogitAccumulator(grid, len(specs), strip_rows=strip_rows_for(len(specs), grid.out_shape[1]))
     stats = TileStats(keep_masks=True)
     scale = np.float32(b.manifest.logit_scale)
@@ -351,6 +353,7 @@ def _summary(source: RasterSource, b: Bundle, session: EncoderSession, grid: Til
         "modality": modality,
         "bundle": {"name": b.manifest.name, "digest": b.digest, "path": str(b.root)},
         "provider": session.provider_used,
+        "precision": session.precision_used,
         "device": session.device,
         "provider_fallback": session.fallback_message,
         "lang": lang,

@@ -8,8 +8,10 @@ One index per (raster, bundle content, encoder modality, tiling, radiometry opti
     meta.json        provenance (below), written last
 
 ``key`` hashes the identity items (resolved source path, bundle digest, modality, tile/stride pixels,
-extent window, sensor, bands, Sentinel-2 DN offset, SAR units, storage dtype), so a different bundle or
-tiling gets its own index and switching back reuses the old one. The *freshness* items (size and
+extent window, sensor, bands, Sentinel-2 DN offset, SAR units, storage dtype, encoder precision), so a
+different bundle, tiling or precision gets its own index and switching back reuses the old one. Embeddings of
+one precision (fp32, fp16, int8 graph) are never mixed: one index holds one, and ``check_one_precision``
+refuses a search over indexes of several. The *freshness* items (size and
 modification time of every file behind the raster) are checked on every open: a raster changed since
 the index was built is re-indexed in place. Freshness follows the pixels, not metadata: a VRT counts by
 its band definitions (its XML without <Metadata>, statistics, histograms and GDAL's cached source
@@ -305,10 +307,33 @@ class Index:
             "stride_px": m["stride_px"],
             "tile_size_m": m.get("tile_size_m"),
             "provider": m.get("provider"),
+            "precision": index_precision(m),
             "seconds": m.get("seconds"),
             "created": m.get("created"),
             "reused": self.reused,
         }
+
+
+def index_precision(meta: dict) -> str:
+    """The precision an index's embeddings were computed at (indexes from before precisions existed: fp32)."""
+    return str(meta.get("precision_used") or meta.get("precision") or "fp32")
+
+
+def check_one_precision(indexes: Sequence[Index]) -> str:
+    """The one precision of ``indexes``; an InputError when they were built at several (scores of an fp32 and
+    an int8 index are not comparable to the last decimal, so a ranking across them would be biased)."""
+    from .errors import InputError
+
+    found: dict[str, list[str]] = {}
+    for i in indexes:
+        found.setdefault(index_precision(i.meta), []).append(Path(i.source_path).name)
+    if len(found) > 1:
+        detail = "; ".join(f"{p}: {', '.join(names)}" for p, names in sorted(found.items()))
+        raise InputError(
+            f"the indexes were built at different precisions ({detail}); one search mixes none: "
+            "set {precision} to one value (fp32 or int8) so every raster is indexed alike"
+        )
+    return next(iter(found), "fp32")
 
 
 def score_rows(embeddings: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -398,6 +423,7 @@ def build_index(
     force: bool = False,
     dtype: str = "float32",
     batch_size: Optional[int] = None,
+    precision: str = "auto",
 ) -> Index:
     """The index of ``source`` (a raster path or an open RasterSource) for ``bundle``; built only when needed.
 
@@ -414,7 +440,11 @@ def build_index(
     own = not isinstance(source, RasterSource)
     src = open_source(source, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units) if own else source
     try:
+        from .runtime import EncoderSession
+
         spec = resolve_encoder(bundle, src, modality)
+        # Made now (the graph loads lazily): the precision it will run at is part of the index's identity.
+        session = EncoderSession(bundle, spec.modality, provider=provider, precision=precision)
         tile_px = tile_size_px_for(spec, src, tile_size_m)
         stride_px = stride_for(tile_px, overlap)
         grid = make_grid(src, tile_px, stride_px, extent)
@@ -432,6 +462,7 @@ def build_index(
             "s2_offset_dn": src.s2_offset_dn,
             "sar_units": src.sar_units,
             "dtype": dtype,
+            "precision": session.planned_precision,
         }
         files = fingerprint(source_files(src))
         root = index_root() / _key(identity)
@@ -443,21 +474,19 @@ def build_index(
                 return idx
             except IndexCacheError:
                 pass  # stale or corrupt: rebuilt below, never trusted
-        return _build(root, identity, files, src, bundle, spec, grid, provider, progress, dtype, batch_size, tile_size_m)
+        return _build(root, identity, files, src, bundle, spec, grid, session, progress, dtype, batch_size, tile_size_m)
     finally:
         if own:
             src.close()
 
 
-def _build(root, identity, files, src, bundle, spec, grid, provider, progress, dtype, batch_size, tile_size_m) -> Index:
+def _build(root, identity, files, src, bundle, spec, grid, session, progress, dtype, batch_size, tile_size_m) -> Index:
     from .pipeline import embed_tiles
-    from .runtime import EncoderSession
 
     t0 = time.perf_counter()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
-        session = EncoderSession(bundle, spec.modality, provider=provider)
         n_grid, dim = len(grid), bundle.manifest.embed_dim
         full = np.lib.format.open_memmap(tmp / "all.npy", mode="w+", dtype=dtype, shape=(max(n_grid, 1), dim))
         rows = np.zeros((n_grid, 4), np.int32)
@@ -509,6 +538,8 @@ def _build(root, identity, files, src, bundle, spec, grid, provider, progress, d
             "tiles_sha256": sha256_file(tmp / TILES),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "provider": session.provider_used,
+            # the graph that ran; equals identity["precision"] unless a GPU failed and the CPU took over
+            "precision_used": session.precision_used,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         atomic_write_text(tmp / META, json.dumps(meta, indent=2) + "\n")

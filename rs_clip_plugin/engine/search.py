@@ -41,7 +41,7 @@ import numpy as np
 from .bundle import Bundle
 from .default_bundle import as_bundle
 from .errors import OutputExistsError
-from .index import Index, build_index
+from .index import Index, build_index, check_one_precision
 from .nms import nms
 from .progress import Progress
 
@@ -77,6 +77,7 @@ class SearchResult:
     query: dict
     heatmap_paths: list[Path] = field(default_factory=list)
     indexes: list[dict] = field(default_factory=list)
+    precision: str = "fp32"
 
     def to_dict(self) -> dict:
         return {
@@ -84,6 +85,7 @@ class SearchResult:
             "heatmap": str(self.heatmap_path) if self.heatmap_path else None,
             "heatmaps": [str(p) for p in self.heatmap_paths],
             "provider": self.provider,
+            "precision": self.precision,
             "timings": self.timings,
             "query": self.query,
             "hits": [
@@ -167,6 +169,7 @@ def image_query_vector(
     s2_offset: Optional[float] = None,
     sar_units: Optional[str] = None,
     provider: str = "auto",
+    precision: str = "auto",
 ) -> np.ndarray:
     """L2-normalised embedding [D] of an example: a tile around ``point`` or the ``box`` of ``raster``
     (map coordinates in the raster's CRS), or a whole ``image_file`` (JPEG/PNG or any GDAL raster).
@@ -214,7 +217,7 @@ def image_query_vector(
         if np.isnan(raw).all():
             raise ValueError(f"the query area of {src.path} holds no data (all no-data); choose another place")
         x = preprocess_tile(raw, spec)[None]
-    sess = EncoderSession(b, spec.modality, provider=provider)
+    sess = EncoderSession(b, spec.modality, provider=provider, precision=precision)
     return _normalise(sess.embed(x)[0], "image")
 
 
@@ -338,6 +341,7 @@ def search(
     progress: Optional[Progress] = None,
     overwrite: bool = False,
     query_info: Optional[dict] = None,
+    precision: str = "auto",
 ) -> SearchResult:
     """Rank the tiles of all ``sources`` (indexed on demand) against ``query_vector``; write hits.gpkg.
 
@@ -376,10 +380,11 @@ def search(
             indexes.append(
                 build_index(s, b, modality=modality, tile_size_m=tile_size_m, overlap=overlap, extent=extent,
                             sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units,
-                            provider=provider, progress=sub)
+                            provider=provider, progress=sub, precision=precision)
             )
         if indexes[-1].dim != b.manifest.embed_dim:
             raise ValueError(f"index {indexes[-1].root} was built with another bundle ({indexes[-1].dim}-d); rebuild it")
+    precision_used = check_one_precision(indexes)
     t_index = time.perf_counter()
     progress.update(0.9, "ranking")
 
@@ -436,6 +441,7 @@ def search(
         },
         query=dict(query_info or {}),
         indexes=[i.summary() for i in indexes],
+        precision=precision_used,
     )
 
 
