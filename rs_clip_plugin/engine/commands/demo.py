@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="label and search the sample Sentinel-2 scene; writes GeoTIFFs, a GeoPackage and a PNG")
     p.add_argument("--out", default="demo-output", help="output folder (default: ./demo-output; replaced on re-run)")
     add_bundle_args(p)
-    add_provider_args(p, batch_size=False)
+    add_provider_args(p, batch_size=False, precision=False)
     p.add_argument("--query", default=None, help="text query for the search part (default: the demo's)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)

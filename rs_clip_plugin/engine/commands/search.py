@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             image_file=args.image_file,
             tile_size_m=args.tile_size_m,
             provider=args.provider,
+            precision=args.precision,
         )
         if args.image_file:
             info = {"kind": "image_file", "image_file": str(args.image_file)}
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         query_info=info,
     )
-    lines = [f"{len(res.hits)} distinct places in {len(args.rasters)} raster(s) on {res.provider} -> {res.gpkg_path}"]
+    lines = [f"{len(res.hits)} distinct places in {len(args.rasters)} raster(s) on {res.provider}, {res.precision} -> {res.gpkg_path}"]
     for h in res.hits:
         lines.append(f"  #{h.rank:<3d} {h.score:+.4f}  {Path(h.source).name}  ({', '.join(f'{v:.1f}' for v in h.bounds)})")
     if res.heatmap_paths:
