@@ -6,11 +6,25 @@
   until it lasts ``min_seconds`` (``pipeline_passes``, ``pipeline_tiles_timed``); ``pipeline_over_bare`` is their ratio (1.0 = the
   pipeline never starves the encoder). ``pipeline_first_pass_tiles_per_s`` (and ``..._over_bare``) is one
   cold pass over the raster: worker start-up, file opening and first block decompression included;
-- ``ort_images_per_s`` vs ``torch_images_per_s`` (open_clip eager, same threads, same batch) for the rgb
-  tower when torch + open_clip are importable and the bundle names a model the factory can build;
-  ``ort_over_torch`` the median of their ratios over TORCH_ROUNDS alternating rounds; the same at one image
-  per call (``ort_ms_batch1``, ``torch_ms_batch1``, ``ort_over_torch_batch1``: an image query's latency);
-  else ``torch_skipped`` says why;
+- ``bare_peer_tiles_per_s``: the loop a user would otherwise write (as Deepness users compare against): the
+  raster's tiles pre-cut to GeoTIFF files, each opened with rasterio, normalised, resized and run through a
+  plain ONNX Runtime session of the same graph and threads, batch by batch with no read-ahead;
+  ``pipeline_over_peer`` = pipeline / that peer;
+- ``precision``: the graph the bare and pipeline figures ran (``--precision``; see runtime.choose_precision);
+- ``ort_int8_images_per_s`` vs ``ort_fp32_images_per_s`` of the benchmarked encoder when the bundle has an
+  int8 twin (``int8_over_fp32``, alternating rounds, each at its best thread count), and the int8 twin's
+  agreement with fp32 recorded at export on real tiles (``int8_min_cosine``, ``int8_mean_cosine``,
+  ``int8_label_agreement``); else ``int8_skipped`` says why;
+- ``ort_images_per_s`` vs ``torch_images_per_s`` (open_clip eager fp32, same batch) for the rgb tower when
+  torch + open_clip are importable and the bundle names a model the factory can build, EACH AT ITS BEST
+  thread count (``thread_candidates`` tried, rates in ``*_images_per_s_by_threads``, the best in
+  ``ort_threads`` / ``torch_threads``: torch with several threads pays milliseconds per operator on some
+  machines, which is not ONNX Runtime's merit); ``ort_over_torch`` the median of their ratios over
+  TORCH_ROUNDS alternating rounds; the same at one image per call (``ort_ms_batch1``, ``torch_ms_batch1``,
+  ``ort_over_torch_batch1``: an image query's latency); else ``torch_skipped`` says why;
+- ``tiles_per_s_by_workers``: the reader alone (read, transform, resize; no encoder) with 1, 2, 4, ...
+  worker threads up to the cores (at least 1 and 2), each with its own raster handles as embed_tiles runs
+  them; ``reader_workers`` the number embed_tiles used for the pipeline figure;
 - ``query_ms``: matrix-vector + argpartition top-10 over N random normalised embeddings (float32, the
   index's default storage) for each N, median of several repeats;
 - ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``), query matrices included;
@@ -168,12 +182,115 @@ def make_large_scene(band_dir: Path, out_dir: Path, size: int = LARGE_SCENE_PX) 
     return out_dir
 
 
+def thread_candidates(cores: Optional[int] = None) -> list[int]:
+    """Thread counts tried for ORT and torch: 1, 2, 4, ... and the core count itself (1..cores on 2 cores)."""
+    from .runtime import physical_cores
+
+    cores = cores or physical_cores()
+    out, t = [], 1
+    while t < cores:
+        out.append(t)
+        t *= 2
+    return sorted({*out, cores})
+
+
+def best_threads(make: Callable[[int], Callable[[], object]], items: int, candidates: Sequence[int], min_seconds: float,
+                 min_calls: int) -> tuple[int, dict[str, float]]:
+    """(thread count with the highest rate, rate per thread count) of the calls ``make(threads)`` returns."""
+    rates = {}
+    for t in candidates:
+        rates[str(t)] = round(_rate(make(t), items, min_seconds / max(len(candidates), 1), max(1, min_calls // 2))[0], 2)
+    best = max(candidates, key=lambda t: rates[str(t)])
+    return best, rates
+
+
+def reader_tiles_per_s(src, spec, grid, workers: int, bs: int, min_seconds: float) -> float:
+    """Tiles/s of the pipeline's reader alone (embed_tiles' strip reads, transform, resize) with ``workers``
+    threads, each on its own raster handles; the raster's tiles repeated until ``min_seconds`` have passed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .pipeline import _prepare, _Readers
+    from .tiling import DEFAULT_MAX_NODATA
+
+    n = len(grid.windows)
+    batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+    if not batches:
+        return 0.0
+    readers = _Readers(src, spec, share_source=False)
+
+    def one(indices: list[int]) -> int:
+        prep = _prepare(readers, grid, spec, indices, DEFAULT_MAX_NODATA, False)
+        return len(prep.indices) + len(prep.skipped)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rsclip-bench-read") as pool:
+            list(pool.map(one, batches[: max(workers, 1)]))  # warm-up: every worker opens its files
+            done, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < min_seconds:
+                done += sum(pool.map(one, batches))
+            dt = time.perf_counter() - t0
+    finally:
+        readers.close()
+    return done / dt if dt > 0 else 0.0
+
+
+def bare_peer_tiles_per_s(src, spec, grid, graph: Path, threads: int, bs: int, min_seconds: float,
+                          max_tiles: int = 64) -> float:
+    """Tiles/s of the loop a user writes without this engine: tiles pre-cut to GeoTIFFs (not timed), then for
+    each batch: rasterio.open + read every tile file, normalise, resize, one plain ORT session.run."""
+    import onnxruntime as ort
+    import rasterio
+
+    from .bundle import EMBEDDING_OUTPUT, IMAGE_INPUT
+    from .pipeline import preprocess_tile
+
+    windows = grid.windows[:max_tiles]
+    with tempfile.TemporaryDirectory(prefix="rsclip-bench-peer-") as d:
+        files = []
+        for i, w in enumerate(windows):
+            data = src.read_for(spec, w)  # physical values in the encoder's bands, as a tile export would hold
+            path = Path(d) / f"tile_{i:04d}.tif"
+            with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
+                               count=data.shape[0], dtype="float32") as dst:
+                dst.write(data.astype(np.float32))
+            files.append(path)
+        if not files:
+            return 0.0
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+
+        def one_pass() -> int:
+            for s0 in range(0, len(files), bs):
+                tiles = []
+                for f in files[s0 : s0 + bs]:
+                    with rasterio.open(f) as ds:
+                        tiles.append(preprocess_tile(ds.read(), spec))
+                sess.run([EMBEDDING_OUTPUT], {IMAGE_INPUT: np.stack(tiles)})
+            return len(files)
+
+        one_pass()  # warm-up
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < min_seconds:
+            done += one_pass()
+        dt = time.perf_counter() - t0
+    return done / dt if dt > 0 else 0.0
+
+
+def reader_worker_counts(cores: Optional[int] = None) -> list[int]:
+    """1, 2, 4, ... up to the cores, always at least 1 and 2 (two threads on two cores still tells whether
+    reading scales)."""
+    return sorted({1, 2, *thread_candidates(cores)})
+
+
 def run_bench(
     bundle: Optional[Bundle | str | Path] = None,
     raster: Optional[Path | str] = None,
     *,
     batch_size: Optional[int] = None,
     provider: str = "auto",
+    precision: str = "auto",
     min_seconds: float = 3.0,
     min_calls: int = 3,
     max_tiles: Optional[int] = None,
@@ -184,7 +301,7 @@ def run_bench(
     progress: Optional[Progress] = None,
 ) -> dict:
     """All figures as one dict (see the module docstring); every key is present, skipped parts say why."""
-    from .pipeline import choose_modality
+    from .pipeline import auto_workers, choose_modality
     from .raster import open_source
     from .runtime import EncoderSession
     from .settings import require_sample
@@ -198,10 +315,11 @@ def run_bench(
     with open_source(raster_path) as src:
         modality = choose_modality(src, b)
         spec = b.manifest.encoder(modality)
-        session = EncoderSession(b, modality, provider=provider)
+        session = EncoderSession(b, modality, provider=provider, precision=precision)
         bs = session.auto_batch_size(batch_size)
-        result.update(modality=modality, provider=session.provider_used, device=session.device, threads=session.threads,
-                      batch_size=bs, input_size=spec.input_size, bands=len(spec.bands))
+        result.update(modality=modality, provider=session.provider_used, precision=session.precision_used,
+                      device=session.device, threads=session.threads, batch_size=bs, input_size=spec.input_size,
+                      bands=len(spec.bands))
         progress.update(0.05, "bare encoder")
         rng = np.random.default_rng(0)
         batch = rng.standard_normal((bs, len(spec.bands), spec.input_size, spec.input_size), dtype=np.float32)
@@ -232,28 +350,94 @@ def run_bench(
         result["pipeline_over_bare"] = round(result["pipeline_tiles_per_s"] / bare, 3) if bare > 0 else 0.0
         result["pipeline_first_pass_over_bare"] = round(result["pipeline_first_pass_tiles_per_s"] / bare, 3) if bare > 0 else 0.0
         result["pipeline_stats"] = stats.as_dict()
+        result["reader_workers"] = auto_workers(session.is_gpu)
+        progress.update(0.35, "reader scaling")
+        del grid.windows[len(grid.windows) // repeats:]  # one pass of the raster again
+        result["tiles_per_s_by_workers"] = {
+            str(w): round(reader_tiles_per_s(src, spec, grid, w, bs, min_seconds / 2), 2)
+            for w in reader_worker_counts()
+        }
+        progress.update(0.4, "bare ORT peer")
+        graph = b.path(spec.twins()[session.precision_used])
+        result["bare_peer_tiles_per_s"] = round(
+            bare_peer_tiles_per_s(src, spec, grid, graph, session.threads, bs, min_seconds), 2)
+        peer = result["bare_peer_tiles_per_s"]
+        result["pipeline_over_peer"] = round(result["pipeline_tiles_per_s"] / peer, 3) if peer > 0 else 0.0
         # Peak so far: the encoder and the pipeline, before the torch model and the query matrices (1M x 512
         # float32 alone is 2 GB) raise the process's figure below.
         result["pipeline_peak_rss_mb"] = peak_rss_mb()
 
-    progress.update(0.5, "ORT vs torch")
+    candidates = thread_candidates()
+    result["thread_candidates"] = candidates
+
+    def ort_at(role: str, prec: str, x: np.ndarray) -> Callable[[int], Callable[[], object]]:
+        def make(t: int) -> Callable[[], object]:
+            s = EncoderSession(b, role, provider=provider, threads=t, precision=prec)
+            return lambda: s.run(x)
+        return make
+
+    swept: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
+
+    def ort_best(role: str, prec: str, x: np.ndarray) -> tuple[int, dict[str, float]]:
+        """Best thread count of an ORT graph on batch ``x`` (each (role, precision) swept once per run)."""
+        if (role, prec) not in swept:
+            swept[role, prec] = best_threads(ort_at(role, prec, x), bs, candidates, min_seconds, min_calls)
+        return swept[role, prec]
+
+    progress.update(0.5, "int8 vs fp32")
+    result.update(ort_fp32_images_per_s=None, ort_int8_images_per_s=None, int8_over_fp32=None, ort_int8_threads=None,
+                  int8_min_cosine=None, int8_mean_cosine=None, int8_label_agreement=None, int8_skipped="")
+    if session.is_gpu:
+        result["int8_skipped"] = "int8 twins are for the CPU; this run is on a GPU"
+    elif not spec.onnx_int8:
+        result["int8_skipped"] = f"the bundle's {modality!r} encoder has no int8 twin (re-export without --no-int8)"
+    else:
+        make32, make8 = ort_at(modality, "fp32", batch), ort_at(modality, "int8", batch)
+        t32, _ = ort_best(modality, "fp32", batch)
+        t8, _ = ort_best(modality, "int8", batch)
+        r8, r32, ratio8 = interleaved_rates(make8(t8), make32(t32), bs, TORCH_ROUNDS, 2 * min_seconds, min_calls)
+        result.update(ort_fp32_images_per_s=round(r32, 2), ort_int8_images_per_s=round(r8, 2),
+                      int8_over_fp32=round(ratio8, 3), ort_int8_threads=t8)
+        rec = spec.int8_agreement or {}
+        result.update(int8_min_cosine=rec.get("min_cosine"), int8_mean_cosine=rec.get("mean_cosine"),
+                      int8_label_agreement=rec.get("label_agreement"), int8_tiles=rec.get("tiles"))
+
+    progress.update(0.6, "ORT vs torch")
     result.update(ort_images_per_s=None, torch_images_per_s=None, ort_over_torch=None, ort_ms_batch1=None,
-                  torch_ms_batch1=None, ort_over_torch_batch1=None, torch_skipped="")
+                  torch_ms_batch1=None, ort_over_torch_batch1=None, torch_skipped="", ort_threads=None,
+                  torch_threads=None, ort_images_per_s_by_threads=None, torch_images_per_s_by_threads=None)
     if torch_compare:
         if "rgb" not in b.manifest.modalities:
             result["torch_skipped"] = "the bundle has no rgb (CLIP visual) encoder to rebuild in torch"
         else:
             rgb = b.manifest.encoder("rgb")
-            rgb_sess = session if modality == "rgb" else EncoderSession(b, "rgb", provider=provider)
-            rgb_batch = rng.standard_normal((bs, 3, rgb.input_size, rgb.input_size), dtype=np.float32)
-            torch_on, why = _torch_encoder(b, rgb_sess.threads)
+            rgb_batch = batch if modality == "rgb" else rng.standard_normal((bs, 3, rgb.input_size, rgb.input_size),
+                                                                           dtype=np.float32)
+            # torch runs fp32: ORT is compared at fp32 too (int8 has its own figure above).
+            ort_make = ort_at("rgb", "fp32", rgb_batch)
+            ort_t, ort_by_t = ort_best("rgb", "fp32", rgb_batch)
+            result.update(ort_threads=ort_t, ort_images_per_s_by_threads=ort_by_t)
+            torch_on, why = _torch_encoder(b, ort_t)
             if torch_on is None:
-                ort_rate, _ = _rate(lambda: rgb_sess.run(rgb_batch), bs, min_seconds, min_calls)
+                ort_rate, _ = _rate(ort_make(ort_t), bs, min_seconds, min_calls)
                 result["ort_images_per_s"] = round(ort_rate, 2)
                 result["torch_skipped"] = why
             else:
+                import torch
+
+                def torch_make(t: int, x: np.ndarray = rgb_batch) -> Callable[[], object]:
+                    run = torch_on(x)
+
+                    def call() -> object:
+                        torch.set_num_threads(t)  # set per call: the ORT rounds in between do not touch it
+                        return run()
+
+                    return call
+
+                torch_t, torch_by_t = best_threads(torch_make, bs, candidates, min_seconds, min_calls)
+                result.update(torch_threads=torch_t, torch_images_per_s_by_threads=torch_by_t)
                 ort_rate, torch_rate, ratio = interleaved_rates(
-                    lambda: rgb_sess.run(rgb_batch), torch_on(rgb_batch), bs, TORCH_ROUNDS, 2 * min_seconds, min_calls
+                    ort_make(ort_t), torch_make(torch_t), bs, TORCH_ROUNDS, 2 * min_seconds, min_calls
                 )
                 result["ort_images_per_s"] = round(ort_rate, 2)
                 result["torch_images_per_s"] = round(torch_rate, 2)
@@ -262,7 +446,7 @@ def run_bench(
                 # overhead counts as much as the kernels.
                 one = rgb_batch[:1]
                 ort1, torch1, ratio1 = interleaved_rates(
-                    lambda: rgb_sess.run(one), torch_on(one), 1, TORCH_ROUNDS, min_seconds, min_calls
+                    ort_at("rgb", "fp32", one)(ort_t), torch_make(torch_t, one), 1, TORCH_ROUNDS, min_seconds, min_calls
                 )
                 result["ort_ms_batch1"] = round(1000 / ort1, 2)
                 result["torch_ms_batch1"] = round(1000 / torch1, 2)
@@ -278,7 +462,7 @@ def run_bench(
     result["large_scene"] = None
     if large_scene:
         progress.update(0.8, "large scene")
-        result["large_scene"] = large_scene_in_subprocess(b, raster_path, provider, bs, large_scene_rows)
+        result["large_scene"] = large_scene_in_subprocess(b, raster_path, provider, bs, large_scene_rows, precision)
     progress.update(1.0, "done")
     return result
 
@@ -294,14 +478,15 @@ def _pipeline_pass(src, b: Bundle, modality: str, grid, session, bs: int) -> tup
     return stats.embedded, time.perf_counter() - t0, stats
 
 
-def large_scene_in_subprocess(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Optional[int]) -> dict:
+def large_scene_in_subprocess(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Optional[int],
+                              precision: str = "auto") -> dict:
     """The large-scene figure from a fresh interpreter, so its peak RSS is the labelling's alone
     (not the torch model or the 1M-row query matrix this process has already held)."""
     import json
     import subprocess
 
     cmd = [sys.executable, "-m", "rs_clip_plugin.engine.bench", str(b.root), str(band_dir), provider, str(bs),
-           str(rows if rows is not None else -1)]
+           str(rows if rows is not None else -1), precision]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -309,7 +494,7 @@ def large_scene_in_subprocess(b: Bundle, band_dir: Path, provider: str, bs: int,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Optional[int]) -> dict:
+def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Optional[int], precision: str = "auto") -> dict:
     from .pipeline import choose_modality
     from .raster import open_source
     from .runtime import EncoderSession
@@ -324,7 +509,7 @@ def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Option
             per_row = len({int(w.col_off) for w in grid.windows})
             if rows is not None:
                 grid.windows = grid.windows[: per_row * int(rows)]
-            session = EncoderSession(b, modality, provider=provider)
+            session = EncoderSession(b, modality, provider=provider, precision=precision)
             noise = np.random.default_rng(0).standard_normal(
                 (bs, len(spec.bands), spec.input_size, spec.input_size), dtype=np.float32)
             bare, _ = _rate(lambda: session.run(noise), bs, 2.0, 3)  # the same session, for over_bare
@@ -333,6 +518,7 @@ def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Option
             return {
                 "modality": modality,
                 "batch_size": bs,
+                "precision": session.precision_used,
                 "width": src.width,
                 "height": src.height,
                 "bands": len(src.band_names),
@@ -351,6 +537,7 @@ def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Option
 if __name__ == "__main__":  # the large-scene worker of large_scene_in_subprocess
     import json
 
-    _root, _dir, _provider, _bs, _rows = sys.argv[1:6]
-    out = _large_scene(load_bundle(_root), Path(_dir), _provider, int(_bs), None if int(_rows) < 0 else int(_rows))
+    _root, _dir, _provider, _bs, _rows, _precision = sys.argv[1:7]
+    out = _large_scene(load_bundle(_root), Path(_dir), _provider, int(_bs), None if int(_rows) < 0 else int(_rows),
+                       _precision)
     print(json.dumps(out))

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         args.raster,
         batch_size=args.batch_size,
         provider=args.provider,
+        precision=args.precision,
         min_seconds=args.seconds,
         query_sizes=sizes,
         torch_compare=not args.no_torch,
@@ -44,12 +45,26 @@ def run(args: argparse.Namespace) -> int:
         progress=ConsoleProgress("bench"),
     )
     lines = [
-        f"{r['bundle']} ({r['modality']} encoder, batch {r['batch_size']}) on {r['provider']} / {r['device']}, {r['threads']} threads",
+        f"{r['bundle']} ({r['modality']} encoder, batch {r['batch_size']}) on {r['provider']} / {r['device']}, "
+        f"{r['precision']}, {r['threads']} threads",
         f"  bare encoder   {r['bare_images_per_s']:9.1f} images/s",
         f"  pipeline       {r['pipeline_tiles_per_s']:9.1f} tiles/s   pipeline/bare = {r['pipeline_over_bare']:.3f}",
+        f"  bare ORT peer  {r['bare_peer_tiles_per_s']:9.1f} tiles/s   (rasterio over pre-cut tiles; pipeline/peer = "
+        f"{r['pipeline_over_peer']:.3f})",
+        "  reader alone   " + ", ".join(f"{w} worker(s): {v:.1f}" for w, v in r["tiles_per_s_by_workers"].items())
+        + f" tiles/s (the pipeline used {r['reader_workers']})",
     ]
+    if r["int8_over_fp32"]:
+        agree = r["int8_label_agreement"]
+        lines.append(f"  int8 {r['ort_int8_images_per_s']:.1f} vs fp32 {r['ort_fp32_images_per_s']:.1f} images/s: "
+                     f"int8/fp32 = {r['int8_over_fp32']:.2f}; labels agree on "
+                     + (f"{100 * agree:.1f}% of {r['int8_tiles']} real tiles, min cosine {r['int8_min_cosine']}"
+                        if agree is not None else "(not recorded at export)"))
+    else:
+        lines.append(f"  int8 vs fp32: skipped ({r['int8_skipped']})")
     if r["torch_images_per_s"]:
-        lines.append(f"  rgb ORT {r['ort_images_per_s']:.1f} vs torch {r['torch_images_per_s']:.1f} images/s: ORT/torch = {r['ort_over_torch']:.3f}")
+        lines.append(f"  rgb ORT fp32 {r['ort_images_per_s']:.1f} ({r['ort_threads']} threads) vs torch {r['torch_images_per_s']:.1f} "
+                     f"({r['torch_threads']} threads) images/s, each at its best thread count: ORT/torch = {r['ort_over_torch']:.3f}")
         lines.append(f"  one image per call: ORT {r['ort_ms_batch1']:.1f} ms vs torch {r['torch_ms_batch1']:.1f} ms: "
                      f"ORT/torch = {r['ort_over_torch_batch1']:.3f}")
     else:
