@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 from rs_clip_plugin.engine.bench import make_large_scene, run_bench
+from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.cli import main
 
 
 def test_bench_json_keys(tiny_bundle: Path, capsys) -> None:
     rc = main(["bench", "--bundle", str(tiny_bundle), "--seconds", "0.2", "--query-sizes", "1000,5000", "--provider", "cpu",
-               "--json"])
+               "--precision", "int8", "--json"])
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     for key in ("bare_images_per_s", "pipeline_tiles_per_s", "pipeline_over_bare", "pipeline_peak_rss_mb", "peak_rss_mb"):
@@ -22,6 +23,18 @@ def test_bench_json_keys(tiny_bundle: Path, capsys) -> None:
     assert isinstance(r["ort_over_torch"], float) and r["torch_skipped"] == ""
     assert all(isinstance(r[k], float) and r[k] > 0 for k in ("ort_ms_batch1", "torch_ms_batch1", "ort_over_torch_batch1"))
     assert r["large_scene"] is None
+    # precision, int8 vs fp32 and the honest peers (issue 12); no timing is asserted, only that each was measured
+    assert r["precision"] == "int8"
+    assert isinstance(r["int8_over_fp32"], float) and r["int8_over_fp32"] > 0 and r["int8_skipped"] == ""
+    rec = load_bundle(tiny_bundle).manifest.encoder("rgb").int8_agreement
+    assert (r["int8_min_cosine"], r["int8_label_agreement"]) == (rec["min_cosine"], rec["label_agreement"])
+    cands = r["thread_candidates"]
+    assert cands[0] == 1 and r["ort_threads"] in cands and r["torch_threads"] in cands
+    assert set(r["torch_images_per_s_by_threads"]) == set(r["ort_images_per_s_by_threads"]) == {str(t) for t in cands}
+    assert isinstance(r["reader_workers"], int) and r["reader_workers"] >= 1
+    assert {"1", "2"} <= set(r["tiles_per_s_by_workers"]) and all(v > 0 for v in r["tiles_per_s_by_workers"].values())
+    assert isinstance(r["bare_peer_tiles_per_s"], float) and r["bare_peer_tiles_per_s"] > 0
+    assert isinstance(r["pipeline_over_peer"], float)
 
 
 def test_large_scene_strip(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path) -> None:
