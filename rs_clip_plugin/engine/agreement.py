@@ -1,7 +1,7 @@
 """How far a reduced-precision graph (int8, fp16) departs from the fp32 one, measured on real tiles.
 
-One mechanism for the exporter (which records the figures in the manifest, ``EncoderSpec.int8_agreement``)
-and ``rsclip bench`` (which measures them again on the machine at hand):
+Used by the exporter, which records the figures in the manifest (``EncoderSpec.int8_agreement``) for the
+runtime's automatic choice and for ``rsclip bench`` to report:
 
 - ``real_tiles(spec)``: encoder inputs cut from the real sample rasters (``sample_data_dir()``) that the
   encoder can read, through the engine's own reader and preprocessing (``RasterSource.encoder_input`` +
@@ -15,7 +15,6 @@ close classes, which is what a user sees. Hence labels on real tiles.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Sequence
@@ -26,8 +25,6 @@ import numpy as np
 
 from .bundle import EncoderSpec
 from .settings import sample_data_dir
-
-log = logging.getLogger(__name__)
 
 # Tiles per measurement: one label flip in 128 still leaves agreement 0.992 (>= the 0.99 auto threshold),
 # one in 64 would not; small enough that a ViT-B-32 measures both graphs in under a minute on 2 cores.
@@ -144,21 +141,3 @@ def zero_shot_classes(bundle, names: Optional[Sequence[str]] = None) -> tuple[np
         except ValueError:
             names = classnames(CLASS_SET, "en")
     return class_embeddings(bundle, list(names), lang=lang, provider="cpu"), list(names)
-
-
-def measure(fp32_path: Path, candidate_path: Path, spec: EncoderSpec, class_emb: Optional[np.ndarray],
-            tiles: Optional[np.ndarray] = None, sources: Sequence[str] = (), threads: Optional[int] = None) -> dict:
-    """``agreement`` of the graph at ``candidate_path`` with the one at ``fp32_path`` on real tiles (gathered
-    by ``real_tiles`` unless given), with what they were measured on."""
-    if tiles is None:
-        tiles, sources = real_tiles(spec)
-    if len(tiles) == 0:
-        out = agreement(np.zeros((0, 1)), np.zeros((0, 1)))
-        out["note"] = f"no sample raster under {sample_data_dir()} can feed the {spec.modality!r} encoder"
-        return out
-    ref = run_graph(fp32_path, tiles, threads)
-    cand = run_graph(candidate_path, tiles, threads)
-    out = agreement(ref, cand, class_emb)
-    out["classes"] = CLASS_SET if class_emb is not None else None
-    out["rasters"] = len(sources)
-    return out
