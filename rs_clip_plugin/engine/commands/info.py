@@ -25,9 +25,13 @@ def run(args: argparse.Namespace) -> int:
         f"  text: {s['tokenizer_kind']} tokenizer, context {s['context_length']}, languages {', '.join(s['languages'])}",
     ]
     for e in s["encoders"]:
+        agree = (e.get("int8_agreement") or {}).get("label_agreement")
+        int8 = ""
+        if e.get("int8"):
+            int8 = f"  +int8 (labels agree {100 * agree:.1f}%)" if agree is not None else "  +int8 (agreement not measured)"
         lines.append(
             f"  image {e['modality']:7s} bands {','.join(e['bands'])}  {e['input_size']} px at {e['gsd_m']:g} m"
-            f"  tile {e['tile_size_px']} px{'  +fp16' if e['fp16'] else ''}"
+            f"  tile {e['tile_size_px']} px{'  +fp16' if e['fp16'] else ''}{int8}"
         )
     prov = s.get("provenance") or {}
     if prov:
