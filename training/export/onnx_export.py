@@ -24,6 +24,11 @@ FP16_KEEP_FP32_OPS = ("Transpose",)
 # int8 twins: dynamic quantisation (weights int8 per output channel, activations quantised per batch at run
 # time). MatMul/Gemm hold nearly all of a ViT's time; Conv (the patch embedding, one per image) is left fp32.
 INT8_OPS = ("MatMul", "Gemm")
+# Weights in 7 bits: on x86 CPUs without VNNI (AVX2, AVX-512F) ONNX Runtime's u8 x s8 kernels use VPMADDUBSW,
+# whose int16 sums saturate with full-range weights. Measured on the default bundle's rgb and S2 encoders
+# (AMD EPYC, AVX2): min cosine to fp32 0.982 / 0.976 and label agreement 0.93 / 0.90 with 8-bit weights,
+# 0.99984 / 0.99986 and 0.992 / 1.0 with 7-bit; same kernels, same speed. VNNI machines lose nothing by it.
+INT8_REDUCE_RANGE = True
 
 
 class TextEncoder(torch.nn.Module):
@@ -252,7 +257,8 @@ def convert_int8(src: Path, dst: Path, metadata: dict[str, Any], exclude: Sequen
         logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing" advice meant for static quantisation
         try:
             quantize_dynamic(proto, tmp, op_types_to_quantize=list(INT8_OPS), per_channel=True,
-                             weight_type=QuantType.QInt8, nodes_to_quantize=chosen, nodes_to_exclude=keep)
+                             reduce_range=INT8_REDUCE_RANGE, weight_type=QuantType.QInt8,
+                             nodes_to_quantize=chosen, nodes_to_exclude=keep)
         finally:
             logging.getLogger().setLevel(quiet)
         q = onnx.load(tmp)
@@ -260,7 +266,7 @@ def convert_int8(src: Path, dst: Path, metadata: dict[str, Any], exclude: Sequen
         _save_atomic(q, dst)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return {"quantised": "MatMul/Gemm weights int8 per channel, activations dynamic",
+    return {"quantised": "MatMul/Gemm weights int8 (7-bit range) per channel, activations dynamic",
             "int8_nodes": len(chosen), "fp32_matmuls": len(keep)}
 
 
