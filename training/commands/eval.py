@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=sorted(DATASETS), default="eurosat_rgb")
     p.add_argument("--root", type=Path, help="dataset folder (default: the sample data)")
     p.add_argument("--modality", choices=["rgb", "s2-l1c"], help="encoder to use (default: the dataset's; rgb on MS = composite)")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
+                   help="graph of a --bundle's image encoder (default auto: what the engine runs on this CPU, e.g. its "
+                   "int8 twin; fp32 to compare the export itself with its torch source)")
     p.add_argument("--out", type=Path, help="write eval.json / eval.md here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -56,7 +59,8 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     return resize_batch(torch.from_numpy(x), size).numpy()
 
 
-def bundle_scores(bundle_path: Path, x: np.ndarray, modality: str, classnames: list[str]) -> np.ndarray:
+def bundle_scores(bundle_path: Path, x: np.ndarray, modality: str, classnames: list[str],
+                  precision: str = "auto") -> np.ndarray:
     from rs_clip_plugin.engine.bundle import load_bundle
     from rs_clip_plugin.engine.radiometry import apply_transform
     from rs_clip_plugin.engine.runtime import EncoderSession, l2_normalise
@@ -65,7 +69,7 @@ def bundle_scores(bundle_path: Path, x: np.ndarray, modality: str, classnames: l
     b = load_bundle(bundle_path)
     spec = b.manifest.encoder(modality)
     inputs = apply_transform(_resize(x, spec.input_size), spec.transforms, spec.mean, spec.std)
-    img = EncoderSession(b, modality, provider="cpu").embed(inputs)
+    img = EncoderSession(b, modality, provider="cpu", precision=precision).embed(inputs)
     tok = BundleTokenizer.from_bundle(b)
     text = EncoderSession(b, "text", provider="cpu")
     templates = b.manifest.prompt_templates.get("en") or next(iter(b.manifest.prompt_templates.values()))
@@ -101,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     modality = args.modality or default_modality
     root = args.root or sample_data_dir() / folder
     x, y, names = load_physical(args.dataset, root, modality)
-    scores = bundle_scores(args.bundle, x, modality, names) if args.bundle else torch_scores(args, x, modality, names)
+    scores = (bundle_scores(args.bundle, x, modality, names, args.precision) if args.bundle
+              else torch_scores(args, x, modality, names))
     result = {
         "source": str(args.bundle or args.checkpoint or f"{args.model}/{args.pretrained}"),
         "dataset": args.dataset,
