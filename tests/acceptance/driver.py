@@ -38,6 +38,7 @@ from qgis.PyQt.QtWidgets import (
     QListWidget,
     QMessageBox,
     QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QTableWidget,
     QTextEdit,
@@ -104,6 +105,8 @@ def save() -> None:
 
 def screenshot(name: str) -> str:
     QTest.qWait(200)  # let pending repaints (map canvas, dialogs) land
+    canvas = iface.mapCanvas()
+    wait_until(lambda: not canvas.isDrawing(), 5)
     path = ART / f"{name}.png"
     QApplication.primaryScreen().grabWindow(0).save(str(path))  # the screen: main window and dialogs on it
     iface.mainWindow().grab().save(str(ART / f"{name}-main-window.png"))  # the map, layers and docks unhidden
@@ -481,8 +484,11 @@ def classify_cancel(d: dict) -> None:
     before, t_before, t0 = layer_ids(), TASKS_ADDED[0], time.time()
     click(w["run"])
     check(wait_until(lambda: TASKS_ADDED[0] > t_before, 3.0), f"Classify started no task: {bar_texts_since(t0)}")
-    QTest.qWait(400)
     tm = QgsApplication.taskManager()
+    # Cancel once the run is visibly under way (progress moved), as an analyst would after a glance.
+    bar = child(dlg, QProgressBar, "rsclip_classify_progress", pred=lambda b: True)
+    wait_until(lambda: 0 < bar.value() < 100 or tm.countActiveTasks() == 0, 10, step_ms=20)
+    d["progress_when_cancelling"] = bar.value()
     d["active_when_cancelling"] = tm.countActiveTasks()
     check(d["active_when_cancelling"] > 0, "the run ended before Cancel could be pressed (raster too small)")
     click(w["cancel"])
