@@ -376,8 +376,8 @@ def classify_widgets(dlg) -> dict:
         "load": child(dlg, QPushButton, "rsclip_load_preset", "Load preset"),
         "run": child(dlg, QPushButton, "rsclip_classify_run", pred=lambda w: w.text().replace("&", "") == "Classify"),
         "cancel": child(dlg, QPushButton, "rsclip_classify_cancel", pred=lambda w: w.text().replace("&", "") == "Cancel"),
-        "classes": child(dlg, QTableWidget, "rsclip_classes_table",
-                         pred=lambda w: "Class" in (w.horizontalHeaderItem(0).text() if w.horizontalHeaderItem(0) else "")),
+        "classes": child(dlg, QTableWidget, "rsclip_classes_table",  # (class, colour); the area table has 3 columns
+                         pred=lambda w: w.columnCount() == 2),
     }
 
 
