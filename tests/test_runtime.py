@@ -209,3 +209,24 @@ def test_spinning_setting_is_validated(monkeypatch) -> None:
     monkeypatch.setenv("RSCLIP_ORT_SPINNING", "yes")
     with pytest.raises(ValueError, match="RSCLIP_ORT_SPINNING"):
         _session_options(1)
+
+
+def test_cache_folders_follow_platform_conventions(tmp_path: Path, monkeypatch) -> None:
+    """platformdirs conventions (issue 15): $XDG_CACHE_HOME on Linux, the old ~/.cache/rsclip by default;
+    RSCLIP_CACHE and RSCLIP_DEFAULT_BUNDLE_HOME still override."""
+    import sys
+
+    from rs_clip_plugin.engine.default_bundle import default_bundle_home
+    from rs_clip_plugin.engine.settings import cache_dir, user_cache_root
+
+    monkeypatch.setenv("RSCLIP_CACHE", str(tmp_path / "override"))
+    assert cache_dir() == tmp_path / "override"
+    monkeypatch.delenv("RSCLIP_CACHE")
+    monkeypatch.delenv("RSCLIP_DEFAULT_BUNDLE_HOME", raising=False)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the XDG convention is Linux's")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == user_cache_root() == tmp_path / "xdg" / "rsclip"
+    assert default_bundle_home() == tmp_path / "xdg" / "rsclip" / "default-bundle"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "rsclip"  # the folder earlier versions used

@@ -80,11 +80,22 @@ def resolve_providers(provider: str = "auto") -> list:
 
 
 def physical_cores() -> int:
-    """Physical cores this process may use: hyper-threads slow ORT's intra-op pool down, not up."""
+    """Physical cores this process may use: hyper-threads slow ORT's intra-op pool down, not up.
+
+    psutil (maintained, all platforms) counts them when importable; it is not a plugin dependency, so
+    /proc/cpuinfo is read otherwise (Linux; elsewhere the logical count is the bound)."""
     try:
         allowed = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         allowed = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except Exception:  # not installed, or no answer on this platform
+        physical = None
+    if physical:
+        return max(1, min(int(physical), allowed))
     cores = set()
     try:
         phys = core = None
