@@ -207,7 +207,9 @@ class ModelStore:
         work = self._staging()
         try:
             staged = work / "bundle"
-            shutil.copytree(folder, staged)
+            # Links are copied as links, so load_bundle refuses one that leaves the bundle instead of the copy
+            # silently taking in (and hashing) a file from elsewhere.
+            shutil.copytree(folder, staged, symlinks=True)
             return self._install_from_dir(staged, name, overwrite)
         finally:
             shutil.rmtree(work, ignore_errors=True)

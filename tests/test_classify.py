@@ -191,6 +191,12 @@ def test_true_colour_vrt_runs_with_the_rgb_encoder(multimodal_bundle: Path, majo
     assert rc == 0, out.err
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["modality"] == "rgb" and summary["classes"] == auto.summary["classes"]
+    # The raw provider stays; the device in words comes beside it.
+    assert summary["provider"] == "CPUExecutionProvider" and summary["device_description"].startswith("CPU (")
+    rc = main(["classify", str(vrt), "--classes", CLASSES, "--out", str(tmp_path / "cli"), "--bundle",
+               str(multimodal_bundle), "--provider", "cpu", "--sensor", "rgb", "--overwrite"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "(rgb encoder) on CPU (" in out and "ExecutionProvider" not in out
 
 
 def test_geographic_pixel_area() -> None:

@@ -200,7 +200,8 @@ def run_bench(
         spec = b.manifest.encoder(modality)
         session = EncoderSession(b, modality, provider=provider)
         bs = session.auto_batch_size(batch_size)
-        result.update(modality=modality, provider=session.provider_used, device=session.device, threads=session.threads,
+        result.update(modality=modality, provider=session.provider_used, device=session.device,
+                      device_description=session.device_description, threads=session.threads,
                       batch_size=bs, input_size=spec.input_size, bands=len(spec.bands))
         progress.update(0.05, "bare encoder")
         rng = np.random.default_rng(0)

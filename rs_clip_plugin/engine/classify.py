@@ -352,6 +352,7 @@ def _summary(source: RasterSource, b: Bundle, session: EncoderSession, grid: Til
         "bundle": {"name": b.manifest.name, "digest": b.digest, "path": str(b.root)},
         "provider": session.provider_used,
         "device": session.device,
+        "device_description": session.device_description,
         "provider_fallback": session.fallback_message,
         "lang": lang,
         "prompt_templates": len(templates_for(b, lang)),

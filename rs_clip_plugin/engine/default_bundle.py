@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .atomic import replace_dir
 from .bundle import MANIFEST, Bundle, BundleError, load_bundle
+from .settings import user_cache_root
 
 _REPO = Path(__file__).resolve().parents[2]
 RECIPE = _REPO / "training" / "configs" / "smoke" / "modality_gap.yaml"
@@ -31,7 +32,8 @@ SHIPPED = Path(__file__).resolve().parents[1] / "bundles" / "default"
 
 def default_bundle_home() -> Path:
     """Kept apart from the index cache so that clearing indexes never forces a retrain."""
-    return Path(os.environ.get("RSCLIP_DEFAULT_BUNDLE_HOME", Path.home() / ".cache" / "rsclip" / "default-bundle"))
+    env = os.environ.get("RSCLIP_DEFAULT_BUNDLE_HOME")
+    return Path(env) if env else user_cache_root() / "default-bundle"
 
 
 def _recipe_key() -> str:

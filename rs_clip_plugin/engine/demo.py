@@ -99,6 +99,7 @@ def run_demo(
             "scene": str(scene),
             "classes": classified.summary.get("classes"),
             "provider": classified.summary.get("provider"),
+            "device_description": classified.summary.get("device_description"),
             "query": query,
             "hits": [
                 {"rank": h.rank, "score": round(float(h.score), 4), "bounds": [round(v, 1) for v in h.bounds]}
@@ -180,8 +181,8 @@ def render_preview(scene: Path, labels_tif: Path, summary: dict, hits: list, out
     for a in axes:
         a.ticklabel_format(style="plain", useOffset=False)
         a.tick_params(labelsize=7)
-    provider = summary.get("provider", "?")
-    fig.suptitle(f"RS-CLIP demo on {scene.name[:60]}  -  provider: {provider}", fontsize=11)
+    device = summary.get("device_description") or summary.get("provider", "?")
+    fig.suptitle(f"RS-CLIP demo on {scene.name[:60]}  -  {device}", fontsize=11)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)

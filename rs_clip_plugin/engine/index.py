@@ -305,6 +305,7 @@ class Index:
             "stride_px": m["stride_px"],
             "tile_size_m": m.get("tile_size_m"),
             "provider": m.get("provider"),
+            "device_description": m.get("device_description"),
             "seconds": m.get("seconds"),
             "created": m.get("created"),
             "reused": self.reused,
@@ -509,6 +510,7 @@ def _build(root, identity, files, src, bundle, spec, grid, provider, progress, d
             "tiles_sha256": sha256_file(tmp / TILES),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "provider": session.provider_used,
+            "device_description": session.device_description,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         atomic_write_text(tmp / META, json.dumps(meta, indent=2) + "\n")

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         progress=ConsoleProgress("bench"),
     )
     lines = [
-        f"{r['bundle']} ({r['modality']} encoder, batch {r['batch_size']}) on {r['provider']} / {r['device']}, {r['threads']} threads",
+        f"{r['bundle']} ({r['modality']} encoder, batch {r['batch_size']}) on {r['device_description']}",
         f"  bare encoder   {r['bare_images_per_s']:9.1f} images/s",
         f"  pipeline       {r['pipeline_tiles_per_s']:9.1f} tiles/s   pipeline/bare = {r['pipeline_over_bare']:.3f}",
     ]

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         **s,
     }
     lines = [f"labelled {s['grid']['width']}x{s['grid']['height']} px of {s['source']} with {s['bundle']['name']} "
-             f"({s['modality']} encoder) on {s['provider']}"]
+             f"({s['modality']} encoder) on {s.get('device_description') or s['provider']}"]
     if s.get("provider_fallback"):
         lines.append(f"  note: {s['provider_fallback']}")
     for c in s["classes"]:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
     )
     s = idx.summary()
-    how = "reused" if idx.reused else f"built in {s['seconds']:.1f} s on {s['provider']}"
+    how = "reused" if idx.reused else f"built in {s['seconds']:.1f} s on {s.get('device_description') or s['provider']}"
     text = (
         f"index of {s['source']}: {s['tiles']} tiles ({s['grid_tiles'] - s['tiles']} skipped as no data), "
         f"{s['modality']} encoder, {s['tile_px']} px tiles every {s['stride_px']} px, {s['dim']}-d {s['dtype']}; {how}\n"

@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         query_info=info,
     )
-    lines = [f"{len(res.hits)} distinct places in {len(args.rasters)} raster(s) on {res.provider} -> {res.gpkg_path}"]
+    # The device each index was built on, in words (an index reused from an earlier run keeps its own).
+    devices = sorted({i.get("device_description") or str(i.get("provider")) for i in res.indexes}) or [res.provider]
+    lines = [f"{len(res.hits)} distinct places in {len(args.rasters)} raster(s) on {', '.join(devices)} -> {res.gpkg_path}"]
     for h in res.hits:
         lines.append(f"  #{h.rank:<3d} {h.score:+.4f}  {Path(h.source).name}  ({', '.join(f'{v:.1f}' for v in h.bounds)})")
     if res.heatmap_paths:
