@@ -147,8 +147,9 @@ class _Recipe:
         opt = OptimConfig.from_dict(s1["optim"], steps)
         hist = train(
             clf,
-            finetune_step(s1.get("loss", "ce"), float(s1.get("label_smoothing", 0.0)), self.device),
-            self._batches(train_set, int(s1["batch_size"]), self.seed, bool(s1.get("augment", True))),
+            finetune_step(s1.get("loss", "ce"), float(s1.get("label_smoothing", 0.0)), self.device,
+                          self.augment(s1.get("augment", True), "stage1"), self.seed + 3),
+            self._batches(train_set, int(s1["batch_size"]), self.seed),
             opt,
             self.device,
         )
@@ -182,17 +183,31 @@ class _Recipe:
             save_checkpoint(self.lm.model, self.out / "checkpoints" / "patched", self.lm.model_name, pretrained=self.lm.pretrained,
                             step=steps, extra={"method": METHOD, "alpha": teacher_alpha})  # fmt: skip
 
-    def _batches(self, train_set, batch_size: int, seed: int, augment: bool):
-        """In-memory tensors -> shuffled batches; a Dataset (streaming) -> DataLoader batches.
+    def _batches(self, train_set, batch_size: int, seed: int):
+        """In-memory tensors -> shuffled batches; a Dataset (streaming) -> DataLoader batches. Not augmented here:
+        the step functions augment each sample on the device (``augment``).
 
         A streaming dry run pushes its synthetic tensors through the DataLoader path too, so it is exercised."""
         if isinstance(train_set, tuple):
             if not self.streaming:
-                return shuffled_batches(list(train_set[:-1]), train_set[-1], batch_size, seed, augment)
+                return shuffled_batches(list(train_set[:-1]), train_set[-1], batch_size, seed, augment=False)
             from torch.utils.data import TensorDataset
 
             train_set = TensorDataset(*train_set)
-        return self.stream(train_set, batch_size, seed, augment)
+        return self.stream(train_set, batch_size, seed, augment=False)
+
+    def augment(self, spec: Any, stage: str):
+        """The per-sample augmentation of a stage from its config: true (the defaults below), false, or a mapping
+        of parameters. Stage 1: ``PaperAStage1`` (the released code's crop, flips, jitter, grayscale, blur);
+        stage 2: ``PairedGeometric`` (one crop + flips for student and teacher input)."""
+        from training.data.augment import PairedGeometric, PaperAStage1
+
+        if spec is False or spec is None:
+            return None
+        params = dict(spec) if isinstance(spec, dict) else {}
+        if stage == "stage1":
+            return PaperAStage1(tuple(self.lm.mean), tuple(self.lm.std), **params)
+        return PairedGeometric(**params)
 
     # -- stage 2 -----------------------------------------------------------------------------------
     def stage2_data(self, which: str) -> dict[str, Any]:
@@ -262,9 +277,10 @@ class _Recipe:
         before = mean_cosine(emb_before, teacher_emb) if held else None
         steps = self.length(sec, d["n"], f"stage2.{which}")
         step = alignment_step(teacher, self.head_weights, float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce"),
-                              float(s2cfg.get("label_smoothing", 0.0)), self.device)  # fmt: skip
+                              float(s2cfg.get("label_smoothing", 0.0)), self.device,
+                              self.augment(sec.get("augment", True), "stage2"), self.seed + 11)  # fmt: skip
         ckpt = None if self.dry_run else self.out / "checkpoints" / f"{which}_student"
-        batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7, bool(sec.get("augment", True)))
+        batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7)
         hist = train(student, step, batches_, OptimConfig.from_dict(sec["optim"], steps), self.device, ckpt)
         m: dict[str, Any] = {"steps": len(hist), "n_train": d["n"], "n_heldout": d.get("n_held", 0)}
         if hist:
