@@ -55,6 +55,15 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
+def _label_smoothing(section: dict, name: str) -> float:
+    """A stage's label smoothing, which a recipe must state: the paper's text (0.2) and its released code
+    (timm BinaryCrossEntropy on multi-hot targets: none) disagree, so no default picks one silently."""
+    if "label_smoothing" not in section:
+        raise ValueError(f"{name}.label_smoothing is not set: give it explicitly (0.0 matches Paper A's released code, "
+                         "0.2 the paper's text)")
+    return float(section["label_smoothing"])
+
+
 class _Recipe:
     def __init__(self, config: dict, out_dir: Path, dry_run: bool):
         self.cfg = config
@@ -147,7 +156,7 @@ class _Recipe:
         opt = OptimConfig.from_dict(s1["optim"], steps)
         hist = train(
             clf,
-            finetune_step(s1.get("loss", "ce"), float(s1.get("label_smoothing", 0.0)), self.device,
+            finetune_step(s1.get("loss", "ce"), _label_smoothing(s1, "stage1"), self.device,
                           self.augment(s1.get("augment", True), "stage1"), self.seed + 3),
             self._batches(train_set, int(s1["batch_size"]), self.seed),
             opt,
@@ -277,7 +286,7 @@ class _Recipe:
         before = mean_cosine(emb_before, teacher_emb) if held else None
         steps = self.length(sec, d["n"], f"stage2.{which}")
         step = alignment_step(teacher, self.head_weights, float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce"),
-                              float(s2cfg.get("label_smoothing", 0.0)), self.device,
+                              _label_smoothing(s2cfg, "stage2"), self.device,
                               self.augment(sec.get("augment", True), "stage2"), self.seed + 11)  # fmt: skip
         ckpt = None if self.dry_run else self.out / "checkpoints" / f"{which}_student"
         batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7)
