@@ -55,10 +55,13 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
-def _label_smoothing(section: dict, name: str) -> float:
-    """A stage's label smoothing, which a recipe must state: the paper's text (0.2) and its released code
-    (timm BinaryCrossEntropy on multi-hot targets: none) disagree, so no default picks one silently."""
+def _label_smoothing(section: dict, name: str, default: Optional[float] = None) -> float:
+    """A stage's label smoothing. Stage 1 must state it: the paper's text (0.2) and its released code (timm
+    BinaryCrossEntropy on multi-hot targets: none) disagree, so no default picks one silently. Stage 2's
+    0.05 term is a plain BCEWithLogitsLoss in the released code: default 0.0."""
     if "label_smoothing" not in section:
+        if default is not None:
+            return default
         raise ValueError(f"{name}.label_smoothing is not set: give it explicitly (0.0 matches Paper A's released code, "
                          "0.2 the paper's text)")
     return float(section["label_smoothing"])
@@ -286,7 +289,7 @@ class _Recipe:
         before = mean_cosine(emb_before, teacher_emb) if held else None
         steps = self.length(sec, d["n"], f"stage2.{which}")
         step = alignment_step(teacher, self.head_weights, float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce"),
-                              _label_smoothing(s2cfg, "stage2"), self.device,
+                              _label_smoothing(s2cfg, "stage2", 0.0), self.device,
                               self.augment(sec.get("augment", True), "stage2"), self.seed + 11)  # fmt: skip
         ckpt = None if self.dry_run else self.out / "checkpoints" / f"{which}_student"
         batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7)
