@@ -311,3 +311,21 @@ def test_paper_label_smoothing_matches_the_released_loss() -> None:
         assert torch.allclose(ours, released), path.name
     with pytest.raises(ValueError, match="label_smoothing is not set"):
         _label_smoothing({"loss": "bce"}, "stage1")
+
+
+def test_in_memory_bigearthnet_stage2_with_bce_fails_loudly(tmp_path: Path, data_dir: Path, caplog) -> None:
+    """streaming: false cuts BigEarthNet crops without labels: the lambda term must not vanish silently."""
+    from training.methods.modality_gap.recipe import _Recipe
+
+    cfg = {"device": "cpu", "data_dir": str(data_dir), "model": {"name": "rsclip-tiny"}, "data": {"streaming": False},
+           "stage2": {"crop": 64, "lambda": 0.05, "loss": "bce",
+                      "s2": {"sources": [{"kind": "bigearthnet_s2", "root": "bigearthnet_v1", "stride": 56}]}}}  # fmt: skip
+    r = _Recipe(cfg, tmp_path, dry_run=False)
+    r.build_model()
+    with pytest.raises(ValueError, match=r"stage2.s2: BigEarthNet .*data.streaming: true"):
+        r.stage2_data("s2")
+    cfg["stage2"]["loss"] = "ce"  # single-label crops only: BigEarthNet crops are unlabelled, said in the metrics
+    with caplog.at_level("WARNING"):
+        d = r.stage2_data("s2")
+    assert d["labelled"] == 0 and d["n"] > 0
+    assert "classification term is off" in caplog.text

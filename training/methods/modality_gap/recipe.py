@@ -238,6 +238,14 @@ class _Recipe:
             return {"train": (xs, xt, y), "held": None, "n": 2}
         if self.streaming:
             return self._stream_stage2(which, sec)
+        lam, loss = float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce")
+        ben = [src["kind"] for src in sec["sources"] if str(src["kind"]).startswith("bigearthnet")]
+        if lam and loss == "bce" and ben:
+            # In memory, crops are cut from scenes without their labels: every BigEarthNet crop would get -1 and
+            # the lambda classification term would silently vanish.
+            raise ValueError(f"stage2.{which}: BigEarthNet sources ({', '.join(ben)}) carry their multi-labels only with "
+                             f"data.streaming: true; in memory the lambda={lam} classification term would silently drop out. "
+                             "Set data.streaming: true (or stage2.lambda: 0 to align without it)")
         if which == "s2":
             tr, he = recipe_data.load_s2_crops(sec["sources"], self.data_dir, crop)
 
@@ -253,7 +261,11 @@ class _Recipe:
                 return resize_batch(_t(s1_input(s1)), self.size), self.teacher_input(rgb), lab, s2
         train_t = tensors(tr)
         held_t = tensors(he) if len(he) else None
-        return {"train": train_t[:3], "held": held_t, "n": len(tr), "n_held": len(he)}
+        labelled = int((train_t[2] >= 0).sum())
+        if lam and not labelled:
+            log.warning("stage2.%s: none of the %d training crops has a label: the lambda=%g classification term is off, "
+                        "the student learns from the MSE to the teacher alone", which, len(tr), lam)
+        return {"train": train_t[:3], "held": held_t, "n": len(tr), "n_held": len(he), "labelled": labelled}
 
     def _stream_stage2(self, which: str, sec: dict) -> dict[str, Any]:
         multi = self.cfg["stage2"].get("loss", "ce") == "bce"
@@ -295,6 +307,8 @@ class _Recipe:
         batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7)
         hist = train(student, step, batches_, OptimConfig.from_dict(sec["optim"], steps), self.device, ckpt)
         m: dict[str, Any] = {"steps": len(hist), "n_train": d["n"], "n_heldout": d.get("n_held", 0)}
+        if "labelled" in d:
+            m["n_labelled"] = d["labelled"]  # crops the classification term sees (0: MSE only)
         if hist:
             m.update({"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "mse_first": hist[0]["mse"], "mse_last": hist[-1]["mse"]})
         if held:
