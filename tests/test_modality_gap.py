@@ -290,3 +290,42 @@ def test_stage_length_from_epochs_batch_and_world(tmp_path: Path, monkeypatch, c
     assert r.length({"epochs": 5, "batch_size": 256}, 51200, "stage2.s2") == 500
     assert r.metrics["length"]["stage2.s2"]["global_batch"] == 512
     assert "5 epochs = 500 steps" in capsys.readouterr().out
+
+
+def test_paper_label_smoothing_matches_the_released_loss() -> None:
+    """The released code: timm BinaryCrossEntropy(smoothing=0.2) on multi-hot BigEarthNet targets, which
+    smooths nothing; the paper recipe's explicit label_smoothing reproduces that loss exactly."""
+    import yaml
+    from timm.loss import BinaryCrossEntropy
+
+    from training.methods.modality_gap.recipe import _label_smoothing
+
+    for path in (PAPER, PAPER.with_name("vit-b-32_openai_bigearthnet19_v2.yaml")):
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        s1 = cfg["stage1"]
+        g = torch.Generator().manual_seed(0)
+        logits = torch.randn(8, 19, generator=g)
+        y = (torch.rand(8, 19, generator=g) > 0.7).float()
+        released = BinaryCrossEntropy(smoothing=0.2)(logits, y)
+        ours = classification_loss(logits, y, s1["loss"], _label_smoothing(s1, "stage1"))
+        assert torch.allclose(ours, released), path.name
+    with pytest.raises(ValueError, match="label_smoothing is not set"):
+        _label_smoothing({"loss": "bce"}, "stage1")
+
+
+def test_in_memory_bigearthnet_stage2_with_bce_fails_loudly(tmp_path: Path, data_dir: Path, caplog) -> None:
+    """streaming: false cuts BigEarthNet crops without labels: the lambda term must not vanish silently."""
+    from training.methods.modality_gap.recipe import _Recipe
+
+    cfg = {"device": "cpu", "data_dir": str(data_dir), "model": {"name": "rsclip-tiny"}, "data": {"streaming": False},
+           "stage2": {"crop": 64, "lambda": 0.05, "loss": "bce",
+                      "s2": {"sources": [{"kind": "bigearthnet_s2", "root": "bigearthnet_v1", "stride": 56}]}}}  # fmt: skip
+    r = _Recipe(cfg, tmp_path, dry_run=False)
+    r.build_model()
+    with pytest.raises(ValueError, match=r"stage2.s2: BigEarthNet .*data.streaming: true"):
+        r.stage2_data("s2")
+    cfg["stage2"]["loss"] = "ce"  # single-label crops only: BigEarthNet crops are unlabelled, said in the metrics
+    with caplog.at_level("WARNING"):
+        d = r.stage2_data("s2")
+    assert d["labelled"] == 0 and d["n"] > 0
+    assert "classification term is off" in caplog.text

@@ -55,6 +55,18 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
+def _label_smoothing(section: dict, name: str, default: Optional[float] = None) -> float:
+    """A stage's label smoothing. Stage 1 must state it: the paper's text (0.2) and its released code (timm
+    BinaryCrossEntropy on multi-hot targets: none) disagree, so no default picks one silently. Stage 2's
+    0.05 term is a plain BCEWithLogitsLoss in the released code: default 0.0."""
+    if "label_smoothing" not in section:
+        if default is not None:
+            return default
+        raise ValueError(f"{name}.label_smoothing is not set: give it explicitly (0.0 matches Paper A's released code, "
+                         "0.2 the paper's text)")
+    return float(section["label_smoothing"])
+
+
 class _Recipe:
     def __init__(self, config: dict, out_dir: Path, dry_run: bool):
         self.cfg = config
@@ -147,8 +159,9 @@ class _Recipe:
         opt = OptimConfig.from_dict(s1["optim"], steps)
         hist = train(
             clf,
-            finetune_step(s1.get("loss", "ce"), float(s1.get("label_smoothing", 0.0)), self.device),
-            self._batches(train_set, int(s1["batch_size"]), self.seed, bool(s1.get("augment", True))),
+            finetune_step(s1.get("loss", "ce"), _label_smoothing(s1, "stage1"), self.device,
+                          self.augment(s1.get("augment", True), "stage1"), self.seed + 3),
+            self._batches(train_set, int(s1["batch_size"]), self.seed),
             opt,
             self.device,
         )
@@ -182,17 +195,31 @@ class _Recipe:
             save_checkpoint(self.lm.model, self.out / "checkpoints" / "patched", self.lm.model_name, pretrained=self.lm.pretrained,
                             step=steps, extra={"method": METHOD, "alpha": teacher_alpha})  # fmt: skip
 
-    def _batches(self, train_set, batch_size: int, seed: int, augment: bool):
-        """In-memory tensors -> shuffled batches; a Dataset (streaming) -> DataLoader batches.
+    def _batches(self, train_set, batch_size: int, seed: int):
+        """In-memory tensors -> shuffled batches; a Dataset (streaming) -> DataLoader batches. Not augmented here:
+        the step functions augment each sample on the device (``augment``).
 
         A streaming dry run pushes its synthetic tensors through the DataLoader path too, so it is exercised."""
         if isinstance(train_set, tuple):
             if not self.streaming:
-                return shuffled_batches(list(train_set[:-1]), train_set[-1], batch_size, seed, augment)
+                return shuffled_batches(list(train_set[:-1]), train_set[-1], batch_size, seed, augment=False)
             from torch.utils.data import TensorDataset
 
             train_set = TensorDataset(*train_set)
-        return self.stream(train_set, batch_size, seed, augment)
+        return self.stream(train_set, batch_size, seed, augment=False)
+
+    def augment(self, spec: Any, stage: str):
+        """The per-sample augmentation of a stage from its config: true (the defaults below), false, or a mapping
+        of parameters. Stage 1: ``PaperAStage1`` (the released code's crop, flips, jitter, grayscale, blur);
+        stage 2: ``PairedGeometric`` (one crop + flips for student and teacher input)."""
+        from training.data.augment import PairedGeometric, PaperAStage1
+
+        if spec is False or spec is None:
+            return None
+        params = dict(spec) if isinstance(spec, dict) else {}
+        if stage == "stage1":
+            return PaperAStage1(tuple(self.lm.mean), tuple(self.lm.std), **params)
+        return PairedGeometric(**params)
 
     # -- stage 2 -----------------------------------------------------------------------------------
     def stage2_data(self, which: str) -> dict[str, Any]:
@@ -211,6 +238,14 @@ class _Recipe:
             return {"train": (xs, xt, y), "held": None, "n": 2}
         if self.streaming:
             return self._stream_stage2(which, sec)
+        lam, loss = float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce")
+        ben = [src["kind"] for src in sec["sources"] if str(src["kind"]).startswith("bigearthnet")]
+        if lam and loss == "bce" and ben:
+            # In memory, crops are cut from scenes without their labels: every BigEarthNet crop would get -1 and
+            # the lambda classification term would silently vanish.
+            raise ValueError(f"stage2.{which}: BigEarthNet sources ({', '.join(ben)}) carry their multi-labels only with "
+                             f"data.streaming: true; in memory the lambda={lam} classification term would silently drop out. "
+                             "Set data.streaming: true (or stage2.lambda: 0 to align without it)")
         if which == "s2":
             tr, he = recipe_data.load_s2_crops(sec["sources"], self.data_dir, crop)
 
@@ -226,7 +261,11 @@ class _Recipe:
                 return resize_batch(_t(s1_input(s1)), self.size), self.teacher_input(rgb), lab, s2
         train_t = tensors(tr)
         held_t = tensors(he) if len(he) else None
-        return {"train": train_t[:3], "held": held_t, "n": len(tr), "n_held": len(he)}
+        labelled = int((train_t[2] >= 0).sum())
+        if lam and not labelled:
+            log.warning("stage2.%s: none of the %d training crops has a label: the lambda=%g classification term is off, "
+                        "the student learns from the MSE to the teacher alone", which, len(tr), lam)
+        return {"train": train_t[:3], "held": held_t, "n": len(tr), "n_held": len(he), "labelled": labelled}
 
     def _stream_stage2(self, which: str, sec: dict) -> dict[str, Any]:
         multi = self.cfg["stage2"].get("loss", "ce") == "bce"
@@ -262,11 +301,14 @@ class _Recipe:
         before = mean_cosine(emb_before, teacher_emb) if held else None
         steps = self.length(sec, d["n"], f"stage2.{which}")
         step = alignment_step(teacher, self.head_weights, float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce"),
-                              float(s2cfg.get("label_smoothing", 0.0)), self.device)  # fmt: skip
+                              _label_smoothing(s2cfg, "stage2", 0.0), self.device,
+                              self.augment(sec.get("augment", True), "stage2"), self.seed + 11)  # fmt: skip
         ckpt = None if self.dry_run else self.out / "checkpoints" / f"{which}_student"
-        batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7, bool(sec.get("augment", True)))
+        batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7)
         hist = train(student, step, batches_, OptimConfig.from_dict(sec["optim"], steps), self.device, ckpt)
         m: dict[str, Any] = {"steps": len(hist), "n_train": d["n"], "n_heldout": d.get("n_held", 0)}
+        if "labelled" in d:
+            m["n_labelled"] = d["labelled"]  # crops the classification term sees (0: MSE only)
         if hist:
             m.update({"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "mse_first": hist[0]["mse"], "mse_last": hist[-1]["mse"]})
         if held:

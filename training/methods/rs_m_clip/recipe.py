@@ -87,11 +87,18 @@ def build_records(data_cfg: dict, languages: list[str], seed: int) -> tuple[list
                 r.split = "val"
             val += items[:n_val]
             train += items[n_val:]
+        for r in recs:
+            r.source = entry.get("name") or root.name  # the dataset, for `rsclip-train data`
     caption_lists = []
     for entry in data_cfg.get("captions", []) or []:
-        caption_lists.append(load_captions(resolve_path(entry["path"]),
-                                           resolve_path(entry["image_dir"]) if entry.get("image_dir") else None,
-                                           entry.get("format", "auto"), entry.get("lang", "en")))
+        path = resolve_path(entry["path"])
+        recs = load_captions(path, resolve_path(entry["image_dir"]) if entry.get("image_dir") else None,
+                             entry.get("format", "auto"), entry.get("lang", "en"))
+        for r in recs:
+            # The dataset: its folder (data/RSICD/..., data/translations/rsicd/...); a merged image keeps the
+            # name of the first entry that has it (the English original).
+            r.source = entry.get("name") or path.parent.name
+        caption_lists.append(recs)
     if caption_lists:
         recs = merge(*caption_lists)
         validate(recs)
