@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from .atomic import PUBLISHED
 from .errors import InputError, RSClipError, cli_names
 
 SUBCOMMANDS = ("info", "index", "classify", "search", "demo", "bench")
@@ -47,6 +48,7 @@ def emit(args: argparse.Namespace, result: dict, text: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    published_before = len(PUBLISHED)
     try:
         return int(args.func(args) or 0)
     except RSClipError as exc:
@@ -56,7 +58,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"rsclip {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"rsclip {args.command}: interrupted; nothing was written", file=sys.stderr)
+        # Outputs are published as one unit (atomic.py): either a run's folder is complete, or nothing of it is there.
+        done = [str(p) for p in PUBLISHED[published_before:]]
+        what = f"complete outputs were written to {', '.join(done)}" if done else "nothing was written"
+        print(f"rsclip {args.command}: interrupted; {what}", file=sys.stderr)
         return 130
 
 
