@@ -11,10 +11,10 @@ import pytest
 from rs_clip_plugin.engine.atomic import atomic_write_text, replace_dir
 from rs_clip_plugin.engine.commands.common import (
     add_raster_args,
+    job_options,
     parse_bands,
     parse_extent,
     parse_point,
-    job_options,
 )
 
 

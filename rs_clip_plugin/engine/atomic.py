@@ -53,7 +53,7 @@ JOURNAL = ".rsclip-publish.json"
 _HIDDEN = re.compile(rf"^\.(?:(?P<target>.+)\.)?(?P<kind>{STAGING}|{OLD})-(?P<pid>\d+)-(?P<tok>[0-9a-f]+)$")
 # errno values that mean "this place cannot be written", as opposed to a bug or a bad input.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EDQUOT, errno.ENOTDIR,
-                errno.EEXIST, errno.EISDIR, errno.EXDEV}
+                errno.EEXIST, errno.EISDIR, errno.EXDEV, errno.EIO}
 
 # Output folders this process has published, in order: the CLI says what was written when interrupted.
 PUBLISHED: list[Path] = []
@@ -105,7 +105,8 @@ def clean_stale(folder: Path, target: Optional[str] = None) -> list[Path]:
     """
     done: list[Path] = []
     try:
-        entries = list(Path(folder).iterdir())
+        # Moved-aside folders first: undoing a swap needs the staging folder it came with.
+        entries = sorted(Path(folder).iterdir(), key=lambda p: f".{OLD}-" not in p.name)
     except OSError:
         return done
     for p in entries:
