@@ -384,3 +384,42 @@ def test_options_objects_fold_the_earlier_keywords_and_check_values() -> None:
     assert "--precision" in err.value.render({"precision": "--precision"})
     with pytest.raises(InputError, match="overlap"):
         TilingOptions(overlap=1.0)
+
+
+def test_output_files_go_to_their_own_paths_as_one_unit_also_across_file_systems(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """QGIS Processing's destinations: each file at a path of its own, possibly on another file system."""
+    from rs_clip_plugin.engine.atomic import OutputFiles
+
+    with _tmpfs(tmp_path / "mnt") as mnt:
+        targets = {"labels.tif": tmp_path / "map.tif", "summary.json": mnt / "sub" / "map.json"}
+
+        def run(text: str, overwrite: bool = True) -> None:
+            with OutputFiles(targets, overwrite=overwrite) as out:
+                for name in targets:
+                    (out.path / name).write_text(text)
+                (out.path / "extra.txt").write_text("not kept")
+                out.publish()
+
+        run("1")
+        assert {p.read_text() for p in targets.values()} == {"1"}
+        with pytest.raises(OutputExistsError, match=r"map\.tif"):
+            run("2", overwrite=False)
+        real_replace = os.replace
+        calls = {"n": 0}
+
+        def failing(a, b):
+            calls["n"] += 1
+            if calls["n"] == 4:  # after the first file is in place: the set must go back to the old one
+                raise OSError(5, "Input/output error")
+            return real_replace(a, b)
+
+        monkeypatch.setattr(os, "replace", failing)
+        with pytest.raises(OutputError):
+            run("3")
+        monkeypatch.setattr(os, "replace", real_replace)
+        assert {p.read_text() for p in targets.values()} == {"1"}
+        run("4")
+        assert {p.read_text() for p in targets.values()} == {"4"}
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "mnt"]
+        assert sorted(p.name for p in (mnt / "sub").iterdir()) == ["map.json"]

@@ -40,9 +40,9 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from .errors import OutputError, OutputExistsError, RSClipError
 
@@ -129,7 +129,8 @@ def _recover(folder: Path, aside: Path, target: Optional[str]) -> None:
             with contextlib.suppress(OSError):
                 os.replace(aside, final)
                 return
-        shutil.rmtree(aside, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _remove(aside)
         return
     # Files of an output folder moved aside (OutputFolder.publish), with a journal of the new names.
     try:
@@ -403,6 +404,11 @@ class OutputFolder:
         except OSError as exc:
             raise self._unwritable(self.path.parent, exc) from exc
 
+    @property
+    def destination(self) -> Path:
+        """Where the published files end up (atomic.final_path)."""
+        return self.final
+
     def check(self) -> None:
         """Refuse when this job's files are there and overwrite was not asked for."""
         existing = self.existing()
@@ -474,3 +480,116 @@ class OutputFolder:
             for d in reversed(self._made):
                 with contextlib.suppress(OSError):
                     d.rmdir()  # only when still empty
+
+
+Final = Union[Path, Mapping[str, Path]]
+
+
+def final_path(final: Final, name: str) -> Optional[Path]:
+    """Where a job's file ``name`` ends up: in the output folder ``final``, or at its own path when ``final``
+    maps names to paths (OutputFiles.targets); None when the job's caller does not keep that file."""
+    if isinstance(final, Mapping):
+        return Path(final[name]) if name in final else None
+    return Path(final) / name
+
+
+def place_file(src: Path, dst: Path) -> Path:
+    """Move a finished file to ``dst`` in one rename; across file systems it is copied to a hidden temporary
+    file beside ``dst`` first (then renamed), so ``dst`` is never seen half written."""
+    src, dst = Path(src), Path(dst)
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".{STAGING}", dir=dst.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        src.unlink()
+    return dst
+
+
+class OutputFiles:
+    """A job's files published to paths of their own (QGIS Processing's output destinations), as one unit.
+
+    ``targets`` maps each file the job writes (``labels.tif``) to its final path. Entering refuses existing
+    targets without ``overwrite``; the files are staged beside the first target; ``publish()`` moves every
+    staged file to its target (the previous file moved aside and put back if a later move fails, so the set
+    is the old one or the new one) and removes targets the job did not produce this time (a stale side-car).
+    Files staged without a target are dropped.
+    """
+
+    def __init__(self, targets: dict[str, Path], *, overwrite: bool = False) -> None:
+        self.targets = {name: Path(os.path.abspath(p)) for name, p in targets.items()}
+        self.overwrite = bool(overwrite)
+        self.path = Path()
+        self.published = False
+
+    def __enter__(self) -> OutputFiles:
+        existing = [p for p in self.targets.values() if p.exists()]
+        if existing and not self.overwrite:
+            raise OutputExistsError(f"{', '.join(map(str, existing))} already exist; allow {{overwrite}} or choose "
+                                    "other output paths", params=("overwrite",))
+        first = next(iter(self.targets.values()))
+        try:
+            for p in self.targets.values():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                clean_stale(p.parent, p.name)
+            self.path = staging_dir(first)
+        except OSError as exc:
+            raise OutputError(f"cannot write to {first.parent}: {_reason(exc)}; choose writable output paths") from exc
+        return self
+
+    @property
+    def destination(self) -> dict[str, Path]:
+        """Where the published files end up (atomic.final_path)."""
+        return self.targets
+
+    def publish(self) -> None:
+        tok = _token()
+        done: list[tuple[Path, Optional[Path]]] = []  # (target, its previous file moved aside)
+        with _deferred_interrupt():
+            try:
+                for name, dst in self.targets.items():
+                    src = self.path / name
+                    aside = None
+                    if dst.exists():
+                        aside = dst.with_name(f".{dst.name}.{OLD}-{tok}")
+                        os.replace(dst, aside)
+                    done.append((dst, aside))
+                    if src.exists():
+                        place_file(src, dst)
+            except BaseException:
+                for dst, aside in reversed(done):
+                    with contextlib.suppress(OSError):
+                        dst.unlink(missing_ok=True)
+                        if aside is not None:
+                            os.replace(aside, dst)
+                raise
+            for _, aside in done:
+                if aside is not None:
+                    with contextlib.suppress(OSError):
+                        aside.unlink()
+        self.published = True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.path != Path() and self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+        if exc is not None and write_failure(exc):
+            raise OutputError(f"writing {', '.join(map(str, self.targets.values()))} failed ({_reason(exc)}); free "
+                              "some space or choose writable output paths") from exc
+
+
+def open_outputs(out: Union[str, os.PathLike, Mapping[str, Path]], owned: Sequence[str], *,
+                 overwrite: bool = False) -> Union[OutputFolder, OutputFiles]:
+    """The publisher of a job's outputs: an output folder (``--out``, the dialogs), or a mapping of the job's
+    file names to paths of their own (Processing's destinations). Both stage on the destination's file
+    system and publish the set as one unit; ``.path`` is where to write, ``.destination`` where files end up."""
+    if isinstance(out, Mapping):
+        return OutputFiles({n: Path(p) for n, p in out.items()}, overwrite=overwrite)
+    return OutputFolder(out, owned, overwrite=overwrite)

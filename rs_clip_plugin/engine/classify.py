@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -27,7 +28,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from rasterio.windows import Window
 
-from .atomic import OutputFolder
+from .atomic import Final, final_path, open_outputs
 from .bundle import Bundle
 from .classes import UNKNOWN, UNKNOWN_COLOUR, ClassesInput, ClassSpec, class_colours, parse_classes
 from .default_bundle import as_bundle
@@ -67,11 +68,6 @@ class ClassifyResult:
     qml_path: Path
     summary_path: Path
     summary: dict
-
-
-def output_folder(out_dir: Union[str, os.PathLike], overwrite: bool) -> OutputFolder:
-    """The output folder of a classification: these files are the job's (replaced with ``overwrite``)."""
-    return OutputFolder(out_dir, OUTPUT_FILES, overwrite=overwrite)
 
 
 def pixel_areas_m2(grid: TileGrid, rows: Window) -> Optional[np.ndarray]:
@@ -154,7 +150,7 @@ class ClassifyJob:
 def classify_raster(
     source_path: Union[str, os.PathLike],
     classes: ClassesInput,
-    out_dir: Union[str, os.PathLike],
+    out_dir: Union[str, os.PathLike, Mapping[str, Path]],
     *,
     bundle: Union[Bundle, str, os.PathLike, None] = None,
     lang: str = "en",
@@ -170,8 +166,9 @@ def classify_raster(
 
     How the raster is read, tiled and run: ``raster``, ``tiling``, ``run`` (engine/options.py); the earlier
     individual keywords (``sensor=``, ``overlap=``, ``provider=``, ``workers=``, ...) are still accepted.
-    ``out_dir`` is the final folder: the files are staged on its file system and published as one unit
-    (engine/atomic.py), so on an error or a cancel nothing of this run is left there.
+    ``out_dir`` is the final folder (or, for QGIS Processing, a mapping of the file names above to paths of
+    their own): the files are staged on its file system and published as one unit (engine/atomic.py), so on
+    an error or a cancel nothing of this run is left there.
     """
     t_start = time.perf_counter()
     progress = progress or Progress()
@@ -179,28 +176,29 @@ def classify_raster(
     specs = tuple(parse_classes(classes))
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"{{threshold}} {threshold} is not a probability; give a value between 0 and 1")
-    with output_folder(out_dir, overwrite) as out:  # refuses a conflict before any work
+    with open_outputs(out_dir, OUTPUT_FILES, overwrite=overwrite) as out:  # refuses a conflict before any work
         b = as_bundle(bundle)
         check_language(b, lang)
         progress.check()
         job = ClassifyJob(specs, b, lang, threshold, opts)
-        res = classify_into(source_path, job, out.path, Path(out_dir), progress, t_start)
+        res = classify_into(source_path, job, out.path, out.destination, progress, t_start)
         progress.check()
         out.publish()
     progress.update(1.0, "done")
     return res
 
 
-def classify_into(source_path: Union[str, os.PathLike], job: ClassifyJob, write_dir: Path, final_dir: Path,
+def classify_into(source_path: Union[str, os.PathLike], job: ClassifyJob, write_dir: Path, final_dir: Final,
                   progress: Progress, t_start: Optional[float] = None) -> ClassifyResult:
     """Write the outputs of ``job`` into ``write_dir`` (a staging folder); paths in the result and in
-    summary.json are those in ``final_dir``, where the caller publishes them."""
+    summary.json are the final ones (atomic.final_path: in the folder ``final_dir``, or each at its own path
+    when it maps names to paths), where the caller publishes them."""
     t_start = time.perf_counter() if t_start is None else t_start
     with job.options.raster.open(source_path) as source:
         return _classify_open(source, job, write_dir, final_dir, progress, t_start)
 
 
-def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir: Path, progress: Progress,
+def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir: Final, progress: Progress,
                    t_start: float) -> ClassifyResult:
     b, specs, tiling, run = job.bundle, job.specs, job.options.tiling, job.options.run
     spec, grid = plan_tiles(b, source, tiling)
@@ -238,12 +236,13 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
             "inference_s": stats.inference_s,
             "write_s": t_write,
         }, t_start)
-        summary["files"] = {k: str(final_dir / n) for k, n in
+        final = {n: final_path(final_dir, n) for n in (LABELS, CONFIDENCE, QML, SUMMARY)}
+        summary["files"] = {k: str(final[n]) for k, n in
                             (("labels", LABELS), ("confidence", CONFIDENCE), ("qml", QML), ("summary", SUMMARY))}
         write_json(tmp / SUMMARY, summary)
     finally:
         acc.close()
-    return ClassifyResult(final_dir / LABELS, final_dir / CONFIDENCE, final_dir / QML, final_dir / SUMMARY, summary)
+    return ClassifyResult(final[LABELS], final[CONFIDENCE], final[QML], final[SUMMARY], summary)
 
 
 def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: TileStats, specs, threshold,

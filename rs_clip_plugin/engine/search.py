@@ -28,14 +28,14 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 
-from .atomic import OutputFolder
+from .atomic import Final, final_path, open_outputs
 from .bundle import Bundle
 from .default_bundle import as_bundle
 from .errors import InputError
@@ -311,7 +311,7 @@ def _heatmap(idx: Index, scores: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _heatmap_name(n: int, count: int, source: str) -> str:
+def heatmap_name(n: int, count: int, source: str) -> str:
     if count == 1:
         return HEATMAP_FILE
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).name)[:60]
@@ -333,7 +333,7 @@ class SearchJob:
 def search(
     sources: Sequence[Union[str, os.PathLike, Index]],
     query_vector: np.ndarray,
-    out_dir: Union[str, os.PathLike],
+    out_dir: Union[str, os.PathLike, Mapping[str, Path]],
     *,
     bundle: Union[Bundle, str, os.PathLike, None],
     top_k: int = 10,
@@ -350,9 +350,10 @@ def search(
     """Rank the tiles of all ``sources`` (indexed on demand) against ``query_vector``; write hits.gpkg.
 
     ``top_k`` distinct places (NMS at ``nms_iou``) across all sources, best first; ``heatmap`` also
-    writes per-source similarity GeoTIFFs. ``out_dir`` is the final folder: the files are staged on its
-    file system and published as one unit (engine/atomic.py); on any error nothing of the run is left
-    there. ``raster``/``tiling``/``run`` (engine/options.py; the earlier individual keywords are accepted
+    writes per-source similarity GeoTIFFs. ``out_dir`` is the final folder (or, for QGIS Processing, a
+    mapping of file names, e.g. ``hits.gpkg``, to paths of their own; unmapped files are not kept): the
+    files are staged on its file system and published as one unit (engine/atomic.py); on any error nothing
+    of the run is left there. ``raster``/``tiling``/``run`` (engine/options.py; the earlier individual keywords are accepted
     too) apply to every source given as a path; ``tiling.modality=None`` lets each source use its own encoder.
     """
     progress = progress or Progress()
@@ -366,8 +367,8 @@ def search(
     if q.shape[0] != b.manifest.embed_dim:
         raise ValueError(f"the query vector has {q.shape[0]} dimensions but bundle {b.manifest.name!r} embeds in {b.manifest.embed_dim}")
     job = SearchJob(b, int(top_k), nms_iou, heatmap, dict(query_info or {}), opts)
-    with OutputFolder(out_dir, OUTPUT_FILES, overwrite=overwrite) as out:  # refuses a conflict before any work
-        res = search_into(sources, q, job, out.path, Path(out_dir), progress)
+    with open_outputs(out_dir, OUTPUT_FILES, overwrite=overwrite) as out:  # refuses a conflict before any work
+        res = search_into(sources, q, job, out.path, out.destination, progress)
         progress.check()
         out.publish()
     progress.update(1.0, f"{len(res.hits)} hits")
@@ -375,9 +376,10 @@ def search(
 
 
 def search_into(sources: Sequence[Union[str, os.PathLike, Index]], q: np.ndarray, job: SearchJob, write_dir: Path,
-                final_dir: Path, progress: Progress) -> SearchResult:
+                final_dir: Final, progress: Progress) -> SearchResult:
     """Index, rank and write the outputs of ``job`` into ``write_dir`` (a staging folder); the result's paths
-    are those in ``final_dir``, where the caller publishes them."""
+    are the final ones (atomic.final_path: in the folder ``final_dir``, or each at its own path when it maps
+    names to paths), where the caller publishes them."""
     from .gpkg import Feature, Layer, write_gpkg
 
     t0 = time.perf_counter()
@@ -419,14 +421,16 @@ def search_into(sources: Sequence[Union[str, os.PathLike, Index]], q: np.ndarray
     if job.heatmap:
         for i, idx in enumerate(indexes):
             progress.check()
-            name = _heatmap_name(i, len(indexes), idx.source_path)
-            _heatmap(idx, idx.scores(q), write_dir / name)
-            heat_paths.append(final_dir / name)
+            name = heatmap_name(i, len(indexes), idx.source_path)
+            final = final_path(final_dir, name)
+            if final is not None:  # a caller keeping only some heat maps (Processing: one) gets only those
+                _heatmap(idx, idx.scores(q), write_dir / name)
+                heat_paths.append(final)
     t_write = time.perf_counter()
     providers = sorted({str(i.meta.get("provider")) for i in indexes})
     return SearchResult(
         hits=hits,
-        gpkg_path=final_dir / HITS_FILE,
+        gpkg_path=final_path(final_dir, HITS_FILE),
         heatmap_path=heat_paths[0] if heat_paths else None,
         heatmap_paths=heat_paths,
         provider=", ".join(providers),
