@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import glob
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -43,6 +43,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..engine.options import RasterOptions, TilingOptions
 from ..engine.settings import cache_dir
 from ..models import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
@@ -72,7 +73,8 @@ def unique_result_dir(root: Path, base: str) -> Path:
     """A result folder name not used yet (two runs in the same second must not collide)."""
     base = re.sub(r"[^\w.-]+", "_", base).strip("_") or "result"
     candidate, n = root / base, 1
-    while candidate.exists() or (root / f".{candidate.name}.partial").exists():
+    # A run still being written has its hidden staging folder beside it (engine.atomic).
+    while candidate.exists() or any(root.glob(f".{glob.escape(candidate.name)}.rsclip-*")):
         n += 1
         candidate = root / f"{base}-{n}"
     return candidate
@@ -324,15 +326,20 @@ class ClassifyDialog(QDialog):
             return None
         sensor = self.sensor_combo.currentText()
         bands = [b.strip() for b in self.bands_edit.text().split(",") if b.strip()]
+        try:  # the engine's option objects, built once from the fields (they check the values)
+            raster = RasterOptions(sensor=None if sensor == "auto" else sensor,
+                                   bands=bands if bands and bands != self._detected_bands else None)
+            tiling = TilingOptions(tile_size_m=self.tile_spin.value() or None, overlap=self.overlap_spin.value(),
+                                   extent=extent)
+        except Exception as exc:
+            self.show_error(str(exc))
+            return None
         kwargs = dict(
             bundle=bundle,
-            sensor=None if sensor == "auto" else sensor,
-            bands=bands if bands and bands != self._detected_bands else None,
             lang=self.lang_combo.currentText() or "en",
             threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
-            tile_size_m=self.tile_spin.value() or None,
-            overlap=self.overlap_spin.value(),
-            extent=extent,
+            raster=raster,
+            tiling=tiling,
         )
         source = layer.source().split("|")[0]
         names = [n for n, _ in classes]
@@ -340,22 +347,14 @@ class ClassifyDialog(QDialog):
         title = f"{layer.name()} ({time.strftime('%H%M%S')})"
         out_root = Path(self.out_widget.filePath() or results_root())
         final = unique_result_dir(out_root, title)
-        staging = out_root / f".{final.name}.partial"
 
         def job(progress):
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            res = classify_raster(source, names, staging, progress=progress, **kwargs)
-            progress.check()
-            staging.rename(final)
-            for attr in ("labels_path", "confidence_path", "qml_path", "summary_path"):
-                p = getattr(res, attr, None)
-                if p:
-                    setattr(res, attr, final / Path(p).relative_to(staging))
-            return res
+            # The engine stages on the folder's file system and publishes it whole; the paths it returns (and
+            # records in summary.json) are the final ones.
+            return classify_raster(source, names, final, progress=progress, **kwargs)
 
         self.task = EngineTask(f"RS-CLIP: classify {layer.name()}", job, lambda r: self._done(r, title, colours),
-                               self._failed, staging=staging)
+                               self._failed)
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.message.connect(self.message_label.setText)
         self.run_btn.setEnabled(False)

@@ -8,7 +8,6 @@ zooms to and flashes the place, a hits layer and an optional similarity heat map
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -229,7 +228,6 @@ class SearchDock(QgsDockWidget):
         top_k, heatmap = self.topk_spin.value(), self.heatmap_check.isChecked()
         out_root = results_root()
         final = unique_result_dir(out_root, f"search-{time.strftime('%Y%m%d-%H%M%S')}")
-        staging = out_root / f".{final.name}.partial"
 
         def job(progress):
             qvec = query_fn(bundle)
@@ -240,21 +238,11 @@ class SearchDock(QgsDockWidget):
                 indexes.append(build_index(src, bundle, progress=progress.sub(0.6 * i / n, 0.6 * (i + 1) / n)))
                 self.index_states[name] = "reused" if indexes[-1].reused else "built"
             progress.update(0.6, "searching…")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            res = search(indexes, qvec, staging, bundle=bundle, top_k=top_k, heatmap=heatmap,
-                         progress=progress.sub(0.6, 1.0))
-            progress.check()
-            staging.rename(final)
-            for attr in ("gpkg_path", "heatmap_path"):
-                p = getattr(res, attr, None)
-                if p:
-                    setattr(res, attr, final / Path(p).relative_to(staging))
-            res.heatmap_paths = [final / Path(p).relative_to(staging) for p in res.heatmap_paths]
-            return res
+            # The engine stages on the folder's file system and publishes it whole (final paths returned).
+            return search(indexes, qvec, final, bundle=bundle, top_k=top_k, heatmap=heatmap,
+                          progress=progress.sub(0.6, 1.0))
 
-        self.task = EngineTask(f"RS-CLIP: search '{title}'", job, lambda r: self._done(r, title), self._failed,
-                               staging=staging)
+        self.task = EngineTask(f"RS-CLIP: search '{title}'", job, lambda r: self._done(r, title), self._failed)
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.message.connect(self.index_label.setText)
         self.search_btn.setEnabled(False)
