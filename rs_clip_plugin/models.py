@@ -13,13 +13,12 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
-from .engine.atomic import replace_dir
+from .engine.atomic import replace_dir, staging_dir
 from .engine.bundle import MANIFEST, BundleError, load_bundle, safe_extract, sha256_file
 
 SETTINGS_PREFIX = "rsclip/"
@@ -197,8 +196,9 @@ class ModelStore:
         return self._describe(target)
 
     def _staging(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        """A hidden working folder in the store (same file system: installing is a rename); those of killed
+        installs are removed (engine.atomic.staging_dir)."""
+        return staging_dir(self.root / "install")
 
     def add_folder(self, folder: Path, name: Optional[str] = None, overwrite: bool = False) -> InstalledBundle:
         folder = Path(folder)

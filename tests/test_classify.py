@@ -16,6 +16,7 @@ from rasterio.windows import Window
 from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.classify import OutputExistsError, classify_raster, pixel_areas_m2
 from rs_clip_plugin.engine.cli import main
+from rs_clip_plugin.engine.errors import cli_names
 from rs_clip_plugin.engine.pipeline import preprocess_tile
 from rs_clip_plugin.engine.progress import Cancelled, Progress
 from rs_clip_plugin.engine.raster import open_source
@@ -239,8 +240,9 @@ def test_overwrite_refusal(bundle, major_tom_dir: Path, tmp_path: Path) -> None:
     extent = _crop(major_tom_dir, 640)
     classify_raster(major_tom_dir, "a;b", out, bundle=bundle, extent=extent, provider="cpu")
     before = {n: (out / n).stat().st_mtime_ns for n in _files(out)}
-    with pytest.raises(OutputExistsError, match=r"labels\.tif.*--overwrite"):
+    with pytest.raises(OutputExistsError, match=r"labels\.tif.*overwrite") as err:
         classify_raster(major_tom_dir, "a;b;c", out, bundle=bundle, extent=extent, provider="cpu")
+    assert "pass --overwrite" in err.value.render(cli_names(err.value.params))
     assert {n: (out / n).stat().st_mtime_ns for n in _files(out)} == before
     res = classify_raster(major_tom_dir, "a;b;c", out, bundle=bundle, extent=extent, provider="cpu", overwrite=True)
     assert [c["name"] for c in res.summary["classes"]] == ["a", "b", "c"]

@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.pipeline import (
     TileStats,
-    choose_modality,
+    choose_encoder,
     embed_tiles,
     preprocess_tile,
     resize_chw,
@@ -145,7 +145,7 @@ def _rgb_with_nodata(path: Path, size: int = 128) -> Path:
 
 def test_embed_tiles_matches_direct_inference_and_skips_nodata(bundle, tmp_path: Path) -> None:
     src = open_source(_rgb_with_nodata(tmp_path / "rgb.tif"))
-    assert choose_modality(src, bundle) == "rgb"
+    assert choose_encoder(bundle, src).modality == "rgb"
     spec = bundle.manifest.encoder("rgb")
     grid = make_grid(src, 32)  # 4 x 4 tiles of 32 px, resized to the encoder's 64 px
     s = EncoderSession(bundle, "rgb", provider="cpu", threads=1)
@@ -195,7 +195,7 @@ def test_unmappable_source_fails_before_reading(bundle, data_dir: Path) -> None:
     s1 = next((data_dir / "bigearthnet_v1" / "BigEarthNet-S1").iterdir())
     src = open_source(next(s1.iterdir()))
     with pytest.raises(RasterError, match="rgb"):
-        choose_modality(src, bundle)
+        choose_encoder(bundle, src)
     src.close()
 
 

@@ -184,7 +184,7 @@ def run_bench(
     progress: Optional[Progress] = None,
 ) -> dict:
     """All figures as one dict (see the module docstring); every key is present, skipped parts say why."""
-    from .pipeline import choose_modality
+    from .pipeline import choose_encoder
     from .raster import open_source
     from .runtime import EncoderSession
     from .settings import require_sample
@@ -196,8 +196,8 @@ def run_bench(
     result: dict = {"bundle": b.manifest.name, "raster": str(raster_path)}
 
     with open_source(raster_path) as src:
-        modality = choose_modality(src, b)
-        spec = b.manifest.encoder(modality)
+        spec = choose_encoder(b, src)
+        modality = spec.modality
         session = EncoderSession(b, modality, provider=provider)
         bs = session.auto_batch_size(batch_size)
         result.update(modality=modality, provider=session.provider_used, device=session.device,
@@ -311,7 +311,7 @@ def large_scene_in_subprocess(b: Bundle, band_dir: Path, provider: str, bs: int,
 
 
 def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Optional[int]) -> dict:
-    from .pipeline import choose_modality
+    from .pipeline import choose_encoder
     from .raster import open_source
     from .runtime import EncoderSession
     from .tiling import make_grid, tile_size_px_for
@@ -319,8 +319,8 @@ def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Option
     with tempfile.TemporaryDirectory(prefix="rsclip-bench-scene-") as d:
         scene = make_large_scene(band_dir, Path(d) / "scene")
         with open_source(scene, sensor="s2-l2a") as src:
-            modality = choose_modality(src, b)
-            spec = b.manifest.encoder(modality)
+            spec = choose_encoder(b, src)
+            modality = spec.modality
             grid = make_grid(src, tile_size_px_for(spec, src))
             per_row = len({int(w.col_off) for w in grid.windows})
             if rows is not None:

@@ -8,7 +8,6 @@ zooms to and flashes the place, a hits layer and an optional similarity heat map
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +230,7 @@ class SearchDock(QgsDockWidget):
     def _unreadable(self, source: str, name: str, bundle) -> Optional[str]:
         """Why no encoder of ``bundle`` can read the raster, in one line; None when one can. Cached per file
         state, since the list refreshes whenever a layer is added."""
-        from ..engine.pipeline import choose_modality
+        from ..engine.pipeline import choose_encoder
         from ..engine.raster import open_source
 
         try:
@@ -242,7 +241,7 @@ class SearchDock(QgsDockWidget):
         if key not in self._readable_cache:
             try:
                 with open_source(source) as src:
-                    choose_modality(src, bundle)
+                    choose_encoder(bundle, src)
                 self._readable_cache[key] = None
             except Exception as exc:
                 self._readable_cache[key] = field_message(exc, FIELDS, [(source, name)])
@@ -364,7 +363,6 @@ class SearchDock(QgsDockWidget):
         top_k, heatmap = self.topk_spin.value(), self.heatmap_check.isChecked()
         out_root = Path(self.out_widget.filePath() or output_root())
         final = unique_result_dir(out_root, f"search-{time.strftime('%Y%m%d-%H%M%S')}")
-        staging = out_root / f".{final.name}.partial"
         self.skipped = []
 
         def job(progress):
@@ -386,22 +384,13 @@ class SearchDock(QgsDockWidget):
             if not indexes:
                 raise ValueError("none of the ticked layers can be searched: " + "; ".join(self.skipped))
             progress.update(0.6, "searching…")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            res = search(indexes, qvec, staging, bundle=bundle, top_k=top_k, heatmap=heatmap,
-                         progress=progress.sub(0.6, 1.0))
-            progress.check()
-            staging.rename(final)
-            for attr in ("gpkg_path", "heatmap_path"):
-                p = getattr(res, attr, None)
-                if p:
-                    setattr(res, attr, final / Path(p).relative_to(staging))
-            res.heatmap_paths = [final / Path(p).relative_to(staging) for p in res.heatmap_paths]
-            return res
+            # The engine stages on the folder's file system and publishes it whole (final paths returned).
+            return search(indexes, qvec, final, bundle=bundle, top_k=top_k, heatmap=heatmap,
+                          progress=progress.sub(0.6, 1.0))
 
         self.index_states = {}
         self.task = EngineTask(f"RS-CLIP: search '{title}'", job, lambda r: self._done(r, title), self._failed,
-                               staging=staging, words=lambda exc: field_message(exc, FIELDS, names))
+                               words=lambda exc: field_message(exc, FIELDS, names))
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.message.connect(self.index_label.setText)
         self.search_btn.setEnabled(False)

@@ -101,3 +101,11 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
     def tile_arg(self, parameters, context):
         v = self.parameterAsDouble(parameters, "TILE_SIZE_M", context)
         return v if v > 0 else None
+
+    def job_options(self, parameters, context, extent=None):
+        """The engine's option objects (engine/options.py), built once from this algorithm's parameters."""
+        from ..engine.options import JobOptions, RunOptions, TilingOptions
+
+        tiling = TilingOptions(modality=self.modality_arg(parameters, context), tile_size_m=self.tile_arg(parameters, context),
+                               overlap=self.parameterAsDouble(parameters, "OVERLAP", context), extent=extent)
+        return JobOptions(tiling=tiling, run=RunOptions(provider=self.provider_arg(parameters, context)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from qgis.core import (
@@ -26,8 +25,6 @@ from .common import (
     feedback_progress,
     layer_source,
     load_bundle_spec,
-    move_into_place,
-    staging_dir,
 )
 from .styles import StylePostProcessor
 
@@ -81,7 +78,8 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         self.addOutput(QgsProcessingOutputString("EXECUTION_PROVIDER", self.tr("Execution provider used")))
 
     def processAlgorithm(self, parameters, context, feedback):
-        from ..engine.classify import classify_raster
+        from ..engine.classify import CONFIDENCE, LABELS, QML, SUMMARY, classify_raster
+        from ..engine.writers import AUX_SUFFIX
 
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         source = layer_source(layer)
@@ -107,40 +105,24 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         overwrite = self.parameterAsBool(parameters, "OVERWRITE", context)
         if output.suffix.lower() not in (".tif", ".tiff"):
             raise QgsProcessingException(f"OUTPUT {output}: the class map is written as GeoTIFF; give a .tif path")
-        if output.exists() and not overwrite:
-            raise QgsProcessingException(f"OUTPUT {output} exists; set OVERWRITE=true or choose another path")
 
         bundle = load_bundle_spec(self.parameterAsString(parameters, "BUNDLE", context), feedback)
-        work = staging_dir(output)
-        try:
-            result = engine_call(
-                classify_raster,
-                source,
-                classes,
-                work,
-                bundle=bundle,
-                modality=self.modality_arg(parameters, context),
-                lang=lang,
-                threshold=threshold,
-                tile_size_m=self.tile_arg(parameters, context),
-                overlap=self.parameterAsDouble(parameters, "OVERLAP", context),
-                extent=extent,
-                provider=self.provider_arg(parameters, context),
-                progress=feedback_progress(feedback),
-                overwrite=True,
-            )
-            outputs = {"OUTPUT": move_into_place(result.labels_path, output)}
-            move_into_place(result.qml_path, output.with_suffix(".qml"))  # QGIS styles the layer from it on load
-            conf = Path(conf_param) if conf_param else output.with_name(f"{output.stem}_confidence.tif")
-            outputs["CONFIDENCE"] = move_into_place(result.confidence_path, conf)
-            summ = Path(summary_param) if summary_param else output.with_name(f"{output.stem}_summary.json")
-            outputs["SUMMARY"] = move_into_place(result.summary_path, summ)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        conf = Path(conf_param) if conf_param else output.with_name(f"{output.stem}_confidence.tif")
+        summ = Path(summary_param) if summary_param else output.with_name(f"{output.stem}_summary.json")
+        # Each output goes to the path Processing chose; the engine stages them and publishes the set as one unit.
+        targets = {LABELS: output, LABELS + AUX_SUFFIX: Path(str(output) + AUX_SUFFIX),
+                   QML: output.with_suffix(".qml"),  # QGIS styles the layer from it on load
+                   CONFIDENCE: conf, SUMMARY: summ}
+        result = engine_call(classify_raster, source, classes, targets, bundle=bundle, lang=lang, threshold=threshold,
+                             **self.job_options(parameters, context, extent).kwargs(),
+                             progress=feedback_progress(feedback), overwrite=overwrite)
+        outputs = {"OUTPUT": str(output), "CONFIDENCE": str(conf), "SUMMARY": str(summ)}
+        for warning in result.summary.get("warnings", []):
+            feedback.pushWarning(warning)
         summary = result.summary
         qml = output.with_suffix(".qml")
-        StylePostProcessor.attach(context, outputs["OUTPUT"], lambda lyr: style_labels(lyr, summary, qml))
-        StylePostProcessor.attach(context, outputs.get("CONFIDENCE") or "", style_confidence)
+        StylePostProcessor.attach(context, str(output), lambda lyr: style_labels(lyr, summary, qml))
+        StylePostProcessor.attach(context, str(conf) if conf_param else "", style_confidence)
         provider = str(result.summary.get("provider", ""))
         feedback.pushInfo(f"Execution provider: {provider}")
         for c in result.summary.get("classes", []):

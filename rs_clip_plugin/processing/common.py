@@ -1,10 +1,8 @@
 """What every RS-CLIP Processing algorithm shares: bundle resolution, feedback as engine progress,
-layer sources, and moving the engine's outputs to the paths Processing asked for."""
+and layer sources. The engine itself stages outputs and publishes them at the paths Processing asked for."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -77,26 +75,6 @@ def extent_tuple(rect: Optional[QgsRectangle]) -> Optional[tuple[float, float, f
     if rect is None or rect.isNull() or rect.isEmpty():
         return None
     return (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-
-
-def staging_dir(output: Path) -> Path:
-    """A hidden folder beside the output: the engine writes there, the final files are moved into place."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    d = output.parent / f".{output.stem}.rsclip-partial"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir()
-    return d
-
-
-def move_into_place(src: Optional[os.PathLike], dst: Path) -> Optional[str]:
-    if not src:
-        return None
-    src = Path(src)
-    if not src.exists():
-        return None
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
-    return str(dst)
 
 
 def engine_call(fn, *args, **kwargs):

@@ -44,11 +44,7 @@ class IndexAlgorithm(RSClipAlgorithm):
             build_index,
             source,
             bundle,
-            modality=self.modality_arg(parameters, context),
-            tile_size_m=self.tile_arg(parameters, context),
-            overlap=self.parameterAsDouble(parameters, "OVERLAP", context),
-            extent=extent,
-            provider=self.provider_arg(parameters, context),
+            **self.job_options(parameters, context, extent).kwargs(),
             progress=feedback_progress(feedback),
             force=self.parameterAsBool(parameters, "FORCE", context),
         )

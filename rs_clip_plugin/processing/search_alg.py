@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from qgis.core import (
@@ -25,8 +24,6 @@ from .common import (
     feedback_progress,
     layer_source,
     load_bundle_spec,
-    move_into_place,
-    staging_dir,
 )
 from .styles import StylePostProcessor
 
@@ -68,7 +65,9 @@ class _SearchBase(RSClipAlgorithm):
         return engine_call(text_query_vector, bundle, text, negative=negative, lang=lang)
 
     def run_search(self, parameters, context, feedback, output: Path, top_k: int, heatmap: bool):
-        from ..engine.search import search
+        """Search and write the hits (or the first raster's heat map) to ``output``, the path Processing chose:
+        the engine stages it on that file system and moves it there when complete."""
+        from ..engine.search import HITS_FILE, heatmap_name, search
 
         layers = self.parameterAsLayerList(parameters, "LAYERS", context)
         if not layers:
@@ -76,20 +75,16 @@ class _SearchBase(RSClipAlgorithm):
         sources = [layer_source(lyr, "LAYERS") for lyr in layers]
         bundle = load_bundle_spec(self.parameterAsString(parameters, "BUNDLE", context), feedback)
         qvec = self.query_vector(parameters, context, bundle)
-        work = staging_dir(output)
-        try:
-            result = engine_call(
-                search, sources, qvec, work, bundle=bundle, top_k=top_k, heatmap=heatmap,
-                progress=feedback_progress(feedback), overwrite=True,
-            )
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
+        name = heatmap_name(0, len(sources), str(sources[0])) if heatmap else HITS_FILE
+        result = engine_call(
+            search, sources, qvec, {name: output}, bundle=bundle, top_k=top_k, heatmap=heatmap,
+            progress=feedback_progress(feedback), overwrite=True,
+        )
         provider = str(getattr(result, "provider", "") or "")
         feedback.pushInfo(f"Execution provider: {provider}")
         for h in result.hits:
             feedback.pushInfo(f"  #{h.rank} score {h.score:.3f} {Path(str(h.source)).name} {tuple(round(v, 1) for v in h.bounds)}")
-        return result, work, provider
+        return result, provider
 
 
 class SearchAlgorithm(_SearchBase):
@@ -113,15 +108,9 @@ class SearchAlgorithm(_SearchBase):
         if output.suffix.lower() != ".gpkg":
             raise QgsProcessingException(f"OUTPUT {output}: hits are written as GeoPackage; give a .gpkg path")
         top_k = self.parameterAsInt(parameters, "TOP_K", context)
-        result, work, provider = self.run_search(parameters, context, feedback, output, top_k, heatmap=False)
-        try:
-            out = move_into_place(result.gpkg_path, output)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if out is None:
-            raise QgsProcessingException("the engine wrote no hits file; see the log above")
-        StylePostProcessor.attach(context, out, style_hits)
-        return {"OUTPUT": out, "EXECUTION_PROVIDER": provider}
+        _, provider = self.run_search(parameters, context, feedback, output, top_k, heatmap=False)
+        StylePostProcessor.attach(context, str(output), style_hits)
+        return {"OUTPUT": str(output), "EXECUTION_PROVIDER": provider}
 
 
 class HeatmapAlgorithm(_SearchBase):
@@ -141,12 +130,6 @@ class HeatmapAlgorithm(_SearchBase):
         output = Path(self.parameterAsOutputLayer(parameters, "OUTPUT", context))
         if output.suffix.lower() not in (".tif", ".tiff"):
             raise QgsProcessingException(f"OUTPUT {output}: the heat map is written as GeoTIFF; give a .tif path")
-        result, work, provider = self.run_search(parameters, context, feedback, output, top_k=1, heatmap=True)
-        try:
-            out = move_into_place(result.heatmap_path, output)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if out is None:
-            raise QgsProcessingException("the engine wrote no heat map; see the log above")
-        StylePostProcessor.attach(context, out, style_heatmap)
-        return {"OUTPUT": out, "EXECUTION_PROVIDER": provider}
+        _, provider = self.run_search(parameters, context, feedback, output, top_k=1, heatmap=True)
+        StylePostProcessor.attach(context, str(output), style_heatmap)
+        return {"OUTPUT": str(output), "EXECUTION_PROVIDER": provider}

@@ -12,7 +12,7 @@ from .common import (
     add_output_args,
     add_provider_args,
     add_raster_args,
-    raster_kwargs,
+    job_options,
 )
 
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         bundle=args.bundle,
         lang=args.lang,
         threshold=args.threshold,
-        **raster_kwargs(args),
+        **job_options(args).kwargs(),
         progress=ConsoleProgress("classify"),
         overwrite=args.overwrite,
     )
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"    0 {'unknown (below threshold)':30s} {s['unknown']['pixels']:>11d} px")
     t = s["tiling"]
     lines.append(f"  tiles: {t['tiles']} ({t['skipped_nodata']} skipped, no data); {s['timings']['total_s']:.1f} s")
+    lines += [f"  warning: {w}" for w in s.get("warnings", [])]
     lines.append(f"  wrote {res.labels_path}, {res.confidence_path.name}, {res.qml_path.name}, {res.summary_path.name}")
     emit(args, result, "\n".join(lines))
     return 0

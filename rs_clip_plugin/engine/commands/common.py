@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import fields
 
 from ..bands import MODALITIES, SENSOR_BANDS
+from ..options import PRECISIONS, JobOptions, RasterOptions, RunOptions, TilingOptions
 from ..radiometry import SAR_UNITS
 from ..runtime import PROVIDER_CHOICES
 
 SENSORS = tuple(SENSOR_BANDS)
 RASTER_HELP = "GeoTIFF/COG/VRT, Sentinel-2 .SAFE folder or .zip, or a folder of per-band files"
-# Namespace attributes that map one-to-one onto keyword arguments of build_index / classify_raster / search.
-_RASTER_KWARGS = ("modality", "sensor", "bands", "s2_offset", "sar_units", "tile_size_m", "overlap", "extent", "provider", "batch_size")
 
 
 def parse_extent(text: str) -> list[float]:
@@ -42,10 +41,15 @@ def add_bundle_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_provider_args(p: argparse.ArgumentParser, batch_size: bool = True) -> None:
+    """How inference runs (RunOptions): --provider, --precision and, for jobs that embed tiles, --batch-size
+    and --threads."""
     p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES,
                    help="ONNX Runtime device; auto (default): TensorRT or CUDA when usable, else CPU")
+    p.add_argument("--precision", default=PRECISIONS[0], choices=PRECISIONS,
+                   help="encoder precision (only fp32 bundles exist yet)")
     if batch_size:
         p.add_argument("--batch-size", type=int, help="tiles per inference call (default: chosen for the device)")
+        p.add_argument("--threads", type=int, help="raster reader threads (default: chosen for the device; 0: none)")
 
 
 def add_raster_args(p: argparse.ArgumentParser, *, what: str = "the raster", modality: bool = True, extent: bool = True) -> None:
@@ -69,6 +73,12 @@ def add_output_args(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def raster_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The raster, tiling and provider keyword arguments this command's parser defined, taken from ``args``."""
-    return {k: getattr(args, k) for k in _RASTER_KWARGS if hasattr(args, k)}
+def _taken(args: argparse.Namespace, cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def job_options(args: argparse.Namespace) -> JobOptions:
+    """The raster, tiling and run options of a command, built once from the arguments its parser defined
+    (those it did not define keep their defaults)."""
+    return JobOptions(RasterOptions(**_taken(args, RasterOptions)), TilingOptions(**_taken(args, TilingOptions)),
+                      RunOptions(**_taken(args, RunOptions)))

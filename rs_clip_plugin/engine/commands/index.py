@@ -11,7 +11,7 @@ from .common import (
     add_output_args,
     add_provider_args,
     add_raster_args,
-    raster_kwargs,
+    job_options,
 )
 
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     idx = build_index(
         args.raster,
         args.bundle,
-        **raster_kwargs(args),
+        **job_options(args).kwargs(),
         progress=ConsoleProgress("index"),
         force=args.force,
     )

@@ -14,8 +14,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rs_clip_plugin.engine.bundle import atomic_write_text
+from rs_clip_plugin.engine.atomic import atomic_write_text, staged_dir
 from rs_clip_plugin.engine.progress import Progress
 
 from .dino import CropConfig, DINOHead, DINOLoss, StudentTeacherBranch, ema_update, momentum_at, multi_crop
@@ -237,9 +235,7 @@ class RSMCLIPTrainer:
 
         from training.checkpoint import save_checkpoint
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=self.out_dir))
-        try:
+        with staged_dir(self.checkpoint_path) as tmp:  # swapped in whole (rs_clip_plugin.engine.atomic)
             save_checkpoint(self.model, tmp / "model", self.model_name, pretrained=self.pretrained, step=self.step,
                             extra={"method": "rs_m_clip"})
             tensors = {f"head.{k}": v for k, v in self.student.head.state_dict().items()}
@@ -250,15 +246,6 @@ class RSMCLIPTrainer:
             save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / TRAINER_STATE))
             meta = {"step": self.step, "param_groups": groups, "history": self.history}
             (tmp / TRAINER_META).write_text(json.dumps(meta, default=float) + "\n", encoding="utf-8")
-            old = self.out_dir / ".checkpoint.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if self.checkpoint_path.exists():
-                os.replace(self.checkpoint_path, old)
-            os.replace(tmp, self.checkpoint_path)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return self.checkpoint_path
 
     def try_resume(self) -> bool:
