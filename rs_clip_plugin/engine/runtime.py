@@ -121,11 +121,6 @@ def default_threads() -> int:
     return physical_cores()
 
 
-def has_nvidia_gpu() -> bool:
-    """Whether the NVIDIA driver reports a GPU (Linux), so a CPU-only ONNX Runtime is worth upgrading."""
-    return any(Path("/proc/driver/nvidia/gpus").glob("*/information"))
-
-
 def device_name(provider: str) -> str:
     """The model of the device a provider runs on: the GPU's from the NVIDIA driver, else the CPU's."""
     if provider in GPU_PROVIDERS:
