@@ -530,6 +530,7 @@ def classify_cancel(d: dict) -> None:
           f"nothing tells the analyst the run was cancelled: {d['message_bar_now']}")
     check(not d["new_folders"], f"folders left after Cancel: {d['new_folders']}")
     check(w["run"].isEnabled(), "Classify stays disabled after Cancel")
+    screenshot("03_classify_cancel_dialog")
     dlg.close()
     # The analyst removes the whole-scene layer again (keeps the later searches to the small layers).
     QgsProject.instance().removeMapLayer(STATE["layers"].pop("full").id())
@@ -798,6 +799,7 @@ def model_manager(d: dict) -> None:
         steps.append(f"after remove {kind}: {rows}; folders left: {left}")
         check(not any(row_is(r, name) for r in rows), f"remove {kind}: {name} still listed ({rows})")
         check(name not in left, f"remove {kind}: {installed / name} still on disk")
+    screenshot("07_model_manager_dialog")  # the dialog itself; the scenario's own shot comes after it closes
     dlg.close()
 
 
