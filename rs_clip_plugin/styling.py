@@ -64,13 +64,17 @@ def _group(project: QgsProject, name: str) -> QgsLayerTreeGroup:
 
 
 def palette_classes(summary: dict) -> list[tuple[int, str, str]]:
-    """(value, name, colour) per class of an engine summary; value 0 is 'unknown' and not listed."""
+    """(value, name, colour) per class of an engine summary, then 'unknown' (its own value, K+1) when a
+    threshold made some; value 0 is no data and not listed."""
     out = []
     for i, c in enumerate(summary.get("classes", [])):
         value = int(c.get("value", i + 1))
-        if value == 0 or c.get("name") == "unknown":
+        if value == 0:
             continue
         out.append((value, str(c["name"]), str(c.get("color") or c.get("colour") or "#808080")))
+    unknown = summary.get("unknown") or {}
+    if summary.get("threshold") is not None and unknown.get("value"):
+        out.append((int(unknown["value"]), "unknown", str(unknown.get("color") or "#b0b0b0")))
     return out
 
 

@@ -439,3 +439,23 @@ def test_output_folder_is_remembered(qgis_iface, layer, store, tmp_path) -> None
     finally:
         dock.cleanup()
         QgsSettings().remove(OUTPUT_KEY)
+
+
+def test_unknown_is_in_the_legend_and_the_area_table(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
+    """With a threshold, 'unknown' is a value of its own: listed in the legend like in the area table (#11)."""
+    from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dlg = ClassifyDialog(qgis_iface, store=store)
+    dlg.layer_combo.setLayer(layer)
+    dlg.set_bundle_path(tiny_bundle)
+    dlg.set_classes(["forest", "water"])
+    dlg.out_widget.setFilePath(str(tmp_path / "out"))
+    dlg.threshold_check.setChecked(True)
+    dlg.threshold_spin.setValue(0.99)  # a random-weight bundle is never that sure: mostly unknown
+    task = click_run(dlg)
+    assert task is not None and wait_for(task), dlg.message_label.text()
+    labels = dlg.result_layers[0]
+    assert [c.label for c in labels.renderer().classes()] == ["forest", "water", "unknown"]
+    table = [dlg.area_table.item(r, 0).text() for r in range(dlg.area_table.rowCount())]
+    assert table[-1] == "unknown"

@@ -4,7 +4,8 @@ Per tile, logits = logit_scale * cos(tile embedding, class embedding); per pixel
 covering it are averaged (overlap smooths tile edges), then softmax gives the label (argmax) and its
 confidence (max probability). Output, on the input's working grid restricted to the extent:
 
-- ``labels.tif``: uint8, 0 = nodata or unknown (below ``threshold``), classes 1..K; nodata value 0; colour
+- ``labels.tif``: uint8, classes 1..K, K+1 = unknown (below ``threshold``; only when one is given), 0 = no
+  data (the nodata value, transparent); colour
   table, category names (``labels.tif.aux.xml`` when osgeo is present) and name tags (see writers.py);
 - ``confidence.tif``: float32 max softmax probability, NaN where no label;
 - ``labels.qml``: QGIS paletted style; ``summary.json``: area per class, provider, timings, tiling.
@@ -30,7 +31,16 @@ from rasterio.windows import Window
 
 from .atomic import Final, final_path, open_outputs
 from .bundle import Bundle
-from .classes import UNKNOWN, UNKNOWN_COLOUR, ClassesInput, ClassSpec, class_colours, parse_classes
+from .classes import (
+    NODATA,
+    NODATA_COLOUR,
+    UNKNOWN,
+    UNKNOWN_COLOUR,
+    ClassesInput,
+    ClassSpec,
+    class_colours,
+    parse_classes,
+)
 from .default_bundle import as_bundle
 from .errors import InputError, OutputExistsError  # noqa: F401  (OutputExistsError: re-exported, long-standing)
 from .options import JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
@@ -113,7 +123,8 @@ def _nodata_mask(grid: TileGrid, stats: TileStats, strip: Window) -> Optional[np
 
 
 def _softmax_label(logits: np.ndarray, threshold: Optional[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels uint8 1..K / 0, confidence float32, covered mask) from (K, h, w) averaged logits (NaN = no tile).
+    """(labels uint8 1..K, K+1 below ``threshold``, 0 uncovered; confidence float32; covered mask) from
+    (K, h, w) averaged logits (NaN = no tile).
 
     Only the winning probability is needed: max softmax = 1 / sum_k exp(x_k - max_k x), accumulated plane by
     plane so no second (K, h, w) array is made.
@@ -130,7 +141,7 @@ def _softmax_label(logits: np.ndarray, threshold: Optional[float]) -> tuple[np.n
         total += plane
     conf = np.reciprocal(total, out=total)
     if threshold is not None:
-        labels[conf < threshold] = 0
+        labels[conf < threshold] = x.shape[0] + 1  # unknown: a value of its own, in the legend
     labels[~covered] = 0
     conf[~covered] = np.nan
     return labels, conf, covered
@@ -226,7 +237,10 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
         counts = _write_rasters(tmp, grid, acc, stats, specs, job.threshold, progress.sub(0.9, 0.99))
         names = [s.name for s in specs]
         colours = class_colours(specs)
-        write_qml(tmp / QML, [(k + 1, colours[k], names[k]) for k in range(len(specs))])
+        entries = [(k + 1, colours[k], names[k]) for k in range(len(specs))]
+        if job.threshold is not None:
+            entries.append((len(specs) + 1, UNKNOWN_COLOUR, UNKNOWN))
+        write_qml(tmp / QML, entries)
         t_write = time.perf_counter() - t0
         summary = _summary(source, job, session, grid, stats, colours, counts, spec.modality, {
             "text_s": t_text,
@@ -248,11 +262,13 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
 def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: TileStats, specs, threshold,
                    progress: Progress) -> dict:
     h, w = grid.out_shape
-    names = [UNKNOWN, *(s.name for s in specs)]
-    colours = [UNKNOWN_COLOUR, *class_colours(specs)]
+    names = [NODATA, *(s.name for s in specs)]
+    colours = [NODATA_COLOUR, *class_colours(specs)]
+    if threshold is not None:
+        names, colours = [*names, UNKNOWN], [*colours, UNKNOWN_COLOUR]
     k = len(specs)
-    pixels = np.zeros(k + 1, np.int64)  # per label value over valid pixels (0 = unknown)
-    area = np.zeros(k + 1, np.float64)
+    pixels = np.zeros(k + 2, np.int64)  # per label value over valid pixels (k + 1 = unknown; 0 never valid)
+    area = np.zeros(k + 2, np.float64)
     nodata_px, nodata_area = 0, 0.0
     has_area = grid.crs is not None
     lab_profile = geotiff_profile(w, h, grid.out_transform, grid.crs, "uint8", 0)
@@ -273,14 +289,14 @@ def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: Tile
             row_area = pixel_areas_m2(grid, strip)
             # One pass: counts per (row, label value) of valid pixels, the last column counts invalid ones.
             rows_idx = np.arange(labels.shape[0], dtype=np.int64)[:, None]
-            code = np.where(valid, labels.astype(np.int64), k + 1) + rows_idx * (k + 2)
-            per_row = np.bincount(code.ravel(), minlength=labels.shape[0] * (k + 2)).reshape(-1, k + 2)
-            pixels += per_row[:, : k + 1].sum(axis=0)
-            nodata_px += int(per_row[:, k + 1].sum())
+            code = np.where(valid, labels.astype(np.int64), k + 2) + rows_idx * (k + 3)
+            per_row = np.bincount(code.ravel(), minlength=labels.shape[0] * (k + 3)).reshape(-1, k + 3)
+            pixels += per_row[:, : k + 2].sum(axis=0)
+            nodata_px += int(per_row[:, k + 2].sum())
             if row_area is not None:
                 weighted = row_area @ per_row
-                area += weighted[: k + 1]
-                nodata_area += float(weighted[k + 1])
+                area += weighted[: k + 2]
+                nodata_area += float(weighted[k + 2])
             progress.update((n + 1) / len(strips), "writing")
     set_category_names(tmp / LABELS, names)
     return {"pixels": pixels, "area_m2": area if has_area else None, "nodata_px": nodata_px,
@@ -333,7 +349,8 @@ def _summary(source: RasterSource, job: ClassifyJob, session: EncoderSession, gr
         "prompt_templates": len(templates_for(b, job.lang)),
         "threshold": job.threshold,
         "classes": classes,
-        "unknown": {"value": 0, "pixels": int(pixels[0]), "area_ha": _ha(area[0]) if area is not None else None},
+        "unknown": {"value": len(job.specs) + 1, "color": UNKNOWN_COLOUR, "pixels": int(pixels[-1]),
+                    "area_ha": _ha(area[-1]) if area is not None else None},
         "nodata": {"value": 0, "pixels": counts["nodata_px"], "area_ha": _ha(counts["nodata_m2"])},
         "valid_pixels": valid_px,
         "valid_area_ha": _ha(area.sum()) if area is not None else None,

@@ -432,7 +432,7 @@ class ClassifyDialog(QDialog):
         rows = list(summary.get("classes", []))
         unknown = summary.get("unknown") or {}
         if unknown.get("pixels"):
-            rows.append({"name": "unknown", "color": "#000000", **unknown})
+            rows.append({"name": "unknown", **unknown})
         valid = float(summary.get("valid_pixels") or 0) or float(sum(int(c.get("pixels", 0)) for c in rows)) or 1.0
         self.area_table.setRowCount(0)
         for c in rows:

@@ -38,7 +38,7 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         "Labels every pixel of a raster with one of the classes you type, by comparing image tiles with the "
         "class names through the model bundle's aligned image and text encoders (zero-shot).\n\n"
         "CLASSES: classes separated by ';' (synonyms as 'forest|woodland'), or a preset. Pixels whose best "
-        "probability is below THRESHOLD become 'unknown' (0). OUTPUT is a uint8 label raster with a "
+        "probability is below THRESHOLD become 'unknown' (the value after the last class; 0 is no data). OUTPUT is a uint8 label raster with a "
         "colour table and a .qml style beside it; CONFIDENCE holds the probability of the chosen class."
     )
 

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         area = f"{c['area_ha']:.1f} ha" if c["area_ha"] is not None else f"{c['pixels']} px"
         lines.append(f"  {c['value']:3d} {c['name']:30s} {area:>14s}  {100 * c['fraction']:5.1f}%")
     if s["unknown"]["pixels"]:
-        lines.append(f"    0 {'unknown (below threshold)':30s} {s['unknown']['pixels']:>11d} px")
+        lines.append(f"  {s['unknown']['value']:>3d} {'unknown (below threshold)':30s} {s['unknown']['pixels']:>11d} px")
     t = s["tiling"]
     lines.append(f"  tiles: {t['tiles']} ({t['skipped_nodata']} skipped, no data); {s['timings']['total_s']:.1f} s")
     lines += [f"  warning: {w}" for w in s.get("warnings", [])]
