@@ -17,12 +17,6 @@ from ..engine.errors import RSClipError
 from ..engine.progress import Progress
 
 PROVIDERS = ["auto", "cpu", "cuda"]
-# Engine parameter -> how a Processing user changes it (the algorithms' parameter names).
-PARAMETER_NAMES = {
-    "sensor": "MODALITY", "modality": "MODALITY", "bands": "the band descriptions of INPUT (or a VRT naming them)",
-    "tile_size_m": "TILE_SIZE_M", "overlap": "OVERLAP", "extent": "EXTENT", "bundle": "BUNDLE", "lang": "LANG",
-    "threshold": "THRESHOLD", "out": "OUTPUT", "overwrite": "OVERWRITE", "provider": "PROVIDER", "top_k": "TOP_K",
-}
 
 
 def feedback_progress(feedback: Optional[QgsProcessingFeedback]) -> Progress:
@@ -88,6 +82,8 @@ def engine_call(fn, *args, **kwargs):
     except QgsProcessingException:
         raise
     except RSClipError as exc:
+        from .base import PARAMETER_NAMES
+
         raise QgsProcessingException(exc.render(PARAMETER_NAMES)) from exc
     except (ValueError, OSError, RuntimeError, KeyError) as exc:
         raise QgsProcessingException(str(exc)) from exc
