@@ -24,7 +24,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QPoint, Qt
 from qgis.PyQt.QtTest import QTest
 
-from rs_clip_plugin.models import MemorySettings, ModelStore
+from rs_clip_plugin.installed_bundles import MemorySettings, ModelStore
 
 pytestmark = pytest.mark.qgis
 REPO = Path(__file__).resolve().parents[1]

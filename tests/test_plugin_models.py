@@ -13,7 +13,7 @@ from hostile_zips import deflate, raw_zip, tree_bytes, zero_deflate
 
 from rs_clip_plugin import deps
 from rs_clip_plugin.engine.bundle import BundleError, zip_bundle
-from rs_clip_plugin.models import DEFAULT_KEY, MemorySettings, ModelStore
+from rs_clip_plugin.installed_bundles import DEFAULT_KEY, MemorySettings, ModelStore
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..engine.bands import MODALITIES
 from ..engine.options import RasterOptions, TilingOptions
-from ..models import ModelStore
+from ..installed_bundles import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
 from ..styling import add_classification_layers
 from .bundle_combo import fill_bundle_combo, select_bundle

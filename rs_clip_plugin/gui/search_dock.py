@@ -43,7 +43,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..models import ModelStore
+from ..installed_bundles import ModelStore
 from ..styling import add_search_layers
 from .bundle_combo import fill_bundle_combo, select_bundle
 from .outputs import field_message, output_root, push_result, remember_output_root, unique_result_dir
@@ -53,7 +53,10 @@ from .thumbnails import read_window_rgb, to_qimage
 
 THUMB = 72
 FIELDS = {"bundle": "Model bundle", "lang": "Language", "top_k": "Top k", "out": "Output folder",
-          "overwrite": "Output folder", "query": "the query field"}
+          "overwrite": "Output folder", "query": "the query field",
+          # The dock has no band fields: a layer it cannot read needs its bands named where it comes from.
+          "sensor": "the sensor (the classify dialog's Sensor)",
+          "bands": "band names (the layer's band descriptions, or a VRT naming them)"}
 
 
 def short_reason(problem: str) -> str:
@@ -376,7 +379,7 @@ class SearchDock(QgsDockWidget):
                 except Exception as exc:  # one odd layer must not lose the others' hits
                     if type(exc).__name__ == "Cancelled":
                         raise
-                    self.skipped.append(f"{name}: {field_message(exc, FIELDS, names)}")
+                    self.skipped.append(f"{name}: {short_reason(field_message(exc, FIELDS, names))}")
                     log(f"search: skipped {name}: {exc}", Qgis.Warning)
                     continue
                 indexes.append(idx)

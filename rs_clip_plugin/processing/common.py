@@ -37,7 +37,7 @@ def feedback_progress(feedback: Optional[QgsProcessingFeedback]) -> Progress:
 def load_bundle_spec(spec: str, feedback: Optional[QgsProcessingFeedback] = None):
     """'' (the default), an installed bundle's name, or a bundle folder / .zip -> engine Bundle."""
     from ..engine.bundle import BundleError, load_bundle
-    from ..models import ModelStore
+    from ..installed_bundles import ModelStore
 
     try:
         path = ModelStore().resolve((spec or "").strip())

@@ -1,4 +1,4 @@
-"""Model manager logic (no GUI): bundles installed in the QGIS profile, adding, removing, the default.
+"""Installed model bundles (no GUI): the bundles in the QGIS profile, adding, removing, the default.
 
 Installed bundles are plain bundle directories under ``<profile>/rsclip/bundles/<name>``. Every add goes
 through the engine's ``load_bundle`` (file hashes and ONNX inputs checked) in a staging folder and is moved
