@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,10 @@ def test_classify_task_adds_styled_layers(qgis_iface, layer, store, tiny_bundle,
     outs = list((tmp_path / "out").iterdir())
     assert len(outs) == 1 and not outs[0].name.startswith(".")
     assert {p.name for p in outs[0].iterdir()} >= {"labels.tif", "confidence.tif", "labels.qml", "summary.json"}
+    # The dialog passes its result folder to the engine: summary.json names the files where they are (it used
+    # to name a staging folder that no longer existed).
+    files = json.loads((outs[0] / "summary.json").read_text())["files"]
+    assert all(Path(f).is_file() and Path(f).parent == outs[0] for f in files.values()), files
 
 
 def test_classify_canvas_extent(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:

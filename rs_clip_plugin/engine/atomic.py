@@ -59,17 +59,25 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBI
 PUBLISHED: list[Path] = []
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory, then rename: readers never see half a file."""
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` makes the file at a temporary path beside ``path`` (same directory, so same file
+    system), which is then renamed to ``path``: readers never see half a file; on an error it is removed."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (atomic_write), UTF-8."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # --- owners of hidden working folders ----------------------------------------------------------------
@@ -502,14 +510,7 @@ def place_file(src: Path, dst: Path) -> Path:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".{STAGING}", dir=dst.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
         src.unlink()
     return dst
 

@@ -214,6 +214,8 @@ def write_archive(root: Path, records: dict[str, dict[str, np.ndarray]], metadat
     import pyarrow.parquet as pq
     from safetensors.numpy import save
 
+    from rs_clip_plugin.engine.atomic import atomic_write
+
     root = Path(root)
     (root / LMDB_DIR).mkdir(parents=True, exist_ok=True)
     size = max(1 << 20, 2 * sum(a.nbytes for rec in records.values() for a in rec.values()) + (1 << 20))
@@ -225,9 +227,7 @@ def write_archive(root: Path, records: dict[str, dict[str, np.ndarray]], metadat
     finally:
         env.close()
     columns = {c: [row.get(c) for row in metadata] for c in dict.fromkeys(k for row in metadata for k in row)}
-    tmp = root / f".{METADATA}.tmp"
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, root / METADATA)
+    atomic_write(root / METADATA, lambda tmp: pq.write_table(pa.table(columns), tmp))
     return root
 
 

@@ -7,8 +7,6 @@ and anything that needs the raw projection.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -215,11 +213,6 @@ def convert_fp16(src: Path, dst: Path, metadata: dict[str, Any]) -> Path:
 def _save_atomic(proto: Any, path: Path) -> None:
     import onnx
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from rs_clip_plugin.engine.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
