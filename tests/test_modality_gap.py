@@ -250,10 +250,17 @@ def test_smoke_recipe_learns_and_exports(smoke_run: Path):
     assert b.manifest.provenance["metrics"]["alignment"]["s2"]["cos_after"] == m["alignment"]["s2"]["cos_after"]
     assert "not a usable remote-sensing model" in b.manifest.provenance["description"]
     assert (smoke_run / "patching.md").read_text().startswith("## Stage 1")
+    # The paper's table beside ours, filled from this run where the recipe computes the figure.
+    rows = {(r["task"], r["metric"]): r for r in json.loads((smoke_run / "paper_table.json").read_text())["rows"]}
+    assert rows[("retrieval RGB->MS", "R@1")]["paper"] == 24.86
+    assert rows[("retrieval RGB->MS", "R@1")]["ours"] == round(m["retrieval"]["rgb_to_ms"]["R@1"], 2)
+    assert rows[("retrieval MS->RGB", "R@50")]["ours"] == round(m["retrieval"]["ms_to_rgb"]["R@50"], 2)
+    assert rows[("patching gain", "accuracy")]["ours"] is not None and rows[("zero-shot, aligned MS student", "accuracy")]["ours"] is None
 
 
-def test_paper_recipe_dry_run(tmp_path: Path):
-    """The dry run loads the configured student checkpoint when it is there and reports what it loaded."""
+def test_paper_recipe_dry_run(tmp_path: Path, capsys):
+    """The dry run loads the configured student checkpoint when it is there and reports what it loaded, and
+    prints the table the recipe will produce beside the paper's numbers."""
     from training.cli import main
 
     ckpt, want = moco_v3_file(tmp_path / "moco.pth", img_size=224)
@@ -265,6 +272,8 @@ def test_paper_recipe_dry_run(tmp_path: Path):
     assert init["loaded"] == init["total"] == len(want) and init["patch_embed_loaded"] is True
     assert len(init["skipped"]) == 16 and init["checkpoint"] == str(ckpt)
     assert m["student_init"]["s1"]["checkpoint"] is None
+    out = capsys.readouterr().out
+    assert "## Paper A (Mind the Modality Gap)" in out and "| patching gain | BigEarthNet-19 | macro mAP | 56.86 |  |" in out
     assert not (tmp_path / "bundle").exists()
 
 

@@ -323,7 +323,7 @@ class _Recipe:
 
         def r(q: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
             sim = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(g, dim=-1).T
-            return recall_at_k(sim.numpy(), np.arange(q.shape[0]), ks=(1, 5, 10))
+            return recall_at_k(sim.numpy(), np.arange(q.shape[0]), ks=(1, 5, 10, 20, 50))  # Paper A's R@k
 
         h2 = self._held.get("s2")
         if h2:
