@@ -338,3 +338,16 @@ def test_in_memory_bigearthnet_stage2_with_bce_fails_loudly(tmp_path: Path, data
         d = r.stage2_data("s2")
     assert d["labelled"] == 0 and d["n"] > 0
     assert "classification term is off" in caplog.text
+
+
+def test_in_memory_batches_are_sharded_by_rank(monkeypatch) -> None:
+    from training.methods.modality_gap.finetune import shuffled_batches
+
+    x, y = torch.arange(12.0).view(12, 1), torch.arange(12)
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        it = shuffled_batches([x], y, 3, seed=0, augment=False)
+        seen.append(sorted(int(v) for _ in range(2) for v in next(it)[1]))  # one epoch of this rank's shard
+    assert set(seen[0]).isdisjoint(seen[1]) and sorted(seen[0] + seen[1]) == list(range(12))
