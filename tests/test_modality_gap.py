@@ -255,7 +255,10 @@ def test_smoke_recipe_learns_and_exports(smoke_run: Path):
     assert rows[("retrieval RGB->MS", "R@1")]["paper"] == 24.86
     assert rows[("retrieval RGB->MS", "R@1")]["ours"] == round(m["retrieval"]["rgb_to_ms"]["R@1"], 2)
     assert rows[("retrieval MS->RGB", "R@50")]["ours"] == round(m["retrieval"]["ms_to_rgb"]["R@50"], 2)
-    assert rows[("patching gain", "accuracy")]["ours"] is not None and rows[("zero-shot, aligned MS student", "accuracy")]["ours"] is None
+    assert rows[("patching gain", "accuracy")]["ours"] is not None
+    zs = m["zero_shot"]["eurosat-ms"]
+    assert zs["metric"] == "accuracy" and zs["n"] == 8 and 0 <= zs["ms_student"] <= 100 and 0 <= zs["rgb_teacher"] <= 100
+    assert rows[("zero-shot, aligned MS student", "accuracy")]["ours"] == round(zs["ms_student"], 2)
 
 
 def test_paper_recipe_dry_run(tmp_path: Path, capsys):

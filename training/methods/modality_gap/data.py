@@ -113,6 +113,31 @@ def _bigearthnet_rgb(spec: dict, root: Path, size: int) -> tuple[LabelledImages,
     return build(train, ""), (build(held, "-heldout") if held else None)
 
 
+def load_ms_set(spec: dict, data_dir: Path, size: int) -> tuple[LabelledImages, str]:
+    """(a labelled Sentinel-2 set as 13-band reflectance [N, 13, size, size], its product level) for zero-shot
+    evaluation of the MS student: ``eurosat_ms`` (class folders, L1C, single-label) or ``bigearthnet`` (v1, L2A,
+    19-class multi-hot; ``split_csv``/``exclude_csvs`` select the official test split without cloud/snow)."""
+    kind, root = spec["kind"], data_dir / spec["root"]
+    if kind == "eurosat_ms":
+        keys, names = classnames(spec.get("classnames", "eurosat"))
+        items, _ = scan_class_folders(root, (".tif",), keys, "EuroSAT-MS GeoTIFFs")
+        imgs = np.stack([_resize_np(read_ms(it.path)[None], size)[0] for it in items]).astype(np.float32)
+        return LabelledImages(spec.get("name", kind), imgs, np.array([it.label for it in items]), names), "s2-l1c"
+    if kind == "bigearthnet":
+        from training.data.bigearthnet import LABELS_19, multi_hot, open_v1
+
+        ben = open_v1(root, spec, require_labels=True)
+        limit = spec.get("max_patches")
+        patches = ben.s2[: int(limit)] if limit else ben.s2
+        _, names = classnames(spec.get("classnames", "bigearthnet19"))
+        if len(names) != len(LABELS_19):
+            raise ValueError(f"BigEarthNet-19 needs 19 class names, got {len(names)}")
+        imgs = np.stack([_resize_np(ben.read_s2(p)[None], size)[0] for p in patches]).astype(np.float32)
+        labels = np.stack([multi_hot(p.labels_19 or []) for p in patches])
+        return LabelledImages(spec.get("name", "bigearthnet19"), imgs, labels, names), "s2-l2a"
+    raise ValueError(f"unknown zero-shot MS dataset kind {kind!r}: use eurosat_ms or bigearthnet")
+
+
 @dataclass
 class S2Crops:
     """Sentinel-2 crops: 13-band reflectance, product level per crop, label (-1: none), source name."""
