@@ -101,8 +101,14 @@ def render(title: str, rows: list[dict[str, Any]]) -> str:
 
 def write_paper_table(method: str, metrics: dict, out_dir: Path) -> str:
     """out_dir/paper_table.{json,md}; returns the Markdown."""
-    from training.evaluate.tables import write_table
+    import json
+
+    from rs_clip_plugin.engine.bundle import atomic_write_text
 
     title, rows = paper_table(method, metrics)
-    write_table(rows, Path(out_dir) / "paper_table", title, ["task", "dataset", "metric", "paper", "ours", "paper_source", "note"])
-    return render(title, rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "paper_table.json", json.dumps({"title": title, "rows": rows}, indent=2) + "\n")
+    md = render(title, rows)  # empty cells, not "None", where a figure is unknown or not computed
+    atomic_write_text(out / "paper_table.md", md)
+    return md
