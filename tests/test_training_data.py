@@ -205,3 +205,21 @@ def test_student_drop_path_from_config():
     st = build_student({"kind": "timm", "name": "vit_small_patch16_224", "drop_path": 0.2, "model_kwargs": {"depth": 2}},
                        ["B01"] * 13, None, 64, 32)  # fmt: skip
     assert st.backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)  # timm: linear up to drop_path_rate
+
+
+def test_bigearthnet_v1_official_split_and_cloud_snow_exclusion(data_dir: Path, tmp_path: Path):
+    """Paper A's protocol: an official split CSV keeps only its patches; the cloud/shadow and snow lists drop theirs."""
+    root = data_dir / "bigearthnet_v1"
+    s2_name = ben.BigEarthNetV1(root).s2[0].name
+    (tmp_path / "test.csv").write_text(f"{s2_name}\nsome_other_patch\n")
+    (tmp_path / "train.csv").write_text("some_other_patch\n")
+    (tmp_path / "patches_with_seasonal_snow.csv").write_text(f"{s2_name}\n")
+    (tmp_path / "patches_with_cloud_and_shadow.csv").write_text("x\n")
+    assert [p.name for p in ben.open_v1(root, {"split_csv": str(tmp_path / "test.csv")}).s2] == [s2_name]
+    with pytest.raises(DataError, match="no patch is left after the split"):
+        ben.open_v1(root, {"split_csv": str(tmp_path / "train.csv")})
+    excl = [str(tmp_path / "patches_with_cloud_and_shadow.csv"), str(tmp_path / "patches_with_seasonal_snow.csv")]
+    kept = ben.open_v1(root, {"exclude_csvs": excl})
+    assert kept.s2 == [] and len(kept.s1) == 1  # the snowy S2 patch is dropped, the S1 patch is another place
+    with pytest.raises(DataError, match="patch list not found"):
+        ben.open_v1(root, {"split_csv": "val.csv"})

@@ -24,12 +24,17 @@ def shuffled_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch
 
     With ``augment`` every image tensor of a batch gets the same random flip/rotation (pairs stay aligned).
     """
-    g = torch.Generator().manual_seed(seed)
+    from training.data.loaders import world
+
+    rank, size = world()
+    g = torch.Generator().manual_seed(seed)  # the same on every rank: the shards below are disjoint
     n = labels.shape[0]
-    bs = min(batch_size, n)
+    bs = max(1, min(batch_size, n // size))
     while True:
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - bs + 1, bs):
+        # Under torchrun each rank takes every size-th sample of one shared permutation (as DistributedSampler
+        # does), so a step sees batch_size x world distinct samples and the derived step count holds.
+        perm = torch.randperm(n, generator=g)[rank::size]
+        for i in range(0, len(perm) - bs + 1, bs):
             idx = perm[i : i + bs]
             xs = [x[idx] for x in images]
             if augment:

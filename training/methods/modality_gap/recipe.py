@@ -323,7 +323,7 @@ class _Recipe:
 
         def r(q: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
             sim = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(g, dim=-1).T
-            return recall_at_k(sim.numpy(), np.arange(q.shape[0]), ks=(1, 5, 10))
+            return recall_at_k(sim.numpy(), np.arange(q.shape[0]), ks=(1, 5, 10, 20, 50))  # Paper A's R@k
 
         h2 = self._held.get("s2")
         if h2:
@@ -343,6 +343,32 @@ class _Recipe:
         rows = [{"direction": k, **v} for k, v in out.items() if isinstance(v, dict)]
         if rows:
             write_table(rows, self.out / "retrieval", "Cross-modal retrieval on held-out patches (R@k, %)")
+
+    def zero_shot(self, s2_student: nn.Module) -> None:
+        """Paper A's evaluation of the aligned student: zero-shot through the text head on labelled Sentinel-2
+        sets (``stage2.zero_shot``), beside the RGB teacher on the composites of the same patches."""
+        from training.data.composites import rgb_composite
+
+        out: dict[str, Any] = {}
+        for spec in self.cfg["stage2"].get("zero_shot") or []:
+            ds, level = recipe_data.load_ms_set(spec, self.data_dir, int(self.cfg["stage2"].get("crop", self.size)))
+            head = self.head(ds.classnames)
+            x_ms = resize_batch(_t(ms_input(ds.images)), self.size)
+            x_rgb = self.teacher_input(np.stack([rgb_composite(a, level) for a in ds.images]))
+            out[ds.name] = {"metric": "macro_mAP" if ds.labels.ndim == 2 else "accuracy", "n": len(ds.labels),
+                            "ms_student": evaluate_head(s2_student, head, x_ms, ds.labels, self.device),
+                            "rgb_teacher": evaluate_head(self.lm.model.visual, head, x_rgb, ds.labels, self.device)}  # fmt: skip
+        if out:
+            self.metrics["zero_shot"] = out
+            write_table([{"dataset": k, **v} for k, v in out.items()], self.out / "zero_shot",
+                        "Zero-shot of the aligned MS student and the RGB teacher (accuracy or macro mAP, %)")  # fmt: skip
+
+    def check_inputs(self) -> None:
+        """Evaluation sets are read at the end: a missing folder must stop the run now, not after training."""
+        for spec in self.cfg["stage2"].get("zero_shot") or []:
+            if not (self.data_dir / spec["root"]).exists():
+                raise FileNotFoundError(f"stage2.zero_shot {spec.get('name', spec['kind'])}: {self.data_dir / spec['root']} "
+                                        "not found; fix data_dir / root or remove the entry")
 
     # -- export ------------------------------------------------------------------------------------
     def export(self, s2_student: nn.Module, s1_student: nn.Module) -> None:
@@ -367,7 +393,7 @@ class _Recipe:
             "description": ex.get("description", ""),
             "recipe": self.cfg.get("name", ""),
             "data": self.cfg.get("data_description", ""),
-            "metrics": {k: v for k, v in self.metrics.items() if k in ("stage1", "patching", "alignment", "retrieval")},
+            "metrics": {k: v for k, v in self.metrics.items() if k in ("stage1", "patching", "alignment", "retrieval", "zero_shot")},
         }
         report = export_model(self.lm, out_dir=self.out / "bundle", image_encoders=encoders, provenance=provenance,
                               name=ex.get("name"), fp16=bool(ex.get("fp16", False)), overwrite=True)  # fmt: skip
@@ -386,12 +412,15 @@ class _Recipe:
             log.info("%s done in %.1f s", name, timings[name])
             return out
 
+        if not self.dry_run:
+            self.check_inputs()
         timed("build", self.build_model)
         timed("stage1", self.stage1)
         s2_student = timed("align_s2", self.align, "s2", list(S2_L1C_BANDS))
         s1_student = timed("align_s1", self.align, "s1", list(S1_GRD_BANDS))
         if not self.dry_run:
             timed("retrieval", self.retrieval, s2_student)
+            timed("zero_shot", self.zero_shot, s2_student)
             if self.cfg.get("export", {}).get("enabled", True):
                 timed("export", self.export, s2_student, s1_student)
         self.metrics["timings_s"] = timings

@@ -171,6 +171,17 @@ def run_recipe(config: dict, out_dir: Path, *, dry_run: bool = False, progress: 
         rset = RetrievalSet.from_records(val_imgs, [{k: v for k, v in r.captions.items() if k in languages}
                                                     for r in val_recs])
         metrics["retrieval"] = evaluate_retrieval(TorchEncoder(loaded), rset, ks)
+        # The standard protocol (RSICD / RSITMD / UCM): each dataset's own test split, five captions per image,
+        # mean recall over t2i/i2t R@1/5/10, per language.
+        by_ds: dict[str, list[int]] = {}
+        for i, r in enumerate(val_recs):
+            if r.split == "test":
+                by_ds.setdefault(r.source, []).append(i)
+        metrics["retrieval_test"] = {
+            ds: evaluate_retrieval(TorchEncoder(loaded), RetrievalSet.from_records(
+                val_imgs[idx], [{k: v for k, v in val_recs[i].captions.items() if k in languages} for i in idx]), ks)
+            for ds, idx in sorted(by_ds.items()) if len(idx) > 1
+        }  # fmt: skip
     progress.update(0.85, "exporting the bundle")
 
     export_cfg = config.get("export", {}) or {}
