@@ -20,20 +20,14 @@ from qgis.PyQt.QtGui import QColor
 
 
 def provider_label(provider: Optional[str], device: Optional[str] = None, threads: Optional[int] = None) -> str:
-    """Where a job ran, in an analyst's words: 'GPU (NVIDIA H100, CUDA)' or 'CPU (Intel Xeon ..., 2 threads)'.
-
-    Raw ONNX Runtime provider names (CPUExecutionProvider, Azure...) mean nothing to a user.
-    """
+    """Where a job ran, in an analyst's words (engine.runtime.describe_device): 'GPU (NVIDIA H100, CUDA)' or
+    'CPU (Intel Xeon ..., 2 threads)'; raw provider names (CPUExecutionProvider, Azure...) mean nothing to a user."""
     if not provider:
         return "not run yet"
     try:
-        from .engine.runtime import GPU_PROVIDERS, default_threads, device_name
+        from .engine.runtime import describe_device
 
-        name = device or device_name(provider)
-        if provider in GPU_PROVIDERS:
-            return f"GPU ({name}, {provider.replace('ExecutionProvider', '').replace('Tensorrt', 'TensorRT')})"
-        n = threads or default_threads()
-        return f"CPU ({name}, {n} thread{'s' if n != 1 else ''})"
+        return describe_device(provider, threads=threads, model=device)
     except Exception:  # the label must never break showing a result
         return provider.replace("ExecutionProvider", "")
 
@@ -70,13 +64,17 @@ def _group(project: QgsProject, name: str) -> QgsLayerTreeGroup:
 
 
 def palette_classes(summary: dict) -> list[tuple[int, str, str]]:
-    """(value, name, colour) per class of an engine summary; value 0 is 'unknown' and not listed."""
+    """(value, name, colour) per class of an engine summary, then 'unknown' (its own value, K+1) when a
+    threshold made some; value 0 is no data and not listed."""
     out = []
     for i, c in enumerate(summary.get("classes", [])):
         value = int(c.get("value", i + 1))
-        if value == 0 or c.get("name") == "unknown":
+        if value == 0:
             continue
         out.append((value, str(c["name"]), str(c.get("color") or c.get("colour") or "#808080")))
+    unknown = summary.get("unknown") or {}
+    if summary.get("threshold") is not None and unknown.get("value"):
+        out.append((int(unknown["value"]), "unknown", str(unknown.get("color") or "#b0b0b0")))
     return out
 
 

@@ -25,7 +25,7 @@ def _bundle(arg: str | None, work: Path) -> Path:
     if arg:
         return Path(arg)
     from rs_clip_plugin.engine.bundle import BundleError
-    from rs_clip_plugin.models import MemorySettings, ModelStore
+    from rs_clip_plugin.installed_bundles import MemorySettings, ModelStore
 
     try:
         return ModelStore(settings=MemorySettings()).resolve("")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
         from rs_clip_plugin.gui.search_dock import SearchDock
         from rs_clip_plugin.gui.tasks import wait_for
-        from rs_clip_plugin.models import MemorySettings, ModelStore
+        from rs_clip_plugin.installed_bundles import MemorySettings, ModelStore
         from rs_clip_plugin.presets import preset_classes
 
         bundle = _bundle(args.bundle, work)

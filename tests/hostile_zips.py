@@ -19,7 +19,7 @@ def zero_deflate(n_mib: int) -> bytes:
 
 
 def deflate(data: bytes) -> bytes:
-    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    c = zlib.compressobj(1, zlib.DEFLATED, -15)
     return c.compress(data) + c.flush()
 
 

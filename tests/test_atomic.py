@@ -11,10 +11,10 @@ import pytest
 from rs_clip_plugin.engine.atomic import atomic_write_text, replace_dir
 from rs_clip_plugin.engine.commands.common import (
     add_raster_args,
+    job_options,
     parse_bands,
     parse_extent,
     parse_point,
-    raster_kwargs,
 )
 
 
@@ -81,9 +81,12 @@ def test_shared_parsers() -> None:
         parse_point("1,2,3")
 
 
-def test_raster_kwargs_hold_only_the_options_the_command_defines() -> None:
+def test_job_options_hold_only_the_options_the_command_defines() -> None:
+    from rs_clip_plugin.engine.options import RasterOptions, RunOptions, TilingOptions
+
     p = argparse.ArgumentParser()
     add_raster_args(p, modality=False, extent=False)
     args = p.parse_args(["--sensor", "s2-l2a", "--bands", "B04,B03,B02", "--overlap", "0.5", "--s2-offset", "1000"])
-    assert raster_kwargs(args) == {"sensor": "s2-l2a", "bands": ["B04", "B03", "B02"], "s2_offset": 1000.0,
-                                   "sar_units": None, "tile_size_m": None, "overlap": 0.5}
+    opts = job_options(args)
+    assert opts.raster == RasterOptions(sensor="s2-l2a", bands=("B04", "B03", "B02"), s2_offset=1000.0)
+    assert opts.tiling == TilingOptions(overlap=0.5) and opts.run == RunOptions()

@@ -178,3 +178,19 @@ def test_reads_the_real_configilm_mock(tmp_path: Path):
         assert s2.shape == (13, 120, 120) and np.all(s2[10] == 0) and 0 < s2.max() < 2
         assert s1.shape == (2, 120, 120) and s1.min() < -5  # dB, not linear power
         assert ben.target(p).sum() == len(p.labels_19) > 0
+
+
+def test_reben_has_no_boa_offset_on_a_real_patch(data_dir: Path):
+    """The real reBEN patch (N9999 product, reBEN folder layout): blue DN far below 1000, so no +1000 offset."""
+    import rasterio
+
+    from rs_clip_plugin.engine.bands import parse_s2_product, s2_offset_dn
+    from training.data.bigearthnet_v2 import REBEN_OFFSET_DN, boa_offset_evidence
+
+    (b02,) = sorted((data_dir / "bigearthnet_v1" / "BigEarthNet-S2").glob("*/*/*_B02.tif"))
+    with rasterio.open(b02) as src:
+        dn = src.read(1)
+    ev = boa_offset_evidence(dn)
+    assert not ev["offset_present"] and ev["share_below_offset"] > 0.5 and ev["min_dn"] < 100
+    assert boa_offset_evidence(dn.astype(np.int32) + 1000)["offset_present"]  # the check can tell the two apart
+    assert REBEN_OFFSET_DN == 0.0 == s2_offset_dn(parse_s2_product(b02.parent.name).baseline)

@@ -97,38 +97,75 @@ def test_class_folder_captions_on_real_eurosat(data_dir: Path):
     assert tif.shape == (256, 256, 3)
 
 
-def test_translations_merge_with_originals_in_the_shipped_rs_m_clip_layout(tmp_path: Path, monkeypatch, data_dir: Path):
-    """rs_m_clip.yaml reads data/RSICD/dataset_rsicd.json and data/translations/rsicd/captions.all.jsonl, whose
-    image paths are '../../RSICD/RSICD_images/x.jpg' (relative to the manifest): one record per image."""
+def shipped_layout(tmp_path: Path, data_dir: Path, datasets: tuple[str, ...] = ("rsicd",)) -> list[dict]:
+    """The caption entries of the shipped rs_m_clip.yaml for ``datasets``, with files of their layout under the
+    current directory: real JPEGs, a dataset_*.json (3 images: train, train, test) and what `rsclip-train
+    translate` writes (captions.all.jsonl: English + Portuguese, paths relative to the manifest's folder)."""
     import shutil
 
     import yaml
 
-    from training.methods.rs_m_clip.recipe import build_records
-
     repo = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((repo / "training" / "configs" / "rs_m_clip.yaml").read_text(encoding="utf-8"))
-    entries = [e for e in cfg["data"]["captions"] if "rsicd" in e["path"].lower()]
-    assert [e["format"] for e in entries] == ["karpathy", "manifest"]
+    entries = [e for e in cfg["data"]["captions"] if any(d in e["path"].lower() for d in datasets)]
+    jpgs = sorted((data_dir / "eurosat_rgb_small" / "Forest").glob("*.jpg"))
+    for n, (orig, trans) in enumerate(zip(entries[: len(entries) // 2], entries[len(entries) // 2 :])):
+        assert (orig["format"], trans["format"]) == ("karpathy", "manifest")
+        img_dir = Path(orig["image_dir"])
+        img_dir.mkdir(parents=True)
+        mine = jpgs[3 * n : 3 * n + 3]
+        for j in mine:
+            shutil.copy(j, img_dir / j.name)
+        Path(orig["path"]).write_text(json.dumps({"images": [
+            {"filename": j.name, "split": s, "sentences": [{"raw": f"forest number {i}"}]}
+            for i, (j, s) in enumerate(zip(mine, ["train", "train", "test"]))]}), encoding="utf-8")  # fmt: skip
+        recs = load_captions(orig["path"], orig["image_dir"], "karpathy")
+        for r in recs:
+            r.add("pt", "floresta " + r.captions["en"][0].split()[-1])
+        Path(trans["path"]).parent.mkdir(parents=True)
+        write_manifest_jsonl(trans["path"], recs)
+    return entries
+
+
+def test_translations_merge_with_originals_in_the_shipped_rs_m_clip_layout(tmp_path: Path, monkeypatch, data_dir: Path):
+    """rs_m_clip.yaml reads data/RSICD/dataset_rsicd.json and data/translations/rsicd/captions.all.jsonl, whose
+    image paths are '../../RSICD/RSICD_images/x.jpg' (relative to the manifest): one record per image."""
+    from training.methods.rs_m_clip.recipe import build_records
+
     monkeypatch.chdir(tmp_path)
-    img_dir = Path(entries[0]["image_dir"])
-    img_dir.mkdir(parents=True)
-    jpgs = sorted((data_dir / "eurosat_rgb_small" / "Forest").glob("*.jpg"))[:3]
-    for j in jpgs:
-        shutil.copy(j, img_dir / j.name)
-    splits = ["train", "train", "test"]
-    Path(entries[0]["path"]).write_text(json.dumps({"images": [
-        {"filename": j.name, "split": s, "sentences": [{"raw": f"forest number {i}"}]} for i, (j, s) in enumerate(zip(jpgs, splits))
-    ]}), encoding="utf-8")  # fmt: skip
-    # What `rsclip-train translate` writes: English plus translations, paths relative to the manifest's folder.
-    recs = load_captions(entries[0]["path"], entries[0]["image_dir"], "karpathy")
-    for r in recs:
-        r.add("pt", "floresta " + r.captions["en"][0].split()[-1])
-    Path(entries[1]["path"]).parent.mkdir(parents=True)
-    write_manifest_jsonl(entries[1]["path"], recs)
+    entries = shipped_layout(tmp_path, data_dir)
     assert json.loads(Path(entries[1]["path"]).read_text().splitlines()[0])["image"].startswith("../../RSICD/")
     train, val = build_records({"captions": entries}, ["en", "pt"], seed=0)
     assert len(train) == 2 and len(val) == 1  # not 4 + 2: the translated images are the same images
     for r in train + val:
         assert sorted(r.captions) == ["en", "pt"] and len(r.captions["en"]) == 1, r
         assert ".." not in r.image.parts and r.image.is_file()
+
+
+def test_data_command_reports_no_duplicates_for_the_shipped_layout(tmp_path: Path, monkeypatch, data_dir: Path, capsys):
+    import shutil
+
+    import yaml
+
+    from training.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    entries = shipped_layout(tmp_path, data_dir, ("rsicd", "ucm"))
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "training" / "configs" / "rs_m_clip.yaml").read_text(encoding="utf-8"))
+    cfg["data"]["captions"], cfg["languages"] = entries, ["en", "pt"]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["data", "recipe.yaml", "--json", "--hash"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert set(rep["datasets"]) == {"RSICD", "UCM-Captions"}
+    assert rep["datasets"]["RSICD"]["train"] == {"images": 2, "captions": {"en": 2, "pt": 2}, "duplicate_images": 0,
+                                                 "duplicate_content": 0}  # fmt: skip
+    assert rep["total"]["test"]["images"] == 2 and rep["images_in_several_splits"] == 0
+    assert rep["length"]["epochs"] == 10 and rep["length"]["n_samples"] == 4
+    # The same picture under another name in another dataset: found by content, and the exit status says so.
+    ucm = Path(entries[1]["image_dir"])
+    first = sorted(Path(entries[0]["image_dir"]).glob("*.jpg"))[0]
+    victim = sorted(ucm.glob("*.jpg"))[0]
+    shutil.copy(first, victim)
+    assert main(["data", "recipe.yaml", "--hash"]) == 1
+    assert "same bytes" in capsys.readouterr().out

@@ -16,6 +16,7 @@ from rasterio.windows import Window
 from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.classify import OutputExistsError, classify_raster, pixel_areas_m2
 from rs_clip_plugin.engine.cli import main
+from rs_clip_plugin.engine.errors import cli_names
 from rs_clip_plugin.engine.pipeline import preprocess_tile
 from rs_clip_plugin.engine.progress import Cancelled, Progress
 from rs_clip_plugin.engine.raster import open_source
@@ -65,7 +66,7 @@ def test_classify_major_tom_crop(bundle, major_tom_dir: Path, tmp_path: Path) ->
     assert labels.min() >= 1 and labels.max() <= 4  # all valid, no threshold
     assert np.all((confidence > 0.25 - 1e-6) & (confidence <= 1.0))  # max of a 4-class softmax
     legend = read_class_legend(res.labels_path)
-    assert legend["names"] == ["unknown", "forest", "river", "annual crop", "town"]
+    assert legend["names"] == ["no data", "forest", "river", "annual crop", "town"]  # no threshold: no 'unknown'
     assert legend["colors"][1:] == [c["color"] for c in res.summary["classes"]]
     assert cmap[0][3] == 0 and cmap[1][3] == 255
     gdal = pytest.importorskip("osgeo.gdal")
@@ -132,8 +133,13 @@ def test_eurosat_ms_tif_and_threshold_unknown(bundle, data_dir: Path, tmp_path: 
     with rasterio.open(res2.labels_path) as lab, rasterio.open(res2.confidence_path) as cf:
         labels, conf2 = lab.read(1), cf.read(1)
     np.testing.assert_allclose(conf2, conf)  # confidence is kept for unknown pixels
-    assert np.all(labels[conf2 < thr] == 0) and np.all(labels[conf2 >= thr] > 0)
+    # Unknown has a value of its own (K+1), named and coloured in the legend and the style; 0 stays no data.
+    assert np.all(labels[conf2 < thr] == 4) and np.all((labels[conf2 >= thr] >= 1) & (labels[conf2 >= thr] <= 3))
+    legend = read_class_legend(res2.labels_path)
+    assert legend["names"] == ["no data", "forest", "sea or lake", "annual crop", "unknown"]
+    assert 'value="4"' in res2.qml_path.read_text() and 'label="unknown"' in res2.qml_path.read_text()
     s = res2.summary
+    assert s["unknown"]["value"] == 4
     assert s["unknown"]["pixels"] == int((conf2 < thr).sum()) > 0
     assert sum(c["pixels"] for c in s["classes"]) + s["unknown"]["pixels"] == s["valid_pixels"] == 64 * 64
     assert sum(c["area_ha"] for c in s["classes"]) + s["unknown"]["area_ha"] == pytest.approx(s["valid_area_ha"])
@@ -191,6 +197,12 @@ def test_true_colour_vrt_runs_with_the_rgb_encoder(multimodal_bundle: Path, majo
     assert rc == 0, out.err
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["modality"] == "rgb" and summary["classes"] == auto.summary["classes"]
+    # The raw provider stays; the device in words comes beside it.
+    assert summary["provider"] == "CPUExecutionProvider" and summary["device_description"].startswith("CPU (")
+    rc = main(["classify", str(vrt), "--classes", CLASSES, "--out", str(tmp_path / "cli"), "--bundle",
+               str(multimodal_bundle), "--provider", "cpu", "--sensor", "rgb", "--overwrite"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "(rgb encoder) on CPU (" in out and "ExecutionProvider" not in out
 
 
 def test_geographic_pixel_area() -> None:
@@ -233,12 +245,13 @@ def test_overwrite_refusal(bundle, major_tom_dir: Path, tmp_path: Path) -> None:
     extent = _crop(major_tom_dir, 640)
     classify_raster(major_tom_dir, "a;b", out, bundle=bundle, extent=extent, provider="cpu")
     before = {n: (out / n).stat().st_mtime_ns for n in _files(out)}
-    with pytest.raises(OutputExistsError, match=r"labels\.tif.*--overwrite"):
+    with pytest.raises(OutputExistsError, match=r"labels\.tif.*overwrite") as err:
         classify_raster(major_tom_dir, "a;b;c", out, bundle=bundle, extent=extent, provider="cpu")
+    assert "pass --overwrite" in err.value.render(cli_names(err.value.params))
     assert {n: (out / n).stat().st_mtime_ns for n in _files(out)} == before
     res = classify_raster(major_tom_dir, "a;b;c", out, bundle=bundle, extent=extent, provider="cpu", overwrite=True)
     assert [c["name"] for c in res.summary["classes"]] == ["a", "b", "c"]
-    assert read_class_legend(res.labels_path)["names"] == ["unknown", "a", "b", "c"]
+    assert read_class_legend(res.labels_path)["names"] == ["no data", "a", "b", "c"]
 
 
 def test_cli_classify_json(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path, capsys) -> None:

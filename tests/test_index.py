@@ -47,7 +47,7 @@ def test_build_then_reuse_without_encoding(tiny_bundle: Path, major_tom_dir: Pat
     ext = _extent(major_tom_dir)
     idx = build_index(major_tom_dir, tiny_bundle, extent=ext, provider="cpu")
     assert not idx.reused and len(idx) == 16
-    assert idx.meta["provider"] == "CPUExecutionProvider"
+    assert idx.meta["provider"] == "CPUExecutionProvider" and idx.meta["device_description"].startswith("CPU (")
     assert idx.meta["modality"] == "rgb" and idx.meta["sensor"] == "s2-l2a"
     assert isinstance(idx.embeddings, np.memmap)
     assert idx.embeddings.dtype == np.float32

@@ -84,3 +84,54 @@ def test_eval_bundle_matches_torch_source(tmp_path: Path, data_dir: Path, capsys
     assert torch_res["n"] == onnx_res["n"] == 100
     assert np.allclose(torch_res["scores"], onnx_res["scores"], atol=1e-3)
     assert (tmp_path / "ev" / "eval.md").is_file()
+
+
+def test_import_released_aligned_layout(tmp_path: Path):
+    """Paper A's AlignmentAgent.save_checkpoint, replayed on a torch.compile'd KDClassifier-shaped module: keys
+    visual.trunk.*, visual.head.* (the nn.Linear(384, D) main.py swaps in), _orig_mod.classification_head.*,
+    _orig_mod.logit_scale and the student's leftover text parts."""
+    import timm
+    from torch import nn
+
+    class Visual(nn.Module):  # open_clip's TimmModel: trunk + head
+        def __init__(self):
+            super().__init__()
+            self.trunk = timm.create_model("vit_small_patch16_224", num_classes=0, depth=2, img_size=32, in_chans=13)
+            self.head = nn.Linear(384, 64)
+
+    class Clip(nn.Module):  # the student CLIP after delattr(transformer): visual + leftover text tensors
+        def __init__(self):
+            super().__init__()
+            self.visual = Visual()
+            self.token_embedding = nn.Embedding(10, 8)
+            self.ln_final = nn.LayerNorm(8)
+            self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    class KD(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.teacher_model = nn.Linear(2, 2)
+            self.student_model = Clip()
+            self.classification_head = nn.Linear(64, 19)
+            self.logit_scale = nn.Parameter(torch.tensor(4.6))
+
+    torch.manual_seed(0)
+    model = torch.compile(KD())  # the released config sets torch_compile: keys gain '_orig_mod.'
+    prefix = "_orig_mod."
+    state_dict = model.state_dict()
+    for key in list(state_dict.keys()):  # the released loop, verbatim
+        if f"{prefix}student_model." in key:
+            state_dict[key.replace(f"{prefix}student_model.", "")] = state_dict[key]
+            del state_dict[key]
+        if "teacher_model" in key:
+            del state_dict[key]
+    assert {k.split(".")[0] for k in state_dict} == {"visual", "token_embedding", "ln_final", "logit_scale", "_orig_mod"}
+    path = _paper_file(tmp_path / "ViT-B-32_openai_al_4.pt", state_dict)
+    st = TimmStudent("vit_small_patch16_224", 13, 64, 32, model_kwargs={"depth": 2})
+    state = student_state(path)
+    assert set(state) == set(st.state_dict())
+    st.load_state_dict(state)
+    kd = model._orig_mod
+    x = torch.rand(2, 13, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(st(x), kd.student_model.visual.head(kd.student_model.visual.trunk(x)), atol=1e-6)

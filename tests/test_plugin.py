@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QPoint, Qt
 from qgis.PyQt.QtTest import QTest
 
-from rs_clip_plugin.models import MemorySettings, ModelStore
+from rs_clip_plugin.installed_bundles import MemorySettings, ModelStore
 
 pytestmark = pytest.mark.qgis
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +94,18 @@ def click_run(dlg):
     return dlg.task
 
 
+def ready_dialog(iface, store, layer, bundle: Path, out: Path, classes: list[str]):
+    """The classify dialog with a layer, a bundle, classes and an output folder chosen, ready to click."""
+    from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
+
+    dlg = ClassifyDialog(iface, store=store)
+    dlg.layer_combo.setLayer(layer)
+    dlg.set_bundle_path(bundle)
+    dlg.set_classes(classes)
+    dlg.out_widget.setFilePath(str(out))
+    return dlg
+
+
 def show_canvas_at(canvas, layer, rect: QgsRectangle) -> None:
     canvas.resize(400, 400)
     canvas.setDestinationCrs(layer.crs())
@@ -135,13 +148,17 @@ def test_classify_task_adds_styled_layers(qgis_iface, layer, store, tiny_bundle,
     outs = list((tmp_path / "out").iterdir())
     assert len(outs) == 1 and not outs[0].name.startswith(".")
     assert {p.name for p in outs[0].iterdir()} >= {"labels.tif", "confidence.tif", "labels.qml", "summary.json"}
+    # The dialog passes its result folder to the engine: summary.json names the files where they are (it used
+    # to name a staging folder that no longer existed).
+    files = json.loads((outs[0] / "summary.json").read_text())["files"]
+    assert all(Path(f).is_file() and Path(f).parent == outs[0] for f in files.values()), files
 
 
 def test_classify_canvas_extent(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
     """'Current map canvas': the canvas extent (in the map's CRS) becomes the classified area in the layer's CRS."""
     import rasterio
 
-    from rs_clip_plugin.gui.classify_dialog import EXTENTS, ClassifyDialog
+    from rs_clip_plugin.gui.classify_dialog import EXTENTS
     from rs_clip_plugin.gui.tasks import wait_for
 
     canvas = qgis_iface.mapCanvas()
@@ -151,11 +168,7 @@ def test_classify_canvas_extent(qgis_iface, layer, store, tiny_bundle, tmp_path)
     to_map = QgsCoordinateTransform(layer.crs(), mercator, QgsProject.instance())
     want = QgsRectangle(e.xMinimum() + 300, e.yMaximum() - 700, e.xMinimum() + 700, e.yMaximum() - 300)
     canvas.setExtent(to_map.transformBoundingBox(want))
-    dlg = ClassifyDialog(qgis_iface, store=store)
-    dlg.layer_combo.setLayer(layer)
-    dlg.set_bundle_path(tiny_bundle)
-    dlg.set_classes(["forest", "water"])
-    dlg.out_widget.setFilePath(str(tmp_path / "out"))
+    dlg = ready_dialog(qgis_iface, store, layer, tiny_bundle, tmp_path / "out", ["forest", "water"])
     dlg.extent_combo.setCurrentIndex(EXTENTS.index("Current map canvas"))
 
     x0, y0, x1, y1 = dlg.extent(layer)
@@ -202,14 +215,9 @@ def test_classify_dialog_keeps_class_table_tall(qgis_iface, layer, store) -> Non
 
 
 def test_cancelled_classify_leaves_nothing(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
-    from rs_clip_plugin.gui.classify_dialog import ClassifyDialog
     from rs_clip_plugin.gui.tasks import wait_for
 
-    dlg = ClassifyDialog(qgis_iface, store=store)
-    dlg.layer_combo.setLayer(layer)
-    dlg.set_bundle_path(tiny_bundle)
-    dlg.set_classes(["forest", "water"])
-    dlg.out_widget.setFilePath(str(tmp_path / "out"))
+    dlg = ready_dialog(qgis_iface, store, layer, tiny_bundle, tmp_path / "out", ["forest", "water"])
     before = set(QgsProject.instance().mapLayers())
     task = click_run(dlg)
     click(dlg.cancel_btn)
@@ -439,3 +447,18 @@ def test_output_folder_is_remembered(qgis_iface, layer, store, tmp_path) -> None
     finally:
         dock.cleanup()
         QgsSettings().remove(OUTPUT_KEY)
+
+
+def test_unknown_is_in_the_legend_and_the_area_table(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
+    """With a threshold, 'unknown' is a value of its own: listed in the legend like in the area table (#11)."""
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dlg = ready_dialog(qgis_iface, store, layer, tiny_bundle, tmp_path / "out", ["forest", "water"])
+    dlg.threshold_check.setChecked(True)
+    dlg.threshold_spin.setValue(0.99)  # a random-weight bundle is never that sure: mostly unknown
+    task = click_run(dlg)
+    assert task is not None and wait_for(task), dlg.message_label.text()
+    labels = dlg.result_layers[0]
+    assert [c.label for c in labels.renderer().classes()] == ["forest", "water", "unknown"]
+    table = [dlg.area_table.item(r, 0).text() for r in range(dlg.area_table.rowCount())]
+    assert table[-1] == "unknown"

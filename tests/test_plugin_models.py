@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -12,7 +13,7 @@ from hostile_zips import deflate, raw_zip, tree_bytes, zero_deflate
 
 from rs_clip_plugin import deps
 from rs_clip_plugin.engine.bundle import BundleError, zip_bundle
-from rs_clip_plugin.models import DEFAULT_KEY, MemorySettings, ModelStore
+from rs_clip_plugin.installed_bundles import DEFAULT_KEY, MemorySettings, ModelStore
 
 
 @pytest.fixture
@@ -68,6 +69,17 @@ def test_zip_bomb_is_refused_and_nothing_installed(store: ModelStore, tiny_bundl
     with pytest.raises(BundleError, match="refusing it"):
         store.add_zip(bomb)
     assert tree_bytes(store.root) == 0 and tree_bytes(tmp_path) < 8 << 20
+
+
+def test_folder_with_a_link_out_of_the_bundle_is_refused(store: ModelStore, tiny_bundle: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "linked"
+    shutil.copytree(tiny_bundle, folder)
+    outside = tmp_path / "outside-tokenizer.json"
+    shutil.move(folder / "tokenizer.json", outside)
+    (folder / "tokenizer.json").symlink_to(outside)
+    with pytest.raises(BundleError, match=r"'tokenizer\.json' is a link to a file outside the bundle"):
+        store.add_folder(folder)
+    assert not [p for p in store.root.iterdir()] if store.root.exists() else True
 
 
 def test_checksum_and_corrupt_bundle_refused(store: ModelStore, tiny_bundle: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsP
 from qgis.PyQt.QtCore import Qt
 
 from rs_clip_plugin.gui.thumbnails import composite_bands, false_colour, read_window_rgb, stretch, to_qimage
-from rs_clip_plugin.models import MemorySettings, ModelStore
+from rs_clip_plugin.installed_bundles import MemorySettings, ModelStore
 
 pytestmark = pytest.mark.qgis
 

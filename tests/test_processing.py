@@ -116,8 +116,9 @@ def test_classify_preset_and_errors(provider, crop, tiny_bundle, tmp_path) -> No
     with pytest.raises(QgsProcessingException, match="no such bundle folder"):
         processing.run("rsclip:classify", {"INPUT": str(crop), "CLASSES": "a;b", "BUNDLE": str(tmp_path / "nope"),
                                            "OUTPUT": str(tmp_path / "y.tif")})
-    assert {p.name for p in tmp_path.iterdir()} == {"eurosat.tif", "eurosat.qml", "eurosat_confidence.tif",
-                                                    "eurosat_summary.json"}
+    # The class names' side-car travels with the class map (it used to be left in a staging folder).
+    assert {p.name for p in tmp_path.iterdir()} == {"eurosat.tif", "eurosat.tif.aux.xml", "eurosat.qml",
+                                                    "eurosat_confidence.tif", "eurosat_summary.json"}
 
 
 def test_index_search_heatmap(provider, crop, tiny_bundle, tmp_path) -> None:

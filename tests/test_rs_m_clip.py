@@ -4,6 +4,7 @@ schedules, crop geometry, the weight-normalised head, retrieval recall."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_crop_geometry():
     assert [tuple(c.shape) for c in crops] == [(5, 3, 32, 32)] * 2 + [(5, 3, 16, 16)] * 3
     # A full-image "crop" without flips reproduces the resized image.
     img = torch.rand(1, 3, 8, 8)
-    same = multi_crop(img, CropConfig(1, 8, (1.0, 1.0), 0, 4, (0.1, 0.2), (1.0, 1.0), flip=False), gen)[0]
+    same = multi_crop(img, CropConfig(1, 8, (1.0, 1.0), 0, 4, (0.1, 0.2), (1.0, 1.0), flip=False, photometric=False), gen)[0]
     assert torch.allclose(same, img)
 
 
@@ -167,3 +168,40 @@ def test_caption_sampling_and_config_validation():
     with pytest.raises(ValueError, match="unknown training options"):
         TrainConfig.from_dict({"stepz": 3})
     assert TrainConfig.from_dict({"crops": {"global_scale": [0.3, 1.0]}}).crops.global_scale == (0.3, 1.0)
+
+
+def test_multi_crop_has_dino_photometric_augmentations():
+    """DINO's views: colour jitter / grayscale per sample, global view 1 always blurred, view 2 solarised at times."""
+    gen = torch.Generator().manual_seed(0)
+    # One smooth-free image repeated: geometric crops of a constant image are constant, so any difference
+    # between samples or from the input colour is photometric.
+    img = torch.tensor([0.7, 0.4, 0.2]).view(1, 3, 1, 1).expand(64, 3, 32, 32).contiguous()
+    cfg = CropConfig(n_global=2, global_size=16, n_local=2, local_size=8, flip=False)
+    crops = multi_crop(img, cfg, gen)
+    colours = crops[0].mean(dim=(2, 3))
+    assert colours.std(dim=0).min() > 0.01  # per-sample jitter, not one draw per batch
+    grey = (colours.max(dim=1).values - colours.min(dim=1).values) < 1e-6
+    assert 2 <= int(grey.sum()) <= 30  # RandomGrayscale(p=0.2) on 64 samples
+    solarised = (crops[1] > 0.5).float().mean(dim=(1, 2, 3)) == 0  # solarise inverts >= 0.5: nothing bright left
+    assert int(solarised.sum()) >= 1
+    assert not any(bool(((c - img[:, :, :c.shape[-2], :c.shape[-1]]).abs() < 1e-6).all()) for c in crops)
+
+
+def test_dino_head_weight_decay_schedule_and_gradient_clip():
+    from training.methods.rs_m_clip.trainer import RSMCLIPTrainer
+    from training.models import create_model
+
+    lm = create_model("rsclip-tiny-multilingual")
+    cfg = TrainConfig(steps=10, head_out_dim=16, head_hidden_dim=8, head_bottleneck_dim=4, head_layers=2)
+    assert (cfg.head_weight_decay, cfg.head_weight_decay_end, cfg.grad_clip) == (0.04, 0.4, 3.0)  # DINO's values
+    tr = RSMCLIPTrainer(lm.model, lm.tokenizer, lm.mean, lm.std, cfg, Path("unused"), model_name=lm.model_name)
+    assert tr.head_weight_decay_at(0) == pytest.approx(0.04) and tr.head_weight_decay_at(10) == pytest.approx(0.4)
+    assert tr.head_weight_decay_at(5) == pytest.approx(0.22)
+    scheduled = [g for g in tr.optimizer.param_groups if g.get("wd_schedule")]
+    assert len(scheduled) == 1 and all(p.ndim >= 2 for p in scheduled[0]["params"])
+    params = [p for g in tr.optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        p.grad = torch.full_like(p, 100.0 if i % 2 else 1e-4)
+    tr._clip_gradients()
+    for i, p in enumerate(params):  # each tensor on its own (DINO), not one global norm
+        assert float(p.grad.norm()) == pytest.approx(3.0 if i % 2 else 1e-4 * math.sqrt(p.numel()), rel=1e-3)

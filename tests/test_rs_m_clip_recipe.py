@@ -103,3 +103,21 @@ def test_shipped_recipe_length_is_epochs_over_data_batch_and_world(monkeypatch, 
         assert m["length"]["epochs"] == 10 and m["length"]["global_batch"] == 8 * world
         assert m["train"]["warmup_steps"] == steps // 10 == m["train"]["teacher_temp_warmup_steps"]  # 1 epoch
         assert f"10 epochs = {steps} steps" in capsys.readouterr().out
+
+
+def test_paper_b_table_reads_per_dataset_test_retrieval():
+    from training.evaluate.paper_tables import paper_table
+
+    title, rows = paper_table("rs_m_clip", {"retrieval_test": {"RSICD": {"en": {"mean_recall": 12.345}}}})
+    got = {(r["dataset"], r["metric"]): r["ours"] for r in rows}
+    assert title.startswith("Paper B") and got[("RSICD", "mean recall en")] == 12.35 and got[("UCM-Captions", "mean recall en")] is None
+    assert all(r["paper"] is None for r in rows)  # research.md holds none of Paper B's numbers: none are guessed
+
+
+def test_paper_table_files(tmp_path: Path):
+    from training.evaluate.paper_tables import write_paper_table
+
+    md = write_paper_table("rs_m_clip", {"retrieval_test": {"RSICD": {"en": {"mean_recall": 12.345}}}}, tmp_path)
+    assert "None" not in md and "| RSICD | mean recall en | — | 12.35 |" in md
+    assert (tmp_path / "paper_table.md").read_text() == md
+    assert json.loads((tmp_path / "paper_table.json").read_text())["rows"][0]["ours"] == 12.35

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from rasterio.transform import from_origin
 from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.pipeline import (
     TileStats,
-    choose_modality,
+    choose_encoder,
     embed_tiles,
     preprocess_tile,
     resize_chw,
@@ -23,8 +24,12 @@ from rs_clip_plugin.engine.runtime import (
     CPU,
     CUDA,
     EncoderSession,
+    _tidy_cpu_name,
     auto_batch_size,
+    available_devices,
     available_providers,
+    cpu_model,
+    describe_device,
     resolve_providers,
 )
 from rs_clip_plugin.engine.tiling import make_grid
@@ -73,6 +78,29 @@ def test_cuda_request_falls_back_to_cpu_with_a_message(bundle) -> None:
         assert "CUDA" in s.fallback_message and "CPU" in s.fallback_message
 
 
+def test_device_is_described_for_people(bundle, monkeypatch) -> None:
+    """Issue 10 defect 9 / issue 15: 'CPU (model, N threads)' / 'GPU (model, CUDA)', never raw provider names,
+    never ONNX Runtime's 'Azure' pseudo-provider; the raw provider stays in summary.json beside it."""
+    s = EncoderSession(bundle, "rgb", provider="cpu", threads=2)
+    text = s.device_description
+    assert re.fullmatch(r"CPU \(.+, 2 threads\)", text) and "ExecutionProvider" not in text
+    assert cpu_model() in text and "(R)" not in text and "@" not in text
+    if Path("/proc/cpuinfo").is_file():  # Linux: the model the kernel reports, tidied
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
+        assert cpu_model().split()[0] in line
+    assert describe_device(CPU, 1, model="Apple M2") == "CPU (Apple M2, 1 thread)"
+    assert describe_device(CUDA, model="NVIDIA H100 80GB HBM3") == "GPU (NVIDIA H100 80GB HBM3, CUDA)"
+    for raw, tidy in (("Intel(R) Xeon(R) Platinum 8480+", "Intel Xeon Platinum 8480+"),
+                      ("Intel(R) Core(TM) i7-8650U CPU @ 1.90GHz", "Intel Core i7-8650U"),
+                      ("AMD EPYC 7763 64-Core Processor", "AMD EPYC 7763")):
+        assert _tidy_cpu_name(raw) == tidy
+    avail = available_devices()
+    assert avail.startswith(("CPU (", "GPU (")) and "Azure" not in avail and "ExecutionProvider" not in avail
+    fallback = EncoderSession(bundle, "rgb", provider="cuda", threads=1)
+    if fallback.provider_used == CPU:
+        assert "Azure" not in fallback.fallback_message and "CPU (" in fallback.fallback_message
+
+
 def test_text_session_and_missing_encoder(bundle) -> None:
     t = EncoderSession(bundle, "text", provider="cpu", threads=1)
     ids = np.zeros((2, bundle.manifest.text.context_length), np.int64)
@@ -117,7 +145,7 @@ def _rgb_with_nodata(path: Path, size: int = 128) -> Path:
 
 def test_embed_tiles_matches_direct_inference_and_skips_nodata(bundle, tmp_path: Path) -> None:
     src = open_source(_rgb_with_nodata(tmp_path / "rgb.tif"))
-    assert choose_modality(src, bundle) == "rgb"
+    assert choose_encoder(bundle, src).modality == "rgb"
     spec = bundle.manifest.encoder("rgb")
     grid = make_grid(src, 32)  # 4 x 4 tiles of 32 px, resized to the encoder's 64 px
     s = EncoderSession(bundle, "rgb", provider="cpu", threads=1)
@@ -167,7 +195,7 @@ def test_unmappable_source_fails_before_reading(bundle, data_dir: Path) -> None:
     s1 = next((data_dir / "bigearthnet_v1" / "BigEarthNet-S1").iterdir())
     src = open_source(next(s1.iterdir()))
     with pytest.raises(RasterError, match="rgb"):
-        choose_modality(src, bundle)
+        choose_encoder(bundle, src)
     src.close()
 
 
@@ -181,3 +209,24 @@ def test_spinning_setting_is_validated(monkeypatch) -> None:
     monkeypatch.setenv("RSCLIP_ORT_SPINNING", "yes")
     with pytest.raises(ValueError, match="RSCLIP_ORT_SPINNING"):
         _session_options(1)
+
+
+def test_cache_folders_follow_platform_conventions(tmp_path: Path, monkeypatch) -> None:
+    """platformdirs conventions (issue 15): $XDG_CACHE_HOME on Linux, the old ~/.cache/rsclip by default;
+    RSCLIP_CACHE and RSCLIP_DEFAULT_BUNDLE_HOME still override."""
+    import sys
+
+    from rs_clip_plugin.engine.default_bundle import default_bundle_home
+    from rs_clip_plugin.engine.settings import cache_dir, user_cache_root
+
+    monkeypatch.setenv("RSCLIP_CACHE", str(tmp_path / "override"))
+    assert cache_dir() == tmp_path / "override"
+    monkeypatch.delenv("RSCLIP_CACHE")
+    monkeypatch.delenv("RSCLIP_DEFAULT_BUNDLE_HOME", raising=False)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the XDG convention is Linux's")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == user_cache_root() == tmp_path / "xdg" / "rsclip"
+    assert default_bundle_home() == tmp_path / "xdg" / "rsclip" / "default-bundle"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "rsclip"  # the folder earlier versions used

@@ -50,8 +50,9 @@ def test_parse_classes_errors(tmp_path: Path) -> None:
         parse_classes("forest;Forest")
     with pytest.raises(ValueError, match="reserved"):
         parse_classes("forest;unknown")
-    with pytest.raises(ValueError, match="at most 255"):
-        parse_classes([f"c{i}" for i in range(256)])
+    with pytest.raises(ValueError, match="at most 254"):  # 0 is no data, K+1 unknown
+        parse_classes([f"c{i}" for i in range(255)])
+    assert len(parse_classes([f"c{i}" for i in range(254)])) == 254
     with pytest.raises(FileNotFoundError, match="does not exist"):
         parse_classes(tmp_path / "missing.txt")
     with pytest.raises(ValueError, match="holds no name"):

@@ -108,7 +108,7 @@ def test_tile_size_is_clamped_to_small_rasters_and_bounded(tmp_path: Path, major
         grid = make_grid(src, tile_size_px_for(spec, src))
         assert [(int(w.col_off), int(w.row_off), int(w.width)) for w in grid.windows] == [(0, 0, 40), (10, 0, 40)]
         for bad, said in ((float("nan"), "nan"), (float("inf"), "inf"), (-5.0, "-5"), (0, "0"), ("abc", "'abc'")):
-            with pytest.raises(InputError, match=r"^tile_size_m .*" + re.escape(said)) as err:
+            with pytest.raises(InputError, match=r"^`tile_size_m` .*" + re.escape(said)) as err:
                 tile_size_px_for(spec, src, tile_size_m=bad)
             assert err.value.params == ("tile_size_m",)
             assert "--tile-size-m" in err.value.render(cli_names(err.value.params))

@@ -155,3 +155,71 @@ def test_sen12ms_names_missing_twin(tmp_path: Path):
     _write(s1 / "ROIs1158_spring_s1_1_p30.tif", np.zeros((2, 4, 4), np.float32))
     with pytest.raises(DataError, match="lack their S2/land-cover twin"):
         sen12ms_scan(tmp_path)
+
+
+def test_paired_geometric_is_per_sample_and_keeps_pairs_aligned():
+    import torch
+
+    from training.data.augment import PairedGeometric, resized_crop
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 13, 32, 32)
+    whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
+    no, yes = torch.tensor([False]), torch.tensor([True])
+    assert torch.allclose(resized_crop(x, whole, no, no), x, atol=1e-5)  # the full box is the identity
+    assert torch.allclose(resized_crop(x, whole, yes, no), x.flip(-1), atol=1e-5)
+    assert torch.allclose(resized_crop(x, whole, no, yes), x.flip(-2), atol=1e-5)
+    batch = x.expand(16, -1, -1, -1)
+    rgb = batch[:, [3, 2, 1]].contiguous()  # the teacher input: bands 4/3/2 of the same pixels
+    s, t = PairedGeometric(scale=(0.5, 1.0))([batch, rgb], g)
+    assert torch.allclose(s[:, [3, 2, 1]], t, atol=1e-6)  # same crop and flips for student and teacher
+    assert len({tuple(v.flatten()[:8].tolist()) for v in s}) > 8  # drawn per sample, not once per batch
+
+
+def test_paper_a_stage1_augmentation_per_sample_in_pixel_space():
+    import torch
+
+    from training.data.augment import PaperAStage1
+
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    g = torch.Generator().manual_seed(0)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    img01 = torch.linspace(0, 1, 3 * 24 * 24).view(1, 3, 24, 24)
+    x = ((img01 - m) / s).expand(32, -1, -1, -1)
+    off = PaperAStage1(mean, std, scale=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    (y,) = off([x], g)
+    flips = [torch.allclose(v, x[0], atol=1e-4) or torch.allclose(v, x[0].flip(-1), atol=1e-4)
+             or torch.allclose(v, x[0].flip(-2), atol=1e-4) or torch.allclose(v, x[0].flip(-1, -2), atol=1e-4) for v in y]  # fmt: skip
+    assert all(flips)  # without crop/colour only the four flips remain
+    (z,) = PaperAStage1(mean, std)([x], g)  # the released values
+    pix = (z * s + m)
+    assert float(pix.min()) >= -1e-5 and float(pix.max()) <= 1 + 1e-5  # augmented in [0, 1], normalised again
+    grey = (pix.max(dim=1).values - pix.min(dim=1).values).amax(dim=(1, 2)) < 1e-5
+    assert 1 <= int(grey.sum()) <= 14  # RandomGrayscale(p=0.2) per sample
+    assert len({round(float(v.mean()), 4) for v in z}) > 20
+
+
+def test_student_drop_path_from_config():
+    from training.methods.modality_gap.students import build_student
+
+    st = build_student({"kind": "timm", "name": "vit_small_patch16_224", "drop_path": 0.2, "model_kwargs": {"depth": 2}},
+                       ["B01"] * 13, None, 64, 32)  # fmt: skip
+    assert st.backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)  # timm: linear up to drop_path_rate
+
+
+def test_bigearthnet_v1_official_split_and_cloud_snow_exclusion(data_dir: Path, tmp_path: Path):
+    """Paper A's protocol: an official split CSV keeps only its patches; the cloud/shadow and snow lists drop theirs."""
+    root = data_dir / "bigearthnet_v1"
+    s2_name = ben.BigEarthNetV1(root).s2[0].name
+    (tmp_path / "test.csv").write_text(f"{s2_name}\nsome_other_patch\n")
+    (tmp_path / "train.csv").write_text("some_other_patch\n")
+    (tmp_path / "patches_with_seasonal_snow.csv").write_text(f"{s2_name}\n")
+    (tmp_path / "patches_with_cloud_and_shadow.csv").write_text("x\n")
+    assert [p.name for p in ben.open_v1(root, {"split_csv": str(tmp_path / "test.csv")}).s2] == [s2_name]
+    with pytest.raises(DataError, match="no patch is left after the split"):
+        ben.open_v1(root, {"split_csv": str(tmp_path / "train.csv")})
+    excl = [str(tmp_path / "patches_with_cloud_and_shadow.csv"), str(tmp_path / "patches_with_seasonal_snow.csv")]
+    kept = ben.open_v1(root, {"exclude_csvs": excl})
+    assert kept.s2 == [] and len(kept.s1) == 1  # the snowy S2 patch is dropped, the S1 patch is another place
+    with pytest.raises(DataError, match="patch list not found"):
+        ben.open_v1(root, {"split_csv": "val.csv"})

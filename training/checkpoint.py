@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from rs_clip_plugin.engine.atomic import staged_dir
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -59,9 +59,9 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # Written beside ``out`` and swapped in whole (rs_clip_plugin.engine.atomic): a reader or a resumed run sees
+    # the previous checkpoint or this one; the folder of a killed save is removed by the next.
+    with staged_dir(out) as tmp:
         # safetensors refuses shared storage (tied weights): store contiguous copies.
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"model_name": model_name})
@@ -74,17 +74,6 @@ def save_checkpoint(
             "extra": extra or {},
         }
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

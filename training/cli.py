@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-SUBCOMMANDS = ("run", "eval", "export", "translate", "import-checkpoint")
+SUBCOMMANDS = ("run", "data", "eval", "export", "translate", "import-checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:

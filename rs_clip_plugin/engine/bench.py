@@ -301,7 +301,7 @@ def run_bench(
     progress: Optional[Progress] = None,
 ) -> dict:
     """All figures as one dict (see the module docstring); every key is present, skipped parts say why."""
-    from .pipeline import auto_workers, choose_modality
+    from .pipeline import auto_workers, choose_encoder
     from .raster import open_source
     from .runtime import EncoderSession
     from .settings import require_sample
@@ -313,13 +313,13 @@ def run_bench(
     result: dict = {"bundle": b.manifest.name, "raster": str(raster_path)}
 
     with open_source(raster_path) as src:
-        modality = choose_modality(src, b)
-        spec = b.manifest.encoder(modality)
+        spec = choose_encoder(b, src)
+        modality = spec.modality
         session = EncoderSession(b, modality, provider=provider, precision=precision)
         bs = session.auto_batch_size(batch_size)
         result.update(modality=modality, provider=session.provider_used, precision=session.precision_used,
-                      device=session.device, threads=session.threads, batch_size=bs, input_size=spec.input_size,
-                      bands=len(spec.bands))
+                      device=session.device, device_description=session.device_description, threads=session.threads,
+                      batch_size=bs, input_size=spec.input_size, bands=len(spec.bands))
         progress.update(0.05, "bare encoder")
         rng = np.random.default_rng(0)
         batch = rng.standard_normal((bs, len(spec.bands), spec.input_size, spec.input_size), dtype=np.float32)
@@ -495,7 +495,7 @@ def large_scene_in_subprocess(b: Bundle, band_dir: Path, provider: str, bs: int,
 
 
 def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Optional[int], precision: str = "auto") -> dict:
-    from .pipeline import choose_modality
+    from .pipeline import choose_encoder
     from .raster import open_source
     from .runtime import EncoderSession
     from .tiling import make_grid, tile_size_px_for
@@ -503,8 +503,8 @@ def _large_scene(b: Bundle, band_dir: Path, provider: str, bs: int, rows: Option
     with tempfile.TemporaryDirectory(prefix="rsclip-bench-scene-") as d:
         scene = make_large_scene(band_dir, Path(d) / "scene")
         with open_source(scene, sensor="s2-l2a") as src:
-            modality = choose_modality(src, b)
-            spec = b.manifest.encoder(modality)
+            spec = choose_encoder(b, src)
+            modality = spec.modality
             grid = make_grid(src, tile_size_px_for(spec, src))
             per_row = len({int(w.col_off) for w in grid.windows})
             if rows is not None:

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-# Label 0 is "unknown / no data" in a uint8 label raster, which leaves 255 classes.
-MAX_CLASSES = 255
+# In a uint8 label raster 0 is no data and K+1 is "unknown" (below the threshold), which leaves 254 classes.
+MAX_CLASSES = 254
 UNKNOWN = "unknown"
-UNKNOWN_COLOUR = "#000000"
+UNKNOWN_COLOUR = "#b0b0b0"  # a visible neutral grey: unknown is a result, shown in the legend, unlike no data
+NODATA = "no data"
+NODATA_COLOUR = "#000000"  # transparent in the colour table
 SYNONYM_SEP = "|"
 CLASSES_HELP = 'pass classes as "forest;river;annual crop" (synonyms as "forest|woodland") or a file with one class per line'
 

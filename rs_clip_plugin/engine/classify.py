@@ -4,39 +4,52 @@ Per tile, logits = logit_scale * cos(tile embedding, class embedding); per pixel
 covering it are averaged (overlap smooths tile edges), then softmax gives the label (argmax) and its
 confidence (max probability). Output, on the input's working grid restricted to the extent:
 
-- ``labels.tif``: uint8, 0 = nodata or unknown (below ``threshold``), classes 1..K; nodata value 0; colour
+- ``labels.tif``: uint8, classes 1..K, K+1 = unknown (below ``threshold``; only when one is given), 0 = no
+  data (the nodata value, transparent); colour
   table, category names (``labels.tif.aux.xml`` when osgeo is present) and name tags (see writers.py);
 - ``confidence.tif``: float32 max softmax probability, NaN where no label;
 - ``labels.qml``: QGIS paletted style; ``summary.json``: area per class, provider, timings, tiling.
 
-Outputs are written strip by strip into a temporary sibling folder and moved into ``out_dir`` only when
-everything succeeded; on an error or a cancel nothing is left in ``out_dir``.
+Outputs are written strip by strip into a staging folder on ``out_dir``'s file system and published as one
+unit when everything succeeded (engine/atomic.py: OutputFolder); on an error or a cancel nothing of the run
+is left in ``out_dir``. A labelled area that holds no data at all still gives (all-0) maps, with a warning
+in ``summary.json["warnings"]`` that the CLI prints: the maps are true, and a batch over many extents
+should not stop at an empty one.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from rasterio.windows import Window
 
+from .atomic import Final, final_path, open_outputs
 from .bundle import Bundle
-from .classes import UNKNOWN, UNKNOWN_COLOUR, ClassesInput, class_colours, parse_classes
+from .classes import (
+    NODATA,
+    NODATA_COLOUR,
+    UNKNOWN,
+    UNKNOWN_COLOUR,
+    ClassesInput,
+    ClassSpec,
+    class_colours,
+    parse_classes,
+)
 from .default_bundle import as_bundle
-from .errors import OutputExistsError
-from .pipeline import TileStats, choose_modality, embed_tiles
+from .errors import InputError, OutputExistsError  # noqa: F401  (OutputExistsError: re-exported, long-standing)
+from .options import JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
+from .pipeline import TileStats, embed_tiles, plan_tiles
 from .progress import Progress
-from .raster import RasterSource, open_source
+from .raster import RasterSource
 from .runtime import TEXT_ROLE, EncoderSession
 from .text import check_language, class_embeddings, templates_for
-from .tiling import LogitAccumulator, TileGrid, check_tile_size_m, make_grid, stride_for, tile_size_px_for
+from .tiling import LogitAccumulator, TileGrid
 from .writers import (
     AUX_SUFFIX,
     geotiff_profile,
@@ -65,17 +78,6 @@ class ClassifyResult:
     qml_path: Path
     summary_path: Path
     summary: dict
-
-
-def check_outputs(out_dir: Path, overwrite: bool) -> None:
-    existing = [out_dir / n for n in OUTPUT_FILES if (out_dir / n).exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{', '.join(str(p) for p in existing)} already exist; pass --overwrite (overwrite=True) to replace them "
-            "or choose another --out folder"
-        )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} is a file, not a folder; give a folder for the outputs with --out")
 
 
 def pixel_areas_m2(grid: TileGrid, rows: Window) -> Optional[np.ndarray]:
@@ -121,7 +123,8 @@ def _nodata_mask(grid: TileGrid, stats: TileStats, strip: Window) -> Optional[np
 
 
 def _softmax_label(logits: np.ndarray, threshold: Optional[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels uint8 1..K / 0, confidence float32, covered mask) from (K, h, w) averaged logits (NaN = no tile).
+    """(labels uint8 1..K, K+1 below ``threshold``, 0 uncovered; confidence float32; covered mask) from
+    (K, h, w) averaged logits (NaN = no tile).
 
     Only the winning probability is needed: max softmax = 1 / sum_k exp(x_k - max_k x), accumulated plane by
     plane so no second (K, h, w) array is made.
@@ -138,157 +141,134 @@ def _softmax_label(logits: np.ndarray, threshold: Optional[float]) -> tuple[np.n
         total += plane
     conf = np.reciprocal(total, out=total)
     if threshold is not None:
-        labels[conf < threshold] = 0
+        labels[conf < threshold] = x.shape[0] + 1  # unknown: a value of its own, in the legend
     labels[~covered] = 0
     conf[~covered] = np.nan
     return labels, conf, covered
 
 
-def _staging(out_dir: Path) -> tuple[Path, list[Path]]:
-    """A temporary sibling of out_dir (same filesystem, so moving files is a rename) and the parents made for it."""
-    made: list[Path] = []
-    parent = out_dir.parent
-    missing = []
-    p = parent
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir()
-        made.append(d)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.rsclip-", dir=parent))
-    return tmp, made
+@dataclass(frozen=True)
+class ClassifyJob:
+    """What one classification needs besides the raster and the output folder (built by classify_raster)."""
 
-
-def _publish(tmp: Path, out_dir: Path, names: Sequence[str], overwrite: bool) -> None:
-    created = not out_dir.exists()
-    out_dir.mkdir(exist_ok=True)
-    try:
-        for n in OUTPUT_FILES:
-            if n not in names and (out_dir / n).exists() and overwrite:
-                (out_dir / n).unlink()  # a stale side-car of an earlier run would mislabel the new raster
-        for n in names:
-            os.replace(tmp / n, out_dir / n)
-    except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    specs: tuple[ClassSpec, ...]
+    bundle: Bundle
+    lang: str = "en"
+    threshold: Optional[float] = None
+    options: JobOptions = field(default_factory=JobOptions)
 
 
 def classify_raster(
     source_path: Union[str, os.PathLike],
     classes: ClassesInput,
-    out_dir: Union[str, os.PathLike],
+    out_dir: Union[str, os.PathLike, Mapping[str, Path]],
     *,
     bundle: Union[Bundle, str, os.PathLike, None] = None,
-    modality: Optional[str] = None,
-    sensor: Optional[str] = None,
-    bands: Optional[Sequence[str]] = None,
-    s2_offset: Optional[float] = None,
-    sar_units: Optional[str] = None,
     lang: str = "en",
     threshold: Optional[float] = None,
-    tile_size_m: Optional[float] = None,
-    overlap: float = 0.0,
-    extent: Optional[Sequence[float]] = None,
-    provider: str = "auto",
-    batch_size: Optional[int] = None,
+    raster: Optional[RasterOptions] = None,
+    tiling: Optional[TilingOptions] = None,
+    run: Optional[RunOptions] = None,
     progress: Optional[Progress] = None,
     overwrite: bool = False,
-    workers: Optional[int] = None,
-    precision: str = "auto",
+    **options: Any,
 ) -> ClassifyResult:
-    """Label every pixel of a raster with one of ``classes`` (see the module docstring for the outputs)."""
+    """Label every pixel of a raster with one of ``classes`` (see the module docstring for the outputs).
+
+    How the raster is read, tiled and run: ``raster``, ``tiling``, ``run`` (engine/options.py); the earlier
+    individual keywords (``sensor=``, ``overlap=``, ``provider=``, ``workers=``, ...) are still accepted.
+    ``out_dir`` is the final folder (or, for QGIS Processing, a mapping of the file names above to paths of
+    their own): the files are staged on its file system and published as one unit (engine/atomic.py), so on
+    an error or a cancel nothing of this run is left there.
+    """
     t_start = time.perf_counter()
     progress = progress or Progress()
-    out_dir = Path(out_dir)
-    specs = parse_classes(classes)
+    opts = split_options(raster, tiling, run, options, where="classify_raster")
+    specs = tuple(parse_classes(classes))
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold {threshold} is not a probability; give a value between 0 and 1")
-    stride_for(1, overlap)  # validate before anything is opened
-    if tile_size_m is not None:
-        check_tile_size_m(tile_size_m)
-    check_outputs(out_dir, overwrite)
-    b = as_bundle(bundle)
-    check_language(b, lang)
-    progress.check()
-    source = open_source(source_path, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units)
-    with source:
-        return _classify_open(source, specs, out_dir, b, modality, lang, threshold, tile_size_m, overlap, extent,
-                              provider, batch_size, progress, overwrite, workers, t_start, precision)
+        raise InputError(f"{{threshold}} {threshold} is not a probability; give a value between 0 and 1")
+    with open_outputs(out_dir, OUTPUT_FILES, overwrite=overwrite) as out:  # refuses a conflict before any work
+        b = as_bundle(bundle)
+        check_language(b, lang)
+        progress.check()
+        job = ClassifyJob(specs, b, lang, threshold, opts)
+        res = classify_into(source_path, job, out.path, out.destination, progress, t_start)
+        progress.check()
+        out.publish()
+    progress.update(1.0, "done")
+    return res
 
 
-def _classify_open(source: RasterSource, specs, out_dir: Path, b: Bundle, modality, lang, threshold, tile_size_m,
-                   overlap, extent, provider, batch_size, progress: Progress, overwrite, workers, t_start,
-                   precision: str = "auto") -> ClassifyResult:
-    modality = modality or choose_modality(source, b)
-    spec = b.manifest.encoder(modality)
-    source.check_mapping(spec)
-    tile_px = tile_size_px_for(spec, source, tile_size_m)
-    stride = stride_for(tile_px, overlap)
-    grid = make_grid(source, tile_px, stride, extent)
+def classify_into(source_path: Union[str, os.PathLike], job: ClassifyJob, write_dir: Path, final_dir: Final,
+                  progress: Progress, t_start: Optional[float] = None) -> ClassifyResult:
+    """Write the outputs of ``job`` into ``write_dir`` (a staging folder); paths in the result and in
+    summary.json are the final ones (atomic.final_path: in the folder ``final_dir``, or each at its own path
+    when it maps names to paths), where the caller publishes them."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    with job.options.raster.open(source_path) as source:
+        return _classify_open(source, job, write_dir, final_dir, progress, t_start)
+
+
+def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir: Final, progress: Progress,
+                   t_start: float) -> ClassifyResult:
+    b, specs, tiling, run = job.bundle, job.specs, job.options.tiling, job.options.run
+    spec, grid = plan_tiles(b, source, tiling)
 
     t0 = time.perf_counter()
-    text_session = EncoderSession(b, TEXT_ROLE, provider=provider)
-    class_vecs = class_embeddings(b, specs, lang=lang, session=text_session)
+    text_session = EncoderSession(b, TEXT_ROLE, provider=run.provider)
+    class_vecs = class_embeddings(b, list(specs), lang=job.lang, session=text_session)
     t_text = time.perf_counter() - t0
     progress.update(0.02, "class prompts encoded")
 
-    session = EncoderSession(b, modality, provider=provider, precision=precision)
+    session = EncoderSession(b, spec.modality, provider=run.provider, precision=run.precision)
     acc = LogitAccumulator(grid, len(specs), strip_rows=strip_rows_for(len(specs), grid.out_shape[1]))
     stats = TileStats(keep_masks=True)
     scale = np.float32(b.manifest.logit_scale)
     try:
         t0 = time.perf_counter()
-        for indices, emb in embed_tiles(source, b, modality, grid, session=session, batch_size=batch_size,
-                                        progress=progress.sub(0.02, 0.9), workers=workers, stats=stats):
+        for indices, emb in embed_tiles(source, b, spec.modality, grid, session=session, batch_size=run.batch_size,
+                                        progress=progress.sub(0.02, 0.9), workers=run.threads, stats=stats):
             logits = scale * (emb @ class_vecs.T)
             for i, row in zip(indices, logits):
                 acc.add(grid.windows[i], row)
         t_tiles = time.perf_counter() - t0
         progress.check()
         t0 = time.perf_counter()
-        tmp, made = _staging(out_dir)
-        try:
-            counts = _write_rasters(tmp, grid, acc, stats, specs, threshold, progress.sub(0.9, 0.99))
-            names = [s.name for s in specs]
-            colours = class_colours(specs)
-            write_qml(tmp / QML, [(k + 1, colours[k], names[k]) for k in range(len(specs))])
-            t_write = time.perf_counter() - t0
-            summary = _summary(source, b, session, grid, stats, specs, colours, counts, modality, lang, threshold,
-                               overlap, tile_size_m, {
-                                   "text_s": t_text,
-                                   "tiles_s": t_tiles,
-                                   "read_s": stats.read_s,
-                                   "read_wait_s": stats.wait_s,
-                                   "inference_s": stats.inference_s,
-                                   "write_s": t_write,
-                               }, t_start)
-            summary["files"] = {k: str(out_dir / n) for k, n in
-                                (("labels", LABELS), ("confidence", CONFIDENCE), ("qml", QML), ("summary", SUMMARY))}
-            write_json(tmp / SUMMARY, summary)
-            progress.check()
-            produced = [n for n in OUTPUT_FILES if (tmp / n).exists()]
-            _publish(tmp, out_dir, produced, overwrite)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for d in reversed(made):
-                if d.exists() and not any(d.iterdir()):
-                    d.rmdir()
+        counts = _write_rasters(tmp, grid, acc, stats, specs, job.threshold, progress.sub(0.9, 0.99))
+        names = [s.name for s in specs]
+        colours = class_colours(specs)
+        entries = [(k + 1, colours[k], names[k]) for k in range(len(specs))]
+        if job.threshold is not None:
+            entries.append((len(specs) + 1, UNKNOWN_COLOUR, UNKNOWN))
+        write_qml(tmp / QML, entries)
+        t_write = time.perf_counter() - t0
+        summary = _summary(source, job, session, grid, stats, colours, counts, spec.modality, {
+            "text_s": t_text,
+            "tiles_s": t_tiles,
+            "read_s": stats.read_s,
+            "read_wait_s": stats.wait_s,
+            "inference_s": stats.inference_s,
+            "write_s": t_write,
+        }, t_start)
+        final = {n: final_path(final_dir, n) for n in (LABELS, CONFIDENCE, QML, SUMMARY)}
+        summary["files"] = {k: str(final[n]) for k, n in
+                            (("labels", LABELS), ("confidence", CONFIDENCE), ("qml", QML), ("summary", SUMMARY))}
+        write_json(tmp / SUMMARY, summary)
     finally:
         acc.close()
-    progress.update(1.0, "done")
-    return ClassifyResult(out_dir / LABELS, out_dir / CONFIDENCE, out_dir / QML, out_dir / SUMMARY, summary)
+    return ClassifyResult(final[LABELS], final[CONFIDENCE], final[QML], final[SUMMARY], summary)
 
 
 def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: TileStats, specs, threshold,
                    progress: Progress) -> dict:
     h, w = grid.out_shape
-    names = [UNKNOWN, *(s.name for s in specs)]
-    colours = [UNKNOWN_COLOUR, *class_colours(specs)]
+    names = [NODATA, *(s.name for s in specs)]
+    colours = [NODATA_COLOUR, *class_colours(specs)]
+    if threshold is not None:
+        names, colours = [*names, UNKNOWN], [*colours, UNKNOWN_COLOUR]
     k = len(specs)
-    pixels = np.zeros(k + 1, np.int64)  # per label value over valid pixels (0 = unknown)
-    area = np.zeros(k + 1, np.float64)
+    pixels = np.zeros(k + 2, np.int64)  # per label value over valid pixels (k + 1 = unknown; 0 never valid)
+    area = np.zeros(k + 2, np.float64)
     nodata_px, nodata_area = 0, 0.0
     has_area = grid.crs is not None
     lab_profile = geotiff_profile(w, h, grid.out_transform, grid.crs, "uint8", 0)
@@ -309,14 +289,14 @@ def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: Tile
             row_area = pixel_areas_m2(grid, strip)
             # One pass: counts per (row, label value) of valid pixels, the last column counts invalid ones.
             rows_idx = np.arange(labels.shape[0], dtype=np.int64)[:, None]
-            code = np.where(valid, labels.astype(np.int64), k + 1) + rows_idx * (k + 2)
-            per_row = np.bincount(code.ravel(), minlength=labels.shape[0] * (k + 2)).reshape(-1, k + 2)
-            pixels += per_row[:, : k + 1].sum(axis=0)
-            nodata_px += int(per_row[:, k + 1].sum())
+            code = np.where(valid, labels.astype(np.int64), k + 2) + rows_idx * (k + 3)
+            per_row = np.bincount(code.ravel(), minlength=labels.shape[0] * (k + 3)).reshape(-1, k + 3)
+            pixels += per_row[:, : k + 2].sum(axis=0)
+            nodata_px += int(per_row[:, k + 2].sum())
             if row_area is not None:
                 weighted = row_area @ per_row
-                area += weighted[: k + 1]
-                nodata_area += float(weighted[k + 1])
+                area += weighted[: k + 2]
+                nodata_area += float(weighted[k + 2])
             progress.update((n + 1) / len(strips), "writing")
     set_category_names(tmp / LABELS, names)
     return {"pixels": pixels, "area_m2": area if has_area else None, "nodata_px": nodata_px,
@@ -327,8 +307,17 @@ def _ha(m2: Optional[float]) -> Optional[float]:
     return None if m2 is None else round(float(m2) / 1e4, 4)
 
 
-def _summary(source: RasterSource, b: Bundle, session: EncoderSession, grid: TileGrid, stats: TileStats, specs,
-             colours, counts, modality, lang, threshold, overlap, tile_size_m, timings: dict, t_start) -> dict:
+def no_data_warning(source: RasterSource, valid_px: int) -> Optional[str]:
+    """The warning for a labelled area that holds no data at all (every pixel no data or NaN)."""
+    if valid_px:
+        return None
+    return (f"{source.path} holds no data in the labelled area (every pixel is no data or NaN), so every label "
+            "is 0 (no data); check the extent, the raster's nodata value and its bands")
+
+
+def _summary(source: RasterSource, job: ClassifyJob, session: EncoderSession, grid: TileGrid, stats: TileStats,
+             colours, counts, modality, timings: dict, t_start) -> dict:
+    b, specs, tiling = job.bundle, job.specs, job.options.tiling
     pixels, area = counts["pixels"], counts["area_m2"]
     valid_px = int(pixels.sum())
     classes = []
@@ -355,12 +344,14 @@ def _summary(source: RasterSource, b: Bundle, session: EncoderSession, grid: Til
         "provider": session.provider_used,
         "precision": session.precision_used,
         "device": session.device,
+        "device_description": session.device_description,
         "provider_fallback": session.fallback_message,
-        "lang": lang,
-        "prompt_templates": len(templates_for(b, lang)),
-        "threshold": threshold,
+        "lang": job.lang,
+        "prompt_templates": len(templates_for(b, job.lang)),
+        "threshold": job.threshold,
         "classes": classes,
-        "unknown": {"value": 0, "pixels": int(pixels[0]), "area_ha": _ha(area[0]) if area is not None else None},
+        "unknown": {"value": len(job.specs) + 1, "color": UNKNOWN_COLOUR, "pixels": int(pixels[-1]),
+                    "area_ha": _ha(area[-1]) if area is not None else None},
         "nodata": {"value": 0, "pixels": counts["nodata_px"], "area_ha": _ha(counts["nodata_m2"])},
         "valid_pixels": valid_px,
         "valid_area_ha": _ha(area.sum()) if area is not None else None,
@@ -374,10 +365,11 @@ def _summary(source: RasterSource, b: Bundle, session: EncoderSession, grid: Til
         "tiling": {
             "tile_px": grid.tile_px,
             "tile_size_m": round(grid.tile_px * res, 3) if res else None,
-            "requested_tile_size_m": tile_size_m,
+            "requested_tile_size_m": tiling.tile_size_m,
             "stride_px": grid.stride_px,
-            "overlap": overlap,
+            "overlap": tiling.overlap,
             **stats.as_dict(),
         },
         "timings": timings,
+        "warnings": [w for w in (no_data_warning(source, valid_px),) if w],
     }

@@ -16,11 +16,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from .atomic import replace_dir
+from .atomic import staged_dir
 from .bundle import MANIFEST, Bundle, BundleError, load_bundle
+from .settings import user_cache_root
 
 _REPO = Path(__file__).resolve().parents[2]
 RECIPE = _REPO / "training" / "configs" / "smoke" / "modality_gap.yaml"
@@ -31,7 +31,8 @@ SHIPPED = Path(__file__).resolve().parents[1] / "bundles" / "default"
 
 def default_bundle_home() -> Path:
     """Kept apart from the index cache so that clearing indexes never forces a retrain."""
-    return Path(os.environ.get("RSCLIP_DEFAULT_BUNDLE_HOME", Path.home() / ".cache" / "rsclip" / "default-bundle"))
+    env = os.environ.get("RSCLIP_DEFAULT_BUNDLE_HOME")
+    return Path(env) if env else user_cache_root() / "default-bundle"
 
 
 def _recipe_key() -> str:
@@ -96,9 +97,9 @@ def _build(target: Path, quiet: bool) -> None:
             "the default bundle must be built once with the training extras (torch, open_clip): "
             "`pip install -e .[train]`, or pass --bundle / set RSCLIP_BUNDLE to an exported bundle"
         ) from exc
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    # Built beside its final place and swapped in (atomic.py: staged_dir); the folder of a killed build is
+    # removed by the next. A bundle another process finished first is the same recipe's: either will do.
+    with staged_dir(target, complete=lambda d: (d / "bundle" / MANIFEST).is_file()) as work:
         if not quiet:
             print(
                 f"rsclip: building the default bundle once (modality-gap smoke recipe on {RECIPE.name}); "
@@ -118,12 +119,6 @@ def _build(target: Path, quiet: bool) -> None:
         metrics["bundle"] = str(target / "bundle")  # where it lives once moved into place
         (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
         shutil.rmtree(work / "run", ignore_errors=True)
-        # A leftover of an interrupted build is replaced; a bundle another process finished first is the same
-        # recipe's, so either copy will do.
-        replace_dir(work, target, complete=lambda d: (d / "bundle" / MANIFEST).is_file())
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     _prune_stale(target)
 
 

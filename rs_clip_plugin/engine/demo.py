@@ -7,7 +7,6 @@ the sample data, with the EuroSAT class list, and draws a preview a person can o
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .atomic import replace_dir
+from .atomic import staged_dir
 from .bands import S2_QUANTIFICATION, S2_TRUE_COLOUR
 from .classes import hex_to_rgb
 from .progress import Progress
@@ -65,9 +64,11 @@ def run_demo(
     progress: Optional[Progress] = None,
 ) -> DemoResult:
     from .bundle import load_bundle
-    from .classify import classify_raster
+    from .classes import parse_classes
+    from .classify import ClassifyJob, classify_into
     from .default_bundle import default_bundle_path
-    from .search import search, text_query_vector
+    from .options import JobOptions, RunOptions, TilingOptions
+    from .search import SearchJob, search_into, text_query_vector
 
     progress = progress or Progress()
     out_dir = Path(out_dir)
@@ -77,19 +78,15 @@ def run_demo(
     classes = eurosat_classes()
 
     _check_replaceable(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        classified = classify_raster(
-            scene, classes, staging, bundle=bundle, provider=provider, overlap=DEMO_OVERLAP,
-            progress=progress.sub(0.0, 0.6),
-        )
+    # The demo folder is the demo's own: built beside it and swapped in whole (atomic.py: staged_dir), so a
+    # re-run replaces it and a failed run leaves the earlier one. Paths recorded inside are the final ones.
+    with staged_dir(out_dir) as staging:
+        options = JobOptions(tiling=TilingOptions(overlap=DEMO_OVERLAP), run=RunOptions(provider=provider))
+        classified = classify_into(scene, ClassifyJob(tuple(parse_classes(classes)), bundle, options=options),
+                                   staging, out_dir, progress.sub(0.0, 0.6))
         qvec = text_query_vector(bundle, query, provider=provider)
-        found = search(
-            [scene], qvec, staging, bundle=bundle, top_k=top_k, heatmap=True, provider=provider,
-            progress=progress.sub(0.6, 0.95), query_info={"text": query},
-        )
+        found = search_into([scene], qvec, SearchJob(bundle, top_k, heatmap=True, query_info={"text": query},
+                                                     options=options), staging, out_dir, progress.sub(0.6, 0.95))
         preview = staging / "preview.png"
         render_preview(scene, staging / "labels.tif", classified.summary, found.hits, preview, query=query)
         summary = {
@@ -99,6 +96,7 @@ def run_demo(
             "scene": str(scene),
             "classes": classified.summary.get("classes"),
             "provider": classified.summary.get("provider"),
+            "device_description": classified.summary.get("device_description"),
             "query": query,
             "hits": [
                 {"rank": h.rank, "score": round(float(h.score), 4), "bounds": [round(v, 1) for v in h.bounds]}
@@ -108,10 +106,6 @@ def run_demo(
         }
         (staging / "demo.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         _check_replaceable(out_dir)
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     files = {p.name: str(p) for p in sorted(out_dir.iterdir())}
     progress.update(1.0, "done")
     return DemoResult(out_dir, files, summary)
@@ -180,8 +174,8 @@ def render_preview(scene: Path, labels_tif: Path, summary: dict, hits: list, out
     for a in axes:
         a.ticklabel_format(style="plain", useOffset=False)
         a.tick_params(labelsize=7)
-    provider = summary.get("provider", "?")
-    fig.suptitle(f"RS-CLIP demo on {scene.name[:60]}  -  provider: {provider}", fontsize=11)
+    device = summary.get("device_description") or summary.get("provider", "?")
+    fig.suptitle(f"RS-CLIP demo on {scene.name[:60]}  -  {device}", fontsize=11)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)

@@ -68,3 +68,16 @@ class ReadError(RSClipError, OSError):
 def cli_names(params: Iterable[str]) -> dict[str, str]:
     """The CLI's spelling of engine parameter names: ``tile_size_m`` -> ``--tile-size-m``."""
     return {p: "--" + p.replace("_", "-") for p in params}
+
+
+def read_failure(path: object, exc: BaseException) -> ReadError:
+    """The ReadError for a raster (or band file) that opened but fails to read: truncated, damaged, gone.
+
+    GDAL's own message ("Read failed. See previous exception for details.") names neither the file nor the
+    cause; the cause, when rasterio chained one, is added.
+    """
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and "previous exception" in detail:
+        detail = str(cause).splitlines()[0]
+    return ReadError(f"cannot read {path}: {detail}; the file is truncated or damaged: copy or export it again")

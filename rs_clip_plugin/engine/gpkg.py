@@ -17,7 +17,6 @@ half a GeoPackage.
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import struct
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Union
+
+from .atomic import atomic_write
 
 GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
 GPKG_USER_VERSION = 10200  # GeoPackage 1.2
@@ -159,20 +160,16 @@ def write_gpkg(path: Path, layers: Sequence[Layer], overwrite: bool = False) -> 
     if len(set(names)) != len(names):
         raise ValueError(f"layer names must be unique, got {names}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+
+    def write(tmp: Path) -> None:
         con = sqlite3.connect(tmp)
         try:
             _write(con, layers)
             con.commit()
         finally:
             con.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def _write(con: sqlite3.Connection, layers: Sequence[Layer]) -> None:

@@ -20,8 +20,10 @@ properties) and the files behind it, never by its own mtime, because QGIS writes
 
 Never trusted: ``meta.json`` records the byte size and sha256 of both arrays; an index whose files are
 missing, truncated or altered (or whose meta does not parse) is rebuilt. The hash is computed once per
-file version per process, so repeated queries pay only for a stat. Builds go to a temporary directory
-that is renamed into place when complete: a cancelled or failed build leaves nothing behind.
+file version per process, so repeated queries pay only for a stat. Builds go to a hidden staging folder
+beside the index (engine/atomic.py: staged_dir) that is renamed into place when complete: a cancelled or
+failed build leaves nothing behind, and the folder of a killed build is removed by the next build.
+A cache that cannot be written (read-only, full) is an OutputError naming it and RSCLIP_CACHE.
 Queries memory-map ``embeddings.npy`` and score it in chunks (bounded RAM). float32 is the default because
 numpy has no BLAS kernel for float16: scoring 1M x 64 takes ~40 ms in float32 but ~1 s in float16 on one
 core. float16 halves the disk for very large indexes; its chunks are upcast for scoring.
@@ -32,23 +34,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from affine import Affine
 
-from .atomic import atomic_write_text, replace_dir
+from .atomic import atomic_write_text, staged_dir, write_failure
 from .bundle import Bundle, sha256_file
 from .default_bundle import as_bundle
+from .errors import OutputError
+from .options import JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
 from .progress import Progress
 from .settings import cache_dir
 
@@ -230,6 +232,7 @@ class Index:
     embeddings: np.ndarray
     tiles: np.ndarray
     reused: bool = False
+    _grid: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.tiles.shape[0])
@@ -258,6 +261,22 @@ class Index:
     def out_window(self) -> tuple[int, int, int, int]:
         """(col, row, width, height) of the indexed extent on the working grid."""
         return tuple(self.meta["out_window"])  # type: ignore[return-value]
+
+    @property
+    def grid(self):
+        """The tile grid of the indexed extent (a tiling.TileGrid): the one the build used, or, for an index
+        opened from the cache, made once from its meta (heat maps are written on it)."""
+        if self._grid is None:
+            from rasterio.crs import CRS
+            from rasterio.windows import Window
+
+            from .tiling import TileGrid
+
+            m = self.meta
+            crs = CRS.from_wkt(self.crs_wkt) if self.crs_wkt else None
+            self._grid = TileGrid([], int(m["tile_px"]), int(m["stride_px"]), Window(*self.out_window),
+                                  Affine(*m["out_transform"]), crs)
+        return self._grid
 
     def tile_bounds(self, i: int) -> tuple[float, float, float, float]:
         b = self.all_bounds(np.asarray([i]))[0]
@@ -308,6 +327,7 @@ class Index:
             "tile_size_m": m.get("tile_size_m"),
             "provider": m.get("provider"),
             "precision": index_precision(m),
+            "device_description": m.get("device_description"),
             "seconds": m.get("seconds"),
             "created": m.get("created"),
             "reused": self.reused,
@@ -394,75 +414,56 @@ def open_index(root: Path, expect: Optional[dict] = None) -> Index:
     return Index(root, meta, emb, tiles)
 
 
-def resolve_encoder(bundle: Bundle, source, modality: Optional[str]):
-    """The encoder spec for ``source``: the requested modality, else the best compatible one."""
-    if modality is not None:
-        spec = bundle.manifest.encoder(modality)
-    else:
-        from .pipeline import choose_modality
-
-        spec = bundle.manifest.encoder(choose_modality(source, bundle))
-    source.check_mapping(spec)
-    return spec
-
-
 def build_index(
     source,
     bundle: Union[Bundle, str, os.PathLike, None],
     *,
-    modality: Optional[str] = None,
-    tile_size_m: Optional[float] = None,
-    overlap: float = 0.0,
-    extent: Optional[Sequence[float]] = None,
-    sensor: Optional[str] = None,
-    bands: Optional[Sequence[str]] = None,
-    s2_offset: Optional[float] = None,
-    sar_units: Optional[str] = None,
-    provider: str = "auto",
+    raster: Optional[RasterOptions] = None,
+    tiling: Optional[TilingOptions] = None,
+    run: Optional[RunOptions] = None,
     progress: Optional[Progress] = None,
     force: bool = False,
     dtype: str = "float32",
-    batch_size: Optional[int] = None,
-    precision: str = "auto",
+    **options: Any,
 ) -> Index:
     """The index of ``source`` (a raster path or an open RasterSource) for ``bundle``; built only when needed.
 
+    ``raster``/``tiling``/``run``: see engine/options.py (the earlier individual keywords are accepted too).
     A valid cached index with the same provenance is reused (``Index.reused``); a stale, corrupt or
     missing one is (re)built atomically. ``force`` rebuilds regardless.
     """
-    from .raster import RasterSource, open_source
-    from .tiling import make_grid, stride_for, tile_size_px_for
+    from .pipeline import plan_tiles
+    from .raster import RasterSource
 
     progress = progress or Progress()
+    opts = split_options(raster, tiling, run, options, where="build_index")
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"index dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
     bundle = as_bundle(bundle)
     own = not isinstance(source, RasterSource)
-    src = open_source(source, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units) if own else source
+    src = opts.raster.open(source) if own else source
     try:
         from .runtime import EncoderSession
 
-        spec = resolve_encoder(bundle, src, modality)
-        # Made now (the graph loads lazily): the precision it will run at is part of the index's identity.
-        session = EncoderSession(bundle, spec.modality, provider=provider, precision=precision)
-        tile_px = tile_size_px_for(spec, src, tile_size_m)
-        stride_px = stride_for(tile_px, overlap)
-        grid = make_grid(src, tile_px, stride_px, extent)
+        spec, grid = plan_tiles(bundle, src, opts.tiling)
+        # The precision the encoder will run at is part of the index's identity (the graph loads lazily, later).
+        precision = EncoderSession(bundle, spec.modality, provider=opts.run.provider,
+                                   precision=opts.run.precision).planned_precision
         ow = grid.out_window
         identity = {
             "format": INDEX_FORMAT,
             "source": str(Path(src.path).resolve()),
             "bundle_digest": bundle.digest,
             "modality": spec.modality,
-            "tile_px": int(tile_px),
-            "stride_px": int(stride_px),
+            "tile_px": int(grid.tile_px),
+            "stride_px": int(grid.stride_px),
             "out_window": [int(ow.col_off), int(ow.row_off), int(ow.width), int(ow.height)],
             "sensor": src.sensor,
             "bands": list(src.band_names),
             "s2_offset_dn": src.s2_offset_dn,
             "sar_units": src.sar_units,
             "dtype": dtype,
-            "precision": session.planned_precision,
+            "precision": precision,
         }
         files = fingerprint(source_files(src))
         root = index_root() / _key(identity)
@@ -474,25 +475,36 @@ def build_index(
                 return idx
             except IndexCacheError:
                 pass  # stale or corrupt: rebuilt below, never trusted
-        return _build(root, identity, files, src, bundle, spec, grid, session, progress, dtype, batch_size, tile_size_m)
+        try:
+            return _build(root, identity, files, src, bundle, spec, grid, opts, progress, dtype)
+        except BaseException as exc:
+            if write_failure(exc):
+                raise OutputError(
+                    f"cannot write the index cache {root.parent}: {exc}; free some space there or set RSCLIP_CACHE "
+                    "to a writable folder") from exc
+            raise
     finally:
         if own:
             src.close()
 
 
-def _build(root, identity, files, src, bundle, spec, grid, session, progress, dtype, batch_size, tile_size_m) -> Index:
+def _build(root: Path, identity: dict, files: list, src, bundle: Bundle, spec, grid, opts: JobOptions,
+           progress: Progress, dtype: str) -> Index:
     from .pipeline import embed_tiles
+    from .runtime import EncoderSession
 
     t0 = time.perf_counter()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
+    tile_size_m = opts.tiling.tile_size_m
+    # Built in a hidden sibling (stale ones of killed builds are removed first) and swapped in; another
+    # process finishing the same build first is fine: its index is the same.
+    with staged_dir(root, complete=lambda d: (d / META).is_file()) as tmp:
+        session = EncoderSession(bundle, spec.modality, provider=opts.run.provider, precision=opts.run.precision)
         n_grid, dim = len(grid), bundle.manifest.embed_dim
         full = np.lib.format.open_memmap(tmp / "all.npy", mode="w+", dtype=dtype, shape=(max(n_grid, 1), dim))
         rows = np.zeros((n_grid, 4), np.int32)
         count = 0
         for tile_indices, emb in embed_tiles(src, bundle, spec.modality, grid, session=session, progress=progress,
-                                             batch_size=batch_size):
+                                             batch_size=opts.run.batch_size, workers=opts.run.threads):
             progress.check()
             idx = np.asarray(tile_indices, dtype=np.int64).reshape(-1)
             m = idx.shape[0]
@@ -540,14 +552,12 @@ def _build(root, identity, files, src, bundle, spec, grid, session, progress, dt
             "provider": session.provider_used,
             # the graph that ran; equals identity["precision"] unless a GPU failed and the CPU took over
             "precision_used": session.precision_used,
+            "device_description": session.device_description,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         atomic_write_text(tmp / META, json.dumps(meta, indent=2) + "\n")
-        replace_dir(tmp, root, complete=lambda d: (d / META).is_file())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     progress.update(1.0, f"indexed {count} tiles")
     idx = open_index(root)
     idx.reused = False
+    idx._grid = grid
     return idx

@@ -26,21 +26,25 @@ from functools import lru_cache
 from typing import Callable, Optional
 
 import numpy as np
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .bundle import Bundle, EncoderSpec
+from .errors import read_failure
+from .options import TilingOptions
 from .progress import Progress
 from .radiometry import apply_transform
 from .raster import RasterSource, encoder_for
 from .runtime import EncoderSession, physical_cores
-from .tiling import DEFAULT_MAX_NODATA, TileGrid, should_skip
+from .tiling import DEFAULT_MAX_NODATA, TileGrid, make_grid, should_skip, stride_for, tile_size_px_for
 
 __all__ = [
     "STRIP_MAX_BYTES",
     "TileStats",
     "auto_workers",
-    "choose_modality",
+    "choose_encoder",
     "embed_tiles",
+    "plan_tiles",
     "preprocess_tile",
     "read_tile_batch",
     "resize_chw",
@@ -78,12 +82,25 @@ class TileStats:
         }
 
 
-def choose_modality(source: RasterSource, bundle: Bundle) -> str:
-    """The bundle encoder a source feeds best: its own sensor's, a compatible S2 level, else the rgb composite.
+def choose_encoder(bundle: Bundle, source: RasterSource, modality: Optional[str] = None) -> EncoderSpec:
+    """The encoder that embeds ``source``: the ``modality`` asked for, else the one the source feeds best (its
+    own sensor's, a compatible S2 level, else the rgb composite). The one place this choice is made, for
+    labelling, indexing, search queries and benchmarks.
 
-    Raises the raster mapping error (what the bundle expects, what the raster has) when none fits.
+    Raises the raster mapping error (what the bundle expects, what the raster has) when the source cannot
+    feed the encoder.
     """
-    return encoder_for(bundle.manifest, source).modality
+    spec = bundle.manifest.encoder(modality) if modality is not None else encoder_for(bundle.manifest, source)
+    source.check_mapping(spec)
+    return spec
+
+
+def plan_tiles(bundle: Bundle, source: RasterSource, tiling: TilingOptions) -> tuple[EncoderSpec, TileGrid]:
+    """The encoder (choose_encoder) and the tile grid of ``source`` for these tiling options: the grid is
+    made here once and travels as an object to embedding, writing and the index."""
+    spec = choose_encoder(bundle, source, tiling.modality)
+    tile_px = tile_size_px_for(spec, source, tiling.tile_size_m)
+    return spec, make_grid(source, tile_px, stride_for(tile_px, tiling.overlap), tiling.extent)
 
 
 @lru_cache(maxsize=32)
@@ -189,6 +206,7 @@ class _Readers:
 
     def __init__(self, source: RasterSource, spec: EncoderSpec, share_source: bool):
         self._source, self._spec, self._share = source, spec, share_source
+        self.path = source.path
         self._local = threading.local()
         self._opened: list[RasterSource] = []
         self._lock = threading.Lock()
@@ -215,7 +233,11 @@ class _Readers:
 def _prepare(readers: _Readers, grid: TileGrid, spec: EncoderSpec, indices: Sequence[int], max_nodata: float,
              keep_masks: bool) -> _Prepared:
     t0 = time.perf_counter()
-    kept, batch, skipped, masks = read_tile_batch(readers.get(), grid.windows, indices, spec, max_nodata, keep_masks)
+    try:
+        kept, batch, skipped, masks = read_tile_batch(readers.get(), grid.windows, indices, spec, max_nodata,
+                                                      keep_masks)
+    except RasterioError as exc:  # a truncated or damaged file: name it, and say what to do
+        raise read_failure(readers.path, exc) from exc
     return _Prepared(kept, batch, skipped, masks, time.perf_counter() - t0)
 
 
@@ -295,13 +317,12 @@ def embed_tiles(
     """
     progress = progress or Progress()
     stats = stats if stats is not None else TileStats()
-    modality = modality or choose_modality(source, bundle)
-    spec = bundle.manifest.encoder(modality)
+    spec = choose_encoder(bundle, source, modality)
+    modality = spec.modality
     if session.role != modality:
         raise ValueError(f"the session runs the {session.role!r} encoder but tiles are read for {modality!r}")
     if not 0.0 <= max_nodata <= 1.0:
         raise ValueError(f"max_nodata must be a fraction between 0 and 1, got {max_nodata}")
-    source.check_mapping(spec)  # a raster that cannot feed the encoder fails here, before any thread starts
     bs = session.auto_batch_size(batch_size)
     workers = auto_workers(session.is_gpu) if workers is None else int(workers)
     n = len(grid.windows)

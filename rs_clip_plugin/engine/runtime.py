@@ -6,13 +6,19 @@ plugin that labels ten rasters in a row pays the graph optimisation once. The pr
 runs is reported (``provider_used``, ``device``): Deepness users could not tell whether their GPU was used.
 So is the precision (``precision_used``): a bundle holds an fp32 graph per encoder and optionally fp16 and
 int8 twins; ``choose_precision`` is the one rule that picks among them (see PRECISION_CHOICES).
+``describe_device`` is the one wording of it for people ("CPU (Intel Xeon Platinum 8480+, 2 threads)",
+"GPU (NVIDIA H100, CUDA)"), used by the CLI, the GUI and summary.json beside the raw provider name.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
+import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
@@ -59,8 +65,8 @@ def _plan(provider: str) -> tuple[list[str], Optional[str]]:
     if CUDA in avail:
         return [CUDA, CPU], None
     return [CPU], (
-        "CUDA was requested but this ONNX Runtime has no CUDAExecutionProvider "
-        f"(available: {', '.join(avail)}); running on the CPU. Install onnxruntime-gpu to use the GPU."
+        f"a GPU was requested but this ONNX Runtime has no CUDA support; running on {describe_device(CPU)}. "
+        "Install onnxruntime-gpu to use an NVIDIA GPU."
     )
 
 
@@ -82,11 +88,22 @@ def resolve_providers(provider: str = "auto") -> list:
 
 
 def physical_cores() -> int:
-    """Physical cores this process may use: hyper-threads slow ORT's intra-op pool down, not up."""
+    """Physical cores this process may use: hyper-threads slow ORT's intra-op pool down, not up.
+
+    psutil (maintained, all platforms) counts them when importable; it is not a plugin dependency, so
+    /proc/cpuinfo is read otherwise (Linux; elsewhere the logical count is the bound)."""
     try:
         allowed = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         allowed = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except Exception:  # not installed, or no answer on this platform
+        physical = None
+    if physical:
+        return max(1, min(int(physical), allowed))
     cores = set()
     try:
         phys = core = None
@@ -112,29 +129,97 @@ def default_threads() -> int:
     return physical_cores()
 
 
-def has_nvidia_gpu() -> bool:
-    """Whether the NVIDIA driver reports a GPU (Linux), so a CPU-only ONNX Runtime is worth upgrading."""
-    return any(Path("/proc/driver/nvidia/gpus").glob("*/information"))
-
-
 def device_name(provider: str) -> str:
-    """A human name for the device a provider runs on (GPU model from the NVIDIA driver, CPU model)."""
+    """The model of the device a provider runs on: the GPU's from the NVIDIA driver, else the CPU's."""
     if provider in GPU_PROVIDERS:
-        for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
-            try:
-                for line in info.read_text().splitlines():
-                    if line.startswith("Model:"):
-                        return line.split(":", 1)[1].strip()
-            except OSError:
-                continue
-        return "NVIDIA GPU"
+        return gpu_model() or "NVIDIA GPU"
+    return cpu_model()
+
+
+# Provider -> how the device is driven, in the words users know; providers not listed here (e.g. Azure,
+# which ONNX Runtime lists as "available" although it is a remote-endpoint shim) are never shown.
+_DEVICE_WORDS = {CUDA: ("GPU", "CUDA"), TENSORRT: ("GPU", "TensorRT"), CPU: ("CPU", None)}
+
+
+def describe_device(provider: str, threads: Optional[int] = None, model: Optional[str] = None) -> str:
+    """The device a job runs on, for people: 'CPU (Intel Xeon Platinum 8480+, 2 threads)',
+    'GPU (NVIDIA H100 80GB HBM3, CUDA)'. ``model`` defaults to the detected one (``device_name``)."""
+    kind, api = _DEVICE_WORDS.get(provider, ("CPU", None))
+    name = model or device_name(provider)
+    if kind == "GPU":
+        return f"GPU ({name}, {api})"
+    n = threads or default_threads()
+    return f"CPU ({name}, {n} thread{'s' if n != 1 else ''})"
+
+
+def available_devices() -> str:
+    """What this ONNX Runtime can run on, for people (the model manager's and the dialogs' status line):
+    'GPU (NVIDIA H100, CUDA), or CPU (AMD EPYC, 2 threads)' or the CPU alone with how to add the GPU."""
+    avail = available_providers()
+    gpus = [describe_device(p) for p in (CUDA, TENSORRT) if p in avail]
+    cpu = describe_device(CPU)
+    if gpus:
+        return f"{gpus[0]}, or {cpu}"
+    hint = "; install onnxruntime-gpu to use an NVIDIA GPU" if gpu_model() else ""
+    return cpu + hint
+
+
+def _tidy_cpu_name(raw: str) -> str:
+    """'Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz' -> 'Intel Xeon Platinum 8480+'."""
+    name = re.sub(r"\((R|TM|tm|r)\)", "", raw)
+    name = re.sub(r"\s+@\s*[\d.]+\s*[GM]Hz", "", name)
+    name = re.sub(r"\s+(CPU|Processor)$", "", name.strip())
+    name = re.sub(r"\s+\d+-Core$", "", name)
+    return " ".join(name.split()) or raw.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's marketing name ('Intel Xeon Platinum 8480+', 'Apple M2', 'AMD EPYC 7763'), read once.
+
+    ONNX Runtime has no API for it. py-cpuinfo, the maintained library, answers ``get_cpu_info()`` by
+    starting ``sys.executable`` on its own module: inside QGIS that can be QGIS itself or another
+    interpreter (the reason the dependency installer must not trust it either), and it takes 1-3 s. So each
+    platform's own source is read here: /proc/cpuinfo (Linux), sysctl (macOS), the registry (Windows).
+    """
+    raw = ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
+        if sys.platform.startswith("linux"):
+            for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("model name", "hardware", "cpu model") and ":" in line:
+                    raw = line.split(":", 1)[1].strip()
+                    break
+        elif sys.platform == "darwin":
+            raw = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
+        elif sys.platform == "win32":
+            import winreg
+
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"HARDWARE\DESCRIPTION\System\CentralProcessor\0") as key:
+                raw = str(winreg.QueryValueEx(key, "ProcessorNameString")[0])
+    except (OSError, subprocess.SubprocessError):
+        raw = ""
+    return _tidy_cpu_name(raw) if raw else (platform.processor() or platform.machine() or "unknown model")
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_model() -> Optional[str]:
+    """The first NVIDIA GPU's name from the driver (Linux /proc, else nvidia-smi), or None without one."""
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        try:
+            for line in info.read_text().splitlines():
+                if line.startswith("Model:"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            continue
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [n.strip() for n in out.stdout.splitlines() if n.strip()]
+    return names[0] if out.returncode == 0 and names else None
 
 
 def auto_batch_size(input_size: int, channels: int = 3, provider: str = CPU, requested: Optional[int] = None) -> int:
@@ -297,6 +382,11 @@ class EncoderSession:
     @property
     def device(self) -> str:
         return device_name(self.provider_used)
+
+    @property
+    def device_description(self) -> str:
+        """The device for people, e.g. 'CPU (AMD EPYC, 2 threads)' (see ``describe_device``)."""
+        return describe_device(self.provider_used, self.threads)
 
     @property
     def fallback_message(self) -> Optional[str]:

@@ -25,30 +25,31 @@ for several.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
+from .atomic import Final, final_path, open_outputs
 from .bundle import Bundle
 from .default_bundle import as_bundle
-from .errors import OutputExistsError
+from .errors import InputError
 from .index import Index, build_index, check_one_precision
 from .nms import nms
+from .options import JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
 from .progress import Progress
 
 NEGATIVE_WEIGHT = 0.5
 HITS_FILE = "hits.gpkg"
 HITS_LAYER = "hits"
 HEATMAP_FILE = "heatmap.tif"
+# The files a search writes (and, with overwrite, replaces) in its output folder; other files stay.
+OUTPUT_FILES = (HITS_FILE, HEATMAP_FILE, "heatmap_*.tif")
 # Candidates per source before NMS: generous so that K distinct places survive suppression.
 _CANDIDATE_FACTOR = 20
 _MIN_CANDIDATES = 64
@@ -162,27 +163,26 @@ def image_query_vector(
     point: Optional[tuple[float, float]] = None,
     box: Optional[tuple[float, float, float, float]] = None,
     image_file: Union[str, os.PathLike, None] = None,
-    modality: Optional[str] = None,
-    tile_size_m: Optional[float] = None,
-    sensor: Optional[str] = None,
-    bands: Optional[Sequence[str]] = None,
-    s2_offset: Optional[float] = None,
-    sar_units: Optional[str] = None,
-    provider: str = "auto",
-    precision: str = "auto",
+    reading: Optional[RasterOptions] = None,
+    tiling: Optional[TilingOptions] = None,
+    run: Optional[RunOptions] = None,
+    **options: Any,
 ) -> np.ndarray:
     """L2-normalised embedding [D] of an example: a tile around ``point`` or the ``box`` of ``raster``
     (map coordinates in the raster's CRS), or a whole ``image_file`` (JPEG/PNG or any GDAL raster).
 
-    The encoder is the one matching the example's sensor (or ``modality``): a Sentinel-1 example is
-    embedded by the ``s1-grd`` encoder and can then search Sentinel-2 indexes (cross-modal).
+    The encoder is the one matching the example's sensor (or ``tiling.modality``): a Sentinel-1 example is
+    embedded by the ``s1-grd`` encoder and can then search Sentinel-2 indexes (cross-modal). ``reading``
+    holds the raster options (``raster`` is the example raster's path here).
     """
-    from .index import resolve_encoder
-    from .pipeline import preprocess_tile
-    from .raster import open_source
+    from rasterio.errors import RasterioError
+
+    from .errors import read_failure
+    from .pipeline import choose_encoder, preprocess_tile
     from .runtime import EncoderSession
     from .tiling import extent_window, tile_size_px_for
 
+    opts = split_options(reading, tiling, run, options, where="image_query_vector")
     b = as_bundle(bundle)
     chosen = [k for k, v in (("point", point), ("box", box), ("image_file", image_file)) if v is not None]
     if len(chosen) != 1:
@@ -193,13 +193,13 @@ def image_query_vector(
         path = Path(image_file)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such image file; give a JPEG/PNG or a GDAL raster")
-        src = open_source(path, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units)
+        src = opts.raster.open(path)
     else:
         if raster is None:
             raise ValueError("a point or box query needs the raster it refers to (--query-raster)")
-        src = open_source(raster, sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units)
+        src = opts.raster.open(raster)
     with src:
-        spec = resolve_encoder(b, src, modality)
+        spec = choose_encoder(b, src, opts.tiling.modality)
         if image_file is not None:
             from rasterio.windows import Window
 
@@ -210,14 +210,18 @@ def image_query_vector(
                 )
             window = Window(0, 0, src.width, src.height)
         elif point is not None:
-            window = _window_around(src, float(point[0]), float(point[1]), tile_size_px_for(spec, src, tile_size_m))
+            window = _window_around(src, float(point[0]), float(point[1]),
+                                    tile_size_px_for(spec, src, opts.tiling.tile_size_m))
         else:
             window = extent_window(src, box)  # type: ignore[arg-type]
-        raw = src.read_for(spec, window)
+        try:
+            raw = src.read_for(spec, window)
+        except RasterioError as exc:
+            raise read_failure(src.path, exc) from exc
         if np.isnan(raw).all():
             raise ValueError(f"the query area of {src.path} holds no data (all no-data); choose another place")
         x = preprocess_tile(raw, spec)[None]
-    sess = EncoderSession(b, spec.modality, provider=provider, precision=precision)
+    sess = EncoderSession(b, spec.modality, provider=opts.run.provider, precision=opts.run.precision)
     return _normalise(sess.embed(x)[0], "image")
 
 
@@ -288,22 +292,18 @@ def rank_distinct(indexes: list[Index], query: np.ndarray, top_k: int, nms_iou: 
 
 
 def _heatmap(idx: Index, scores: np.ndarray, path: Path) -> Path:
-    from affine import Affine
-    from rasterio.crs import CRS
     from rasterio.windows import Window
 
-    from .tiling import LogitAccumulator, TileGrid
+    from .tiling import LogitAccumulator
     from .writers import geotiff_profile, open_geotiff
 
-    col, row, w, h = idx.out_window
-    out_t = Affine(*idx.meta["out_transform"])
-    crs = CRS.from_wkt(idx.crs_wkt) if idx.crs_wkt else None
-    grid = TileGrid([], idx.meta["tile_px"], idx.meta["stride_px"], Window(col, row, w, h), out_t, crs)
+    grid = idx.grid
+    h, w = grid.out_shape
     acc = LogitAccumulator(grid, 1)
     try:
         for (c, r, tw, th), s in zip(idx.tiles.tolist(), scores.tolist()):
             acc.add(Window(c, r, tw, th), np.asarray([s], np.float32))
-        profile = geotiff_profile(w, h, out_t, crs, "float32", float("nan"))
+        profile = geotiff_profile(w, h, grid.out_transform, grid.crs, "float32", float("nan"))
         with open_geotiff(path, profile) as dst:
             dst.update_tags(RSCLIP_LAYER="cosine similarity of the search query", SOURCE=idx.source_path)
             for win in acc.strips():
@@ -313,62 +313,79 @@ def _heatmap(idx: Index, scores: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _heatmap_name(n: int, count: int, source: str) -> str:
+def heatmap_name(n: int, count: int, source: str) -> str:
     if count == 1:
         return HEATMAP_FILE
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).name)[:60]
     return f"heatmap_{n + 1}_{stem}.tif"
 
 
+@dataclass(frozen=True)
+class SearchJob:
+    """What one search needs besides the sources, the query and the output folder (built by ``search``)."""
+
+    bundle: Bundle
+    top_k: int = 10
+    nms_iou: float = 0.3
+    heatmap: bool = False
+    query_info: dict = field(default_factory=dict)
+    options: JobOptions = field(default_factory=JobOptions)
+
+
 def search(
     sources: Sequence[Union[str, os.PathLike, Index]],
     query_vector: np.ndarray,
-    out_dir: Union[str, os.PathLike],
+    out_dir: Union[str, os.PathLike, Mapping[str, Path]],
     *,
     bundle: Union[Bundle, str, os.PathLike, None],
     top_k: int = 10,
     nms_iou: float = 0.3,
     heatmap: bool = False,
-    modality: Optional[str] = None,
-    tile_size_m: Optional[float] = None,
-    overlap: float = 0.0,
-    extent: Optional[Sequence[float]] = None,
-    sensor: Optional[str] = None,
-    bands: Optional[Sequence[str]] = None,
-    s2_offset: Optional[float] = None,
-    sar_units: Optional[str] = None,
-    provider: str = "auto",
+    raster: Optional[RasterOptions] = None,
+    tiling: Optional[TilingOptions] = None,
+    run: Optional[RunOptions] = None,
     progress: Optional[Progress] = None,
     overwrite: bool = False,
     query_info: Optional[dict] = None,
-    precision: str = "auto",
+    **options: Any,
 ) -> SearchResult:
     """Rank the tiles of all ``sources`` (indexed on demand) against ``query_vector``; write hits.gpkg.
 
     ``top_k`` distinct places (NMS at ``nms_iou``) across all sources, best first; ``heatmap`` also
-    writes per-source similarity GeoTIFFs. Outputs are staged and moved into ``out_dir`` only when all
-    are written: on any error nothing is left there. Indexing options (modality, tiling, extent, sensor,
-    bands) apply to every source given as a path; ``modality=None`` lets each source use its own encoder.
+    writes per-source similarity GeoTIFFs. ``out_dir`` is the final folder (or, for QGIS Processing, a
+    mapping of file names, e.g. ``hits.gpkg``, to paths of their own; unmapped files are not kept): the
+    files are staged on its file system and published as one unit (engine/atomic.py); on any error nothing
+    of the run is left there. ``raster``/``tiling``/``run`` (engine/options.py; the earlier individual keywords are accepted
+    too) apply to every source given as a path; ``tiling.modality=None`` lets each source use its own encoder.
     """
-    from .gpkg import Feature, Layer, write_gpkg
-
     progress = progress or Progress()
-    t0 = time.perf_counter()
+    opts = split_options(raster, tiling, run, options, where="search")
     if int(top_k) < 1:
-        raise ValueError(f"top-k must be at least 1, got {top_k}")
+        raise InputError(f"{{top_k}} must be at least 1, got {top_k}")
     if not sources:
         raise ValueError("no raster to search; give one or more rasters")
     b = as_bundle(bundle)
     q = _normalise(query_vector, "search")
     if q.shape[0] != b.manifest.embed_dim:
         raise ValueError(f"the query vector has {q.shape[0]} dimensions but bundle {b.manifest.name!r} embeds in {b.manifest.embed_dim}")
-    out_dir = Path(out_dir)
-    targets = [out_dir / HITS_FILE]
-    if out_dir.exists() and not overwrite:
-        clash = [p.name for p in targets if p.exists()] + [p.name for p in out_dir.glob("heatmap*.tif")] * bool(heatmap)
-        if clash:
-            raise OutputExistsError(f"{out_dir} already holds {clash}; choose another output folder or allow overwriting")
+    job = SearchJob(b, int(top_k), nms_iou, heatmap, dict(query_info or {}), opts)
+    with open_outputs(out_dir, OUTPUT_FILES, overwrite=overwrite) as out:  # refuses a conflict before any work
+        res = search_into(sources, q, job, out.path, out.destination, progress)
+        progress.check()
+        out.publish()
+    progress.update(1.0, f"{len(res.hits)} hits")
+    return res
 
+
+def search_into(sources: Sequence[Union[str, os.PathLike, Index]], q: np.ndarray, job: SearchJob, write_dir: Path,
+                final_dir: Final, progress: Progress) -> SearchResult:
+    """Index, rank and write the outputs of ``job`` into ``write_dir`` (a staging folder); the result's paths
+    are the final ones (atomic.final_path: in the folder ``final_dir``, or each at its own path when it maps
+    names to paths), where the caller publishes them."""
+    from .gpkg import Feature, Layer, write_gpkg
+
+    t0 = time.perf_counter()
+    b = job.bundle
     indexes: list[Index] = []
     n = len(sources)
     for i, s in enumerate(sources):
@@ -377,11 +394,8 @@ def search(
         if isinstance(s, Index):
             indexes.append(s)
         else:
-            indexes.append(
-                build_index(s, b, modality=modality, tile_size_m=tile_size_m, overlap=overlap, extent=extent,
-                            sensor=sensor, bands=bands, s2_offset=s2_offset, sar_units=sar_units,
-                            provider=provider, progress=sub, precision=precision)
-            )
+            o = job.options
+            indexes.append(build_index(s, b, raster=o.raster, tiling=o.tiling, run=o.run, progress=sub))
         if indexes[-1].dim != b.manifest.embed_dim:
             raise ValueError(f"index {indexes[-1].root} was built with another bundle ({indexes[-1].dim}-d); rebuild it")
     precision_used = check_one_precision(indexes)
@@ -389,7 +403,7 @@ def search(
     progress.update(0.9, "ranking")
 
     out_wkt = indexes[0].crs_wkt
-    ranked = rank_distinct(indexes, q, int(top_k), nms_iou, out_wkt)
+    ranked = rank_distinct(indexes, q, job.top_k, job.nms_iou, out_wkt)
     hits = []
     features = []
     for rank, (s, row, score, ring) in enumerate(ranked, start=1):
@@ -401,35 +415,25 @@ def search(
                                  "crs": _crs_label(idx.crs_wkt)}))
     t_rank = time.perf_counter()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".rsclip-search-", dir=out_dir))
+    write_gpkg(
+        write_dir / HITS_FILE,
+        [Layer(HITS_LAYER, out_wkt, {"rank": int, "score": float, "source": str, "tile": int, "crs": str}, features,
+               description=str(job.query_info.get("text", "search hits")))],
+    )
     heat_paths: list[Path] = []
-    try:
-        write_gpkg(
-            staging / HITS_FILE,
-            [Layer(HITS_LAYER, out_wkt, {"rank": int, "score": float, "source": str, "tile": int, "crs": str}, features,
-                   description=str((query_info or {}).get("text", "search hits")))],
-        )
-        if heatmap:
-            for i, idx in enumerate(indexes):
-                progress.check()
-                name = _heatmap_name(i, len(indexes), idx.source_path)
-                _heatmap(idx, idx.scores(q), staging / name)
-                heat_paths.append(out_dir / name)
-        progress.check()
-        for p in sorted(staging.iterdir()):
-            os.replace(p, out_dir / p.name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_if_empty(out_dir)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
+    if job.heatmap:
+        for i, idx in enumerate(indexes):
+            progress.check()
+            name = heatmap_name(i, len(indexes), idx.source_path)
+            final = final_path(final_dir, name)
+            if final is not None:  # a caller keeping only some heat maps (Processing: one) gets only those
+                _heatmap(idx, idx.scores(q), write_dir / name)
+                heat_paths.append(final)
     t_write = time.perf_counter()
-    progress.update(1.0, f"{len(hits)} hits")
     providers = sorted({str(i.meta.get("provider")) for i in indexes})
     return SearchResult(
         hits=hits,
-        gpkg_path=out_dir / HITS_FILE,
+        gpkg_path=final_path(final_dir, HITS_FILE),
         heatmap_path=heat_paths[0] if heat_paths else None,
         heatmap_paths=heat_paths,
         provider=", ".join(providers),
@@ -439,7 +443,7 @@ def search(
             "write_s": round(t_write - t_rank, 4),
             "total_s": round(t_write - t0, 4),
         },
-        query=dict(query_info or {}),
+        query=dict(job.query_info),
         indexes=[i.summary() for i in indexes],
         precision=precision_used,
     )
@@ -456,8 +460,3 @@ def _crs_label(wkt: str) -> str:
         return f"EPSG:{epsg}" if epsg else crs.to_string()[:200]
     except Exception:
         return wkt[:200]
-
-
-def _remove_if_empty(d: Path) -> None:
-    with contextlib.suppress(OSError):
-        d.rmdir()

@@ -11,6 +11,7 @@ Plus a ``.qml`` paletted style that QGIS applies when the layer is loaded from t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
@@ -88,12 +89,21 @@ def set_category_names(path: Path, names: Sequence[str]) -> Optional[Path]:
         return None
     path = Path(path)
     gdal.UseExceptions()
-    ds = gdal.Open(str(path), gdal.GA_Update)
+    # GDAL only warns (on stderr) when the side-car cannot be saved, e.g. on a full disk: collect its messages
+    # and fail instead, so a label raster never silently loses its category names.
+    problems: list[str] = []
+    gdal.PushErrorHandler(lambda cls, code, msg: problems.append(msg) if cls >= gdal.CE_Warning else None)
     try:
-        ds.GetRasterBand(1).SetCategoryNames(list(names))
-        ds.FlushCache()
+        ds = gdal.Open(str(path), gdal.GA_Update)
+        try:
+            ds.GetRasterBand(1).SetCategoryNames(list(names))
+            ds.FlushCache()
+        finally:
+            ds = None  # closing the dataset is what writes the side-car
     finally:
-        ds = None  # closing the dataset is what writes the side-car
+        gdal.PopErrorHandler()
+    if problems:
+        raise OSError(errno.EIO, f"{problems[0].strip()} (GDAL)")
     aux = path.with_name(path.name + AUX_SUFFIX)
     return aux if aux.is_file() else None
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from qgis.PyQt.QtWidgets import QComboBox
 
-from ..models import ModelStore
+from ..installed_bundles import ModelStore
 
 NONE_INSTALLED = "(none installed: add one in the model manager)"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -42,7 +41,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..engine.bands import MODALITIES
-from ..models import ModelStore
+from ..engine.options import RasterOptions, TilingOptions
+from ..installed_bundles import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
 from ..styling import add_classification_layers
 from .bundle_combo import fill_bundle_combo, select_bundle
@@ -372,15 +372,20 @@ class ClassifyDialog(QDialog):
             return None
         sensor = self.sensor_combo.currentText()
         bands = [b.strip() for b in self.bands_edit.text().split(",") if b.strip()]
+        try:  # the engine's option objects, built once from the fields (they check the values)
+            raster = RasterOptions(sensor=None if sensor == "auto" else sensor,
+                                   bands=bands if bands and bands != self._detected_bands else None)
+            tiling = TilingOptions(tile_size_m=self.tile_spin.value() or None, overlap=self.overlap_spin.value(),
+                                   extent=extent)
+        except Exception as exc:
+            self.show_error(str(exc))
+            return None
         kwargs = dict(
             bundle=bundle,
-            sensor=None if sensor == "auto" else sensor,
-            bands=bands if bands and bands != self._detected_bands else None,
             lang=self.lang_combo.currentText() or "en",
             threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
-            tile_size_m=self.tile_spin.value() or None,
-            overlap=self.overlap_spin.value(),
-            extent=extent,
+            raster=raster,
+            tiling=tiling,
         )
         source = layer.source().split("|")[0]
         names = [n for n, _ in classes]
@@ -388,22 +393,14 @@ class ClassifyDialog(QDialog):
         title = f"{layer.name()} ({time.strftime('%H%M%S')})"
         out_root = Path(self.out_widget.filePath() or output_root())
         final = unique_result_dir(out_root, title)
-        staging = out_root / f".{final.name}.partial"
 
         def job(progress):
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            res = classify_raster(source, names, staging, progress=progress, **kwargs)
-            progress.check()
-            staging.rename(final)
-            for attr in ("labels_path", "confidence_path", "qml_path", "summary_path"):
-                p = getattr(res, attr, None)
-                if p:
-                    setattr(res, attr, final / Path(p).relative_to(staging))
-            return res
+            # The engine stages on the folder's file system and publishes it whole; the paths it returns (and
+            # records in summary.json) are the final ones.
+            return classify_raster(source, names, final, progress=progress, **kwargs)
 
         self.task = EngineTask(f"RS-CLIP: classify {layer.name()}", job, lambda r: self._done(r, title, colours),
-                               self._failed, staging=staging, words=lambda exc: self.words(exc, layer))
+                               self._failed, words=lambda exc: self.words(exc, layer))
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.message.connect(self.message_label.setText)
         self.run_btn.setEnabled(False)
@@ -435,7 +432,7 @@ class ClassifyDialog(QDialog):
         rows = list(summary.get("classes", []))
         unknown = summary.get("unknown") or {}
         if unknown.get("pixels"):
-            rows.append({"name": "unknown", "color": "#000000", **unknown})
+            rows.append({"name": "unknown", **unknown})
         valid = float(summary.get("valid_pixels") or 0) or float(sum(int(c.get("pixels", 0)) for c in rows)) or 1.0
         self.area_table.setRowCount(0)
         for c in rows:

@@ -22,7 +22,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..engine.bundle import BundleError
-from ..models import ModelStore
+from ..installed_bundles import ModelStore
 from .tasks import EngineTask, log, start
 
 COLUMNS = ["Name", "Default", "Modalities", "Languages", "Size", "Provenance"]

@@ -7,6 +7,7 @@ Never a hidden cache folder.
 
 from __future__ import annotations
 
+import glob
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -43,7 +44,8 @@ def unique_result_dir(root: Path, base: str) -> Path:
     """A result folder name not used yet (two runs in the same second must not collide)."""
     base = re.sub(r"[^\w.-]+", "_", base).strip("_") or "result"
     candidate, n = root / base, 1
-    while candidate.exists():
+    # A run still being written has its hidden staging folder beside it (engine.atomic).
+    while candidate.exists() or any(root.glob(f".{glob.escape(candidate.name)}.rsclip-*")):
         n += 1
         candidate = root / f"{base}-{n}"
     return candidate

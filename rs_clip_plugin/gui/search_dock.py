@@ -8,7 +8,6 @@ zooms to and flashes the place, a hits layer and an optional similarity heat map
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..models import ModelStore
+from ..installed_bundles import ModelStore
 from ..styling import add_search_layers
 from .bundle_combo import fill_bundle_combo, select_bundle
 from .outputs import field_message, output_root, push_result, remember_output_root, unique_result_dir
@@ -54,7 +53,10 @@ from .thumbnails import read_window_rgb, to_qimage
 
 THUMB = 72
 FIELDS = {"bundle": "Model bundle", "lang": "Language", "top_k": "Top k", "out": "Output folder",
-          "overwrite": "Output folder", "query": "the query field"}
+          "overwrite": "Output folder", "query": "the query field",
+          # The dock has no band fields: a layer it cannot read needs its bands named where it comes from.
+          "sensor": "the sensor (the classify dialog's Sensor)",
+          "bands": "band names (the layer's band descriptions, or a VRT naming them)"}
 
 
 def short_reason(problem: str) -> str:
@@ -231,7 +233,7 @@ class SearchDock(QgsDockWidget):
     def _unreadable(self, source: str, name: str, bundle) -> Optional[str]:
         """Why no encoder of ``bundle`` can read the raster, in one line; None when one can. Cached per file
         state, since the list refreshes whenever a layer is added."""
-        from ..engine.pipeline import choose_modality
+        from ..engine.pipeline import choose_encoder
         from ..engine.raster import open_source
 
         try:
@@ -242,7 +244,7 @@ class SearchDock(QgsDockWidget):
         if key not in self._readable_cache:
             try:
                 with open_source(source) as src:
-                    choose_modality(src, bundle)
+                    choose_encoder(bundle, src)
                 self._readable_cache[key] = None
             except Exception as exc:
                 self._readable_cache[key] = field_message(exc, FIELDS, [(source, name)])
@@ -364,7 +366,6 @@ class SearchDock(QgsDockWidget):
         top_k, heatmap = self.topk_spin.value(), self.heatmap_check.isChecked()
         out_root = Path(self.out_widget.filePath() or output_root())
         final = unique_result_dir(out_root, f"search-{time.strftime('%Y%m%d-%H%M%S')}")
-        staging = out_root / f".{final.name}.partial"
         self.skipped = []
 
         def job(progress):
@@ -378,7 +379,7 @@ class SearchDock(QgsDockWidget):
                 except Exception as exc:  # one odd layer must not lose the others' hits
                     if type(exc).__name__ == "Cancelled":
                         raise
-                    self.skipped.append(f"{name}: {field_message(exc, FIELDS, names)}")
+                    self.skipped.append(f"{name}: {short_reason(field_message(exc, FIELDS, names))}")
                     log(f"search: skipped {name}: {exc}", Qgis.Warning)
                     continue
                 indexes.append(idx)
@@ -386,22 +387,13 @@ class SearchDock(QgsDockWidget):
             if not indexes:
                 raise ValueError("none of the ticked layers can be searched: " + "; ".join(self.skipped))
             progress.update(0.6, "searching…")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            res = search(indexes, qvec, staging, bundle=bundle, top_k=top_k, heatmap=heatmap,
-                         progress=progress.sub(0.6, 1.0))
-            progress.check()
-            staging.rename(final)
-            for attr in ("gpkg_path", "heatmap_path"):
-                p = getattr(res, attr, None)
-                if p:
-                    setattr(res, attr, final / Path(p).relative_to(staging))
-            res.heatmap_paths = [final / Path(p).relative_to(staging) for p in res.heatmap_paths]
-            return res
+            # The engine stages on the folder's file system and publishes it whole (final paths returned).
+            return search(indexes, qvec, final, bundle=bundle, top_k=top_k, heatmap=heatmap,
+                          progress=progress.sub(0.6, 1.0))
 
         self.index_states = {}
         self.task = EngineTask(f"RS-CLIP: search '{title}'", job, lambda r: self._done(r, title), self._failed,
-                               staging=staging, words=lambda exc: field_message(exc, FIELDS, names))
+                               words=lambda exc: field_message(exc, FIELDS, names))
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.message.connect(self.index_label.setText)
         self.search_btn.setEnabled(False)

@@ -11,18 +11,13 @@ from ..styling import provider_label
 
 
 def available_text() -> str:
-    """Where the next job will run, before any has: the best provider ONNX Runtime offers here."""
+    """Where the next job will run, before any has (engine.runtime.available_devices)."""
     try:
-        from ..engine.runtime import CPU, GPU_PROVIDERS, available_providers, has_nvidia_gpu
+        from ..engine.runtime import available_devices
 
-        avail = available_providers()
+        return available_devices()
     except Exception as exc:  # onnxruntime missing: say so instead of failing the dialog
         return f"ONNX Runtime is not available ({exc}); use RS-CLIP > Check Python packages"
-    gpu = next((p for p in GPU_PROVIDERS if p in avail), None)
-    if gpu:
-        return provider_label(gpu)
-    hint = " — this machine has an NVIDIA GPU: install onnxruntime-gpu to use it" if has_nvidia_gpu() else ""
-    return provider_label(CPU) + hint
 
 
 class ProviderStatusLabel(QLabel):

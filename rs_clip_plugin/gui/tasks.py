@@ -2,15 +2,14 @@
 
 As in Deepness: the job runs in ``run()`` (worker thread) with the engine's Progress mapped onto
 ``setProgress``/``isCanceled``; everything that touches layers or widgets happens in ``finished()``, which
-QGIS calls on the main thread. A job writes into a staging folder that is removed when it fails or is
-cancelled, so a cancelled run leaves neither a file nor a layer behind.
+QGIS calls on the main thread. Jobs pass the engine their final output folder; the engine stages the files
+and publishes them only when the job completes (engine/atomic.py), so a failed or cancelled run leaves
+neither a file nor a layer behind.
 """
 
 from __future__ import annotations
 
-import shutil
 import traceback
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
@@ -36,7 +35,6 @@ class EngineTask(QgsTask):
         job: Callable[[Progress], Any],
         on_done: Optional[Callable[[Any], None]] = None,
         on_error: Optional[Callable[[str], None]] = None,
-        staging: Optional[Path] = None,
         words: Optional[Callable[[BaseException], str]] = None,
     ) -> None:
         super().__init__(description, QgsTask.CanCancel)
@@ -44,7 +42,6 @@ class EngineTask(QgsTask):
         self.words = words  # the front end's wording of an engine error (its field names, its layer names)
         self.on_done = on_done
         self.on_error = on_error
-        self.staging = staging
         self.result: Any = None
         self.error: Optional[str] = None
         self.was_cancelled = False
@@ -62,7 +59,6 @@ class EngineTask(QgsTask):
             self.result = self.job(progress)
         except Cancelled:
             self.was_cancelled = True
-            self._discard()
             return False
         except Exception as exc:  # every failure is reported with its message
             from ..engine.errors import RSClipError
@@ -74,12 +70,9 @@ class EngineTask(QgsTask):
                 log(f"{self.description()}: {self.error}", Qgis.Warning)
             else:  # a bug: keep everything needed to fix it
                 log(f"{self.description()} failed: {self.error}\n{traceback.format_exc()}", Qgis.Critical)
-            self._discard()
             return False
-        if self.isCanceled():
-            self.was_cancelled = True
-            self._discard()
-            return False
+        # A job that returned has published its outputs (the engine checks for a cancel up to the last step):
+        # a cancel arriving now is too late to undo them, and saying "nothing was written" would be false.
         return True
 
     def _word(self, exc: BaseException) -> str:
@@ -90,10 +83,6 @@ class EngineTask(QgsTask):
                 pass
         return str(exc) or type(exc).__name__
 
-    def _discard(self) -> None:
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-
     def finished(self, ok: bool) -> None:
         if ok:
             if self.on_done:
@@ -101,12 +90,10 @@ class EngineTask(QgsTask):
                     self.on_done(self.result)
                 except Exception as exc:
                     log(f"{self.description()}: showing the result failed: {exc}\n{traceback.format_exc()}", Qgis.Critical)
-                    self._discard()
                     if self.on_error:
                         self.on_error(f"showing the result failed: {exc}")
             return
         if self.was_cancelled or self.isCanceled():
-            self._discard()
             if self.on_error:
                 self.on_error("cancelled; nothing was written")
             return

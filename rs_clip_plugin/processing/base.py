@@ -21,6 +21,17 @@ MODALITIES = ["auto", *BAND_TABLE_MODALITIES]  # from the band tables, as in the
 
 class RSClipAlgorithm(QgsProcessingAlgorithm):
     NAME = ""
+    # Parameter and output names (QGIS Processing style: one constant each, used everywhere they are read).
+    INPUT = "INPUT"
+    OUTPUT = "OUTPUT"
+    LANG = "LANG"
+    BUNDLE = "BUNDLE"
+    PROVIDER = "PROVIDER"
+    MODALITY = "MODALITY"
+    TILE_SIZE_M = "TILE_SIZE_M"
+    OVERLAP = "OVERLAP"
+    EXTENT = "EXTENT"
+    EXECUTION_PROVIDER = "EXECUTION_PROVIDER"
     DISPLAY = ""
     HELP = ""
 
@@ -52,7 +63,7 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
     def add_bundle_params(self) -> None:
         self.addParameter(
             QgsProcessingParameterString(
-                "BUNDLE",
+                self.BUNDLE,
                 self.tr("Model bundle (folder, .zip or installed name; empty = default)"),
                 defaultValue="",
                 optional=True,
@@ -60,19 +71,19 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterEnum(
-                "PROVIDER", self.tr("Execution provider"), options=["auto", "CPU", "CUDA"], defaultValue=0
+                self.PROVIDER, self.tr("Execution provider"), options=["auto", "CPU", "CUDA"], defaultValue=0
             )
         )
 
     def add_tiling_params(self) -> None:
         self.addParameter(
             QgsProcessingParameterEnum(
-                "MODALITY", self.tr("Encoder (modality)"), options=MODALITIES, defaultValue=0, optional=True
+                self.MODALITY, self.tr("Encoder (modality)"), options=MODALITIES, defaultValue=0, optional=True
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                "TILE_SIZE_M",
+                self.TILE_SIZE_M,
                 self.tr("Tile size in metres (0 = the bundle's)"),
                 type=QgsProcessingParameterNumber.Double,
                 defaultValue=0.0,
@@ -81,7 +92,7 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                "OVERLAP",
+                self.OVERLAP,
                 self.tr("Tile overlap (fraction)"),
                 type=QgsProcessingParameterNumber.Double,
                 defaultValue=0.0,
@@ -89,15 +100,33 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
                 maxValue=0.9,
             )
         )
-        self.addParameter(QgsProcessingParameterExtent("EXTENT", self.tr("Extent (empty = whole layer)"), optional=True))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (empty = whole layer)"), optional=True))
 
     def provider_arg(self, parameters, context) -> str:
-        return PROVIDERS[self.parameterAsEnum(parameters, "PROVIDER", context)]
+        return PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)]
 
     def modality_arg(self, parameters, context):
-        m = MODALITIES[self.parameterAsEnum(parameters, "MODALITY", context)]
+        m = MODALITIES[self.parameterAsEnum(parameters, self.MODALITY, context)]
         return None if m == "auto" else m
 
     def tile_arg(self, parameters, context):
-        v = self.parameterAsDouble(parameters, "TILE_SIZE_M", context)
+        v = self.parameterAsDouble(parameters, self.TILE_SIZE_M, context)
         return v if v > 0 else None
+
+    def job_options(self, parameters, context, extent=None):
+        """The engine's option objects (engine/options.py), built once from this algorithm's parameters."""
+        from ..engine.options import JobOptions, RunOptions, TilingOptions
+
+        tiling = TilingOptions(modality=self.modality_arg(parameters, context), tile_size_m=self.tile_arg(parameters, context),
+                               overlap=self.parameterAsDouble(parameters, self.OVERLAP, context), extent=extent)
+        return JobOptions(tiling=tiling, run=RunOptions(provider=self.provider_arg(parameters, context)))
+
+
+A = RSClipAlgorithm
+# Engine parameter -> how a Processing user changes it (errors name these: engine/errors.py).
+PARAMETER_NAMES = {
+    "sensor": A.MODALITY, "modality": A.MODALITY, "bands": f"the band descriptions of {A.INPUT} (or a VRT naming them)",
+    "tile_size_m": A.TILE_SIZE_M, "overlap": A.OVERLAP, "extent": A.EXTENT, "bundle": A.BUNDLE, "lang": A.LANG,
+    "provider": A.PROVIDER, "out": A.OUTPUT, "threshold": "THRESHOLD", "overwrite": "OVERWRITE", "top_k": "TOP_K",
+}
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from qgis.core import (
@@ -26,8 +25,6 @@ from .common import (
     feedback_progress,
     layer_source,
     load_bundle_spec,
-    move_into_place,
-    staging_dir,
 )
 from .styles import StylePostProcessor
 
@@ -36,27 +33,33 @@ PRESET_OPTIONS = ["(none: use CLASSES)", *PRESETS]
 
 class ClassifyAlgorithm(RSClipAlgorithm):
     NAME = "classify"
+    CLASSES = "CLASSES"
+    PRESET = "PRESET"
+    THRESHOLD = "THRESHOLD"
+    OVERWRITE = "OVERWRITE"
+    CONFIDENCE = "CONFIDENCE"
+    SUMMARY = "SUMMARY"
     DISPLAY = "Classify raster by prompt"
     HELP = (
         "Labels every pixel of a raster with one of the classes you type, by comparing image tiles with the "
         "class names through the model bundle's aligned image and text encoders (zero-shot).\n\n"
         "CLASSES: classes separated by ';' (synonyms as 'forest|woodland'), or a preset. Pixels whose best "
-        "probability is below THRESHOLD become 'unknown' (0). OUTPUT is a uint8 label raster with a "
+        "probability is below THRESHOLD become 'unknown' (the value after the last class; 0 is no data). OUTPUT is a uint8 label raster with a "
         "colour table and a .qml style beside it; CONFIDENCE holds the probability of the chosen class."
     )
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster (Sentinel-2, Sentinel-1 or RGB)")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Raster (Sentinel-2, Sentinel-1 or RGB)")))
         self.addParameter(
-            QgsProcessingParameterString("CLASSES", self.tr("Classes (';'-separated)"), defaultValue="", optional=True)
+            QgsProcessingParameterString(self.CLASSES, self.tr("Classes (';'-separated)"), defaultValue="", optional=True)
         )
         self.addParameter(
-            QgsProcessingParameterEnum("PRESET", self.tr("Class preset"), options=PRESET_OPTIONS, defaultValue=0)
+            QgsProcessingParameterEnum(self.PRESET, self.tr("Class preset"), options=PRESET_OPTIONS, defaultValue=0)
         )
-        self.addParameter(QgsProcessingParameterString("LANG", self.tr("Language of the class names"), defaultValue="en"))
+        self.addParameter(QgsProcessingParameterString(self.LANG, self.tr("Language of the class names"), defaultValue="en"))
         self.addParameter(
             QgsProcessingParameterNumber(
-                "THRESHOLD",
+                self.THRESHOLD,
                 self.tr("'unknown' below this probability (0 = off)"),
                 type=QgsProcessingParameterNumber.Double,
                 defaultValue=0.0,
@@ -66,28 +69,29 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         )
         self.add_tiling_params()
         self.add_bundle_params()
-        self.addParameter(QgsProcessingParameterBoolean("OVERWRITE", self.tr("Overwrite outputs"), defaultValue=True))
-        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Class map")))
+        self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite outputs"), defaultValue=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Class map")))
         self.addParameter(
             QgsProcessingParameterRasterDestination(
-                "CONFIDENCE", self.tr("Confidence"), optional=True, createByDefault=False
+                self.CONFIDENCE, self.tr("Confidence"), optional=True, createByDefault=False
             )
         )
         self.addParameter(
             QgsProcessingParameterFileDestination(
-                "SUMMARY", self.tr("Area table (JSON)"), fileFilter="JSON (*.json)", optional=True, createByDefault=False
+                self.SUMMARY, self.tr("Area table (JSON)"), fileFilter="JSON (*.json)", optional=True, createByDefault=False
             )
         )
-        self.addOutput(QgsProcessingOutputString("EXECUTION_PROVIDER", self.tr("Execution provider used")))
+        self.addOutput(QgsProcessingOutputString(self.EXECUTION_PROVIDER, self.tr("Execution provider used")))
 
     def processAlgorithm(self, parameters, context, feedback):
-        from ..engine.classify import classify_raster
+        from ..engine.classify import CONFIDENCE, LABELS, QML, SUMMARY, classify_raster
+        from ..engine.writers import AUX_SUFFIX
 
-        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         source = layer_source(layer)
-        lang = self.parameterAsString(parameters, "LANG", context).strip() or "en"
-        preset = PRESET_OPTIONS[self.parameterAsEnum(parameters, "PRESET", context)]
-        classes_text = self.parameterAsString(parameters, "CLASSES", context).strip()
+        lang = self.parameterAsString(parameters, self.LANG, context).strip() or "en"
+        preset = PRESET_OPTIONS[self.parameterAsEnum(parameters, self.PRESET, context)]
+        classes_text = self.parameterAsString(parameters, self.CLASSES, context).strip()
         if preset in PRESETS:
             try:
                 classes = preset_classes(preset, lang)
@@ -97,55 +101,39 @@ class ClassifyAlgorithm(RSClipAlgorithm):
             classes = classes_text
         else:
             raise QgsProcessingException('CLASSES is empty: type classes as "forest;water;town" or choose a PRESET')
-        threshold = self.parameterAsDouble(parameters, "THRESHOLD", context) or None
-        extent = extent_tuple(self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())) if parameters.get(
-            "EXTENT"
+        threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) or None
+        extent = extent_tuple(self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())) if parameters.get(
+            self.EXTENT
         ) else None
-        output = Path(self.parameterAsOutputLayer(parameters, "OUTPUT", context))
-        conf_param = self.parameterAsOutputLayer(parameters, "CONFIDENCE", context)
-        summary_param = self.parameterAsFileOutput(parameters, "SUMMARY", context)
-        overwrite = self.parameterAsBool(parameters, "OVERWRITE", context)
+        output = Path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
+        conf_param = self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context)
+        summary_param = self.parameterAsFileOutput(parameters, self.SUMMARY, context)
+        overwrite = self.parameterAsBool(parameters, self.OVERWRITE, context)
         if output.suffix.lower() not in (".tif", ".tiff"):
             raise QgsProcessingException(f"OUTPUT {output}: the class map is written as GeoTIFF; give a .tif path")
-        if output.exists() and not overwrite:
-            raise QgsProcessingException(f"OUTPUT {output} exists; set OVERWRITE=true or choose another path")
 
-        bundle = load_bundle_spec(self.parameterAsString(parameters, "BUNDLE", context), feedback)
-        work = staging_dir(output)
-        try:
-            result = engine_call(
-                classify_raster,
-                source,
-                classes,
-                work,
-                bundle=bundle,
-                modality=self.modality_arg(parameters, context),
-                lang=lang,
-                threshold=threshold,
-                tile_size_m=self.tile_arg(parameters, context),
-                overlap=self.parameterAsDouble(parameters, "OVERLAP", context),
-                extent=extent,
-                provider=self.provider_arg(parameters, context),
-                progress=feedback_progress(feedback),
-                overwrite=True,
-            )
-            outputs = {"OUTPUT": move_into_place(result.labels_path, output)}
-            move_into_place(result.qml_path, output.with_suffix(".qml"))  # QGIS styles the layer from it on load
-            conf = Path(conf_param) if conf_param else output.with_name(f"{output.stem}_confidence.tif")
-            outputs["CONFIDENCE"] = move_into_place(result.confidence_path, conf)
-            summ = Path(summary_param) if summary_param else output.with_name(f"{output.stem}_summary.json")
-            outputs["SUMMARY"] = move_into_place(result.summary_path, summ)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        bundle = load_bundle_spec(self.parameterAsString(parameters, self.BUNDLE, context), feedback)
+        conf = Path(conf_param) if conf_param else output.with_name(f"{output.stem}_confidence.tif")
+        summ = Path(summary_param) if summary_param else output.with_name(f"{output.stem}_summary.json")
+        # Each output goes to the path Processing chose; the engine stages them and publishes the set as one unit.
+        targets = {LABELS: output, LABELS + AUX_SUFFIX: Path(str(output) + AUX_SUFFIX),
+                   QML: output.with_suffix(".qml"),  # QGIS styles the layer from it on load
+                   CONFIDENCE: conf, SUMMARY: summ}
+        result = engine_call(classify_raster, source, classes, targets, bundle=bundle, lang=lang, threshold=threshold,
+                             **self.job_options(parameters, context, extent).kwargs(),
+                             progress=feedback_progress(feedback), overwrite=overwrite)
+        outputs = {self.OUTPUT: str(output), self.CONFIDENCE: str(conf), self.SUMMARY: str(summ)}
+        for warning in result.summary.get("warnings", []):
+            feedback.pushWarning(warning)
         summary = result.summary
         qml = output.with_suffix(".qml")
-        StylePostProcessor.attach(context, outputs["OUTPUT"], lambda lyr: style_labels(lyr, summary, qml))
-        StylePostProcessor.attach(context, outputs.get("CONFIDENCE") or "", style_confidence)
+        StylePostProcessor.attach(context, str(output), lambda lyr: style_labels(lyr, summary, qml))
+        StylePostProcessor.attach(context, str(conf) if conf_param else "", style_confidence)
         provider = str(result.summary.get("provider", ""))
         feedback.pushInfo(f"Execution provider: {provider}")
         for c in result.summary.get("classes", []):
             area = c.get("area_ha")  # None when the raster has no CRS (no ground area)
             size = f"{area:.1f} ha" if area is not None else f"{c.get('pixels', 0)} px"
             feedback.pushInfo(f"  {c.get('name')}: {size}")
-        outputs["EXECUTION_PROVIDER"] = provider
+        outputs[self.EXECUTION_PROVIDER] = provider
         return outputs

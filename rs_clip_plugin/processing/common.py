@@ -1,10 +1,8 @@
 """What every RS-CLIP Processing algorithm shares: bundle resolution, feedback as engine progress,
-layer sources, and moving the engine's outputs to the paths Processing asked for."""
+and layer sources. The engine itself stages outputs and publishes them at the paths Processing asked for."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -19,12 +17,6 @@ from ..engine.errors import RSClipError
 from ..engine.progress import Progress
 
 PROVIDERS = ["auto", "cpu", "cuda"]
-# Engine parameter -> how a Processing user changes it (the algorithms' parameter names).
-PARAMETER_NAMES = {
-    "sensor": "MODALITY", "modality": "MODALITY", "bands": "the band descriptions of INPUT (or a VRT naming them)",
-    "tile_size_m": "TILE_SIZE_M", "overlap": "OVERLAP", "extent": "EXTENT", "bundle": "BUNDLE", "lang": "LANG",
-    "threshold": "THRESHOLD", "out": "OUTPUT", "overwrite": "OVERWRITE", "provider": "PROVIDER", "top_k": "TOP_K",
-}
 
 
 def feedback_progress(feedback: Optional[QgsProcessingFeedback]) -> Progress:
@@ -45,7 +37,7 @@ def feedback_progress(feedback: Optional[QgsProcessingFeedback]) -> Progress:
 def load_bundle_spec(spec: str, feedback: Optional[QgsProcessingFeedback] = None):
     """'' (the default), an installed bundle's name, or a bundle folder / .zip -> engine Bundle."""
     from ..engine.bundle import BundleError, load_bundle
-    from ..models import ModelStore
+    from ..installed_bundles import ModelStore
 
     try:
         path = ModelStore().resolve((spec or "").strip())
@@ -79,26 +71,6 @@ def extent_tuple(rect: Optional[QgsRectangle]) -> Optional[tuple[float, float, f
     return (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
 
 
-def staging_dir(output: Path) -> Path:
-    """A hidden folder beside the output: the engine writes there, the final files are moved into place."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    d = output.parent / f".{output.stem}.rsclip-partial"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir()
-    return d
-
-
-def move_into_place(src: Optional[os.PathLike], dst: Path) -> Optional[str]:
-    if not src:
-        return None
-    src = Path(src)
-    if not src.exists():
-        return None
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
-    return str(dst)
-
-
 def engine_call(fn, *args, **kwargs):
     """Run an engine job: engine errors become QgsProcessingException with the engine's message (and fix)."""
     from ..engine.progress import Cancelled
@@ -110,6 +82,8 @@ def engine_call(fn, *args, **kwargs):
     except QgsProcessingException:
         raise
     except RSClipError as exc:
+        from .base import PARAMETER_NAMES
+
         raise QgsProcessingException(exc.render(PARAMETER_NAMES)) from exc
     except (ValueError, OSError, RuntimeError, KeyError) as exc:
         raise QgsProcessingException(str(exc)) from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from qgis.core import (
@@ -25,71 +24,73 @@ from .common import (
     feedback_progress,
     layer_source,
     load_bundle_spec,
-    move_into_place,
-    staging_dir,
 )
 from .styles import StylePostProcessor
 
 
 class _SearchBase(RSClipAlgorithm):
+    LAYERS = "LAYERS"
+    QUERY = "QUERY"
+    QUERY_LAYER = "QUERY_LAYER"
+    QUERY_POINT = "QUERY_POINT"
+    NEGATIVE = "NEGATIVE"
+    TOP_K = "TOP_K"
     def add_query_params(self) -> None:
         self.addParameter(
-            QgsProcessingParameterMultipleLayers("LAYERS", self.tr("Rasters to search"), QgsProcessing.TypeRaster)
+            QgsProcessingParameterMultipleLayers(self.LAYERS, self.tr("Rasters to search"), QgsProcessing.TypeRaster)
         )
         self.addParameter(
-            QgsProcessingParameterString("QUERY", self.tr("Text query (any language the bundle speaks)"), optional=True)
+            QgsProcessingParameterString(self.QUERY, self.tr("Text query (any language the bundle speaks)"), optional=True)
         )
-        self.addParameter(QgsProcessingParameterString("NEGATIVE", self.tr("Not like (text)"), optional=True))
-        self.addParameter(QgsProcessingParameterString("LANG", self.tr("Query language"), defaultValue="en"))
+        self.addParameter(QgsProcessingParameterString(self.NEGATIVE, self.tr("Not like (text)"), optional=True))
+        self.addParameter(QgsProcessingParameterString(self.LANG, self.tr("Query language"), defaultValue="en"))
         self.addParameter(
             QgsProcessingParameterRasterLayer(
-                "QUERY_LAYER", self.tr("Find similar: raster holding the example (e.g. Sentinel-1)"), optional=True
+                self.QUERY_LAYER, self.tr("Find similar: raster holding the example (e.g. Sentinel-1)"), optional=True
             )
         )
-        self.addParameter(QgsProcessingParameterPoint("QUERY_POINT", self.tr("Find similar: example point"), optional=True))
+        self.addParameter(QgsProcessingParameterPoint(self.QUERY_POINT, self.tr("Find similar: example point"), optional=True))
         self.add_bundle_params()
 
     def query_vector(self, parameters, context, bundle):
         from ..engine.search import image_query_vector, text_query_vector
 
-        text = self.parameterAsString(parameters, "QUERY", context).strip()
-        qlayer = self.parameterAsRasterLayer(parameters, "QUERY_LAYER", context)
-        if qlayer is not None and parameters.get("QUERY_POINT"):
-            point = self.parameterAsPoint(parameters, "QUERY_POINT", context, qlayer.crs())
+        text = self.parameterAsString(parameters, self.QUERY, context).strip()
+        qlayer = self.parameterAsRasterLayer(parameters, self.QUERY_LAYER, context)
+        if qlayer is not None and parameters.get(self.QUERY_POINT):
+            point = self.parameterAsPoint(parameters, self.QUERY_POINT, context, qlayer.crs())
             return engine_call(
-                image_query_vector, bundle, raster=layer_source(qlayer, "QUERY_LAYER"), point=(point.x(), point.y())
+                image_query_vector, bundle, raster=layer_source(qlayer, self.QUERY_LAYER), point=(point.x(), point.y())
             )
         if not text:
             raise QgsProcessingException(
                 "no query: give QUERY (text), or QUERY_LAYER and QUERY_POINT for a 'find similar' search"
             )
-        negative = self.parameterAsString(parameters, "NEGATIVE", context).strip() or None
-        lang = self.parameterAsString(parameters, "LANG", context).strip() or "en"
+        negative = self.parameterAsString(parameters, self.NEGATIVE, context).strip() or None
+        lang = self.parameterAsString(parameters, self.LANG, context).strip() or "en"
         return engine_call(text_query_vector, bundle, text, negative=negative, lang=lang)
 
     def run_search(self, parameters, context, feedback, output: Path, top_k: int, heatmap: bool):
-        from ..engine.search import search
+        """Search and write the hits (or the first raster's heat map) to ``output``, the path Processing chose:
+        the engine stages it on that file system and moves it there when complete."""
+        from ..engine.search import HITS_FILE, heatmap_name, search
 
-        layers = self.parameterAsLayerList(parameters, "LAYERS", context)
+        layers = self.parameterAsLayerList(parameters, self.LAYERS, context)
         if not layers:
             raise QgsProcessingException("LAYERS is empty: choose at least one raster layer to search")
-        sources = [layer_source(lyr, "LAYERS") for lyr in layers]
-        bundle = load_bundle_spec(self.parameterAsString(parameters, "BUNDLE", context), feedback)
+        sources = [layer_source(lyr, self.LAYERS) for lyr in layers]
+        bundle = load_bundle_spec(self.parameterAsString(parameters, self.BUNDLE, context), feedback)
         qvec = self.query_vector(parameters, context, bundle)
-        work = staging_dir(output)
-        try:
-            result = engine_call(
-                search, sources, qvec, work, bundle=bundle, top_k=top_k, heatmap=heatmap,
-                progress=feedback_progress(feedback), overwrite=True,
-            )
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
+        name = heatmap_name(0, len(sources), str(sources[0])) if heatmap else HITS_FILE
+        result = engine_call(
+            search, sources, qvec, {name: output}, bundle=bundle, top_k=top_k, heatmap=heatmap,
+            progress=feedback_progress(feedback), overwrite=True,
+        )
         provider = str(getattr(result, "provider", "") or "")
         feedback.pushInfo(f"Execution provider: {provider}")
         for h in result.hits:
             feedback.pushInfo(f"  #{h.rank} score {h.score:.3f} {Path(str(h.source)).name} {tuple(round(v, 1) for v in h.bounds)}")
-        return result, work, provider
+        return result, provider
 
 
 class SearchAlgorithm(_SearchBase):
@@ -104,24 +105,18 @@ class SearchAlgorithm(_SearchBase):
 
     def initAlgorithm(self, config=None):
         self.add_query_params()
-        self.addParameter(QgsProcessingParameterNumber("TOP_K", self.tr("Number of hits"), defaultValue=10, minValue=1))
-        self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", self.tr("Hits")))
-        self.addOutput(QgsProcessingOutputString("EXECUTION_PROVIDER", self.tr("Execution provider used")))
+        self.addParameter(QgsProcessingParameterNumber(self.TOP_K, self.tr("Number of hits"), defaultValue=10, minValue=1))
+        self.addParameter(QgsProcessingParameterVectorDestination(self.OUTPUT, self.tr("Hits")))
+        self.addOutput(QgsProcessingOutputString(self.EXECUTION_PROVIDER, self.tr("Execution provider used")))
 
     def processAlgorithm(self, parameters, context, feedback):
-        output = Path(self.parameterAsOutputLayer(parameters, "OUTPUT", context))
+        output = Path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
         if output.suffix.lower() != ".gpkg":
             raise QgsProcessingException(f"OUTPUT {output}: hits are written as GeoPackage; give a .gpkg path")
-        top_k = self.parameterAsInt(parameters, "TOP_K", context)
-        result, work, provider = self.run_search(parameters, context, feedback, output, top_k, heatmap=False)
-        try:
-            out = move_into_place(result.gpkg_path, output)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if out is None:
-            raise QgsProcessingException("the engine wrote no hits file; see the log above")
-        StylePostProcessor.attach(context, out, style_hits)
-        return {"OUTPUT": out, "EXECUTION_PROVIDER": provider}
+        top_k = self.parameterAsInt(parameters, self.TOP_K, context)
+        _, provider = self.run_search(parameters, context, feedback, output, top_k, heatmap=False)
+        StylePostProcessor.attach(context, str(output), style_hits)
+        return {self.OUTPUT: str(output), self.EXECUTION_PROVIDER: provider}
 
 
 class HeatmapAlgorithm(_SearchBase):
@@ -134,19 +129,13 @@ class HeatmapAlgorithm(_SearchBase):
 
     def initAlgorithm(self, config=None):
         self.add_query_params()
-        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Heat map")))
-        self.addOutput(QgsProcessingOutputString("EXECUTION_PROVIDER", self.tr("Execution provider used")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Heat map")))
+        self.addOutput(QgsProcessingOutputString(self.EXECUTION_PROVIDER, self.tr("Execution provider used")))
 
     def processAlgorithm(self, parameters, context, feedback):
-        output = Path(self.parameterAsOutputLayer(parameters, "OUTPUT", context))
+        output = Path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
         if output.suffix.lower() not in (".tif", ".tiff"):
             raise QgsProcessingException(f"OUTPUT {output}: the heat map is written as GeoTIFF; give a .tif path")
-        result, work, provider = self.run_search(parameters, context, feedback, output, top_k=1, heatmap=True)
-        try:
-            out = move_into_place(result.heatmap_path, output)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if out is None:
-            raise QgsProcessingException("the engine wrote no heat map; see the log above")
-        StylePostProcessor.attach(context, out, style_heatmap)
-        return {"OUTPUT": out, "EXECUTION_PROVIDER": provider}
+        _, provider = self.run_search(parameters, context, feedback, output, top_k=1, heatmap=True)
+        StylePostProcessor.attach(context, str(output), style_heatmap)
+        return {self.OUTPUT: str(output), self.EXECUTION_PROVIDER: provider}

@@ -28,6 +28,7 @@ from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import (
     QAbstractButton,
     QApplication,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -38,6 +39,7 @@ from qgis.PyQt.QtWidgets import (
     QListWidget,
     QMessageBox,
     QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QTableWidget,
     QTextEdit,
@@ -87,11 +89,15 @@ def on_bar_item(_widget) -> None:
     text = f"{item.title()}: {item.text()}".strip(": ")
     if not item.text():  # a custom widget (e.g. with an Install… button): read its labels
         text += " " + " ".join(w.text() for w in item.findChildren(QLabel) if w.text())
-    RESULTS["message_bar"].append({"t": time.time(), "level": int(item.level()), "text": text})
+    buttons = [b.objectName() or b.text() for b in item.findChildren(QPushButton)]
+    RESULTS["message_bar"].append({"t": time.time(), "level": int(item.level()), "text": text, "buttons": buttons})
     trace(f"message bar: {text}")
 
 
 iface.messageBar().widgetAdded.connect(on_bar_item)
+
+
+SEEN_TEXTS: list[str] = []  # every panel/dialog text the scenarios read (judged by 09_gui_wording)
 
 
 def bar_texts_since(t0: float) -> list[str]:
@@ -104,6 +110,8 @@ def save() -> None:
 
 def screenshot(name: str) -> str:
     QTest.qWait(200)  # let pending repaints (map canvas, dialogs) land
+    canvas = iface.mapCanvas()
+    wait_until(lambda: not canvas.isDrawing(), 5)
     path = ART / f"{name}.png"
     QApplication.primaryScreen().grabWindow(0).save(str(path))  # the screen: main window and dialogs on it
     iface.mainWindow().grab().save(str(ART / f"{name}-main-window.png"))  # the map, layers and docks unhidden
@@ -238,6 +246,7 @@ def texts(widget) -> list[str]:
             out.append(" | ".join(w.item(r, c).text() if w.item(r, c) else "" for c in range(w.columnCount())))
     for w in widget.findChildren((QTextEdit, QPlainTextEdit)):
         out.append(w.toPlainText())
+    SEEN_TEXTS.extend(t for t in out if t and t not in SEEN_TEXTS)
     return out
 
 
@@ -373,8 +382,8 @@ def classify_widgets(dlg) -> dict:
         "load": child(dlg, QPushButton, "rsclip_load_preset", "Load preset"),
         "run": child(dlg, QPushButton, "rsclip_classify_run", pred=lambda w: w.text().replace("&", "") == "Classify"),
         "cancel": child(dlg, QPushButton, "rsclip_classify_cancel", pred=lambda w: w.text().replace("&", "") == "Cancel"),
-        "classes": child(dlg, QTableWidget, "rsclip_classes_table",
-                         pred=lambda w: "Class" in (w.horizontalHeaderItem(0).text() if w.horizontalHeaderItem(0) else "")),
+        "classes": child(dlg, QTableWidget, "rsclip_classes_table",  # (class, colour); the area table has 3 columns
+                         pred=lambda w: w.columnCount() == 2),
     }
 
 
@@ -386,9 +395,11 @@ def table_names(table: QTableWidget) -> list[str]:
 def classify_first_click(d: dict) -> None:
     """Open the dialog, choose the layer, load the EuroSAT preset, press Classify ONCE: a run starts."""
     load_inputs()
+    iface.layerTreeView().setCurrentLayer(STATE["layers"]["s2"])  # selected in the Layers panel
     dlg = open_classify()
     w = classify_widgets(dlg)
     STATE["classify"] = (dlg, w)
+    d["layer_at_open"] = w["layer"].currentLayer().name() if w["layer"].currentLayer() else None
     d["bundle_combo"] = [w["bundle"].itemText(i) for i in range(w["bundle"].count())]
     d["bundle_current"] = w["bundle"].currentText()
     d["bundle_current_path"] = w["bundle"].currentData()
@@ -399,6 +410,9 @@ def classify_first_click(d: dict) -> None:
     click(w["load"])
     d["classes"] = table_names(w["classes"])
     check(d["classes"] == CFG["eurosat_en"], f"'Load preset' filled {d['classes']}, expected {CFG['eurosat_en']}")
+    # Issue 10 item 11: the preset combo must not show EuroSAT over an empty (or different) class table.
+    check(d["preset_current_at_open"] != "EuroSAT" or d["classes_at_open"] == CFG["eurosat_en"],
+          f"at open the preset combo shows EuroSAT but the class table holds {d['classes_at_open']}")
     before, t_before, t0 = layer_ids(), TASKS_ADDED[0], time.time()
     click(w["run"])
     wait_until(lambda: TASKS_ADDED[0] > t_before or bar_texts_since(t0), 3.0)
@@ -408,6 +422,7 @@ def classify_first_click(d: dict) -> None:
           f"first click on Classify failed: {d['message_bar_after_click']}")
     check(d["task_started"], f"first click on Classify started no task; message bar: {d['message_bar_after_click']}")
     STATE["first_run"] = (before, t_before)
+    STATE["first_run_t0"] = t0
 
 
 def check_class_layers(d: dict, before: set, dlg) -> list:
@@ -439,6 +454,20 @@ def classify_result(d: dict) -> None:
     d["task_finished"] = wait_tasks(t_before, 90)
     layers = check_class_layers(d, before, dlg)
     STATE["own_layers"] += [lyr.id() for lyr in layers]
+    # Issue 10 item 7: written to a visible folder (the dialog's output folder), said with a link to open it.
+    from qgis.gui import QgsFileWidget
+
+    out_root = Path(child(dlg, QgsFileWidget, "rsclip_output_folder", pred=lambda f: True).filePath())
+    source = Path(layers[0].source().split("|")[0])
+    d["output_folder"], d["written_to"] = str(out_root), str(source)
+    check(source.is_relative_to(out_root), f"the class map {source} is not in the output folder {out_root}")
+    hidden = [p for p in source.relative_to(Path.home()).parts if p.startswith(".")] if source.is_relative_to(
+        Path.home()) else []
+    check(not hidden, f"the class map is written under a hidden folder: {source}")
+    bars = [m for m in RESULTS["message_bar"] if m["t"] >= STATE["first_run_t0"]]
+    d["message_bar_buttons"] = [m["buttons"] for m in bars]
+    check(any("rsclip_open_folder" in m["buttons"] for m in bars),
+          f"no message with an 'Open folder' button after the run: {[m['text'] for m in bars]}")
 
 
 @scenario("02b_classify_all_bands")
@@ -481,8 +510,11 @@ def classify_cancel(d: dict) -> None:
     before, t_before, t0 = layer_ids(), TASKS_ADDED[0], time.time()
     click(w["run"])
     check(wait_until(lambda: TASKS_ADDED[0] > t_before, 3.0), f"Classify started no task: {bar_texts_since(t0)}")
-    QTest.qWait(400)
     tm = QgsApplication.taskManager()
+    # Cancel once the run is visibly under way (progress moved), as an analyst would after a glance.
+    bar = child(dlg, QProgressBar, "rsclip_classify_progress", pred=lambda b: True)
+    wait_until(lambda: 0 < bar.value() < 100 or tm.countActiveTasks() == 0, 10, step_ms=20)
+    d["progress_when_cancelling"] = bar.value()
     d["active_when_cancelling"] = tm.countActiveTasks()
     check(d["active_when_cancelling"] > 0, "the run ended before Cancel could be pressed (raster too small)")
     click(w["cancel"])
@@ -498,6 +530,7 @@ def classify_cancel(d: dict) -> None:
           f"nothing tells the analyst the run was cancelled: {d['message_bar_now']}")
     check(not d["new_folders"], f"folders left after Cancel: {d['new_folders']}")
     check(w["run"].isEnabled(), "Classify stays disabled after Cancel")
+    screenshot("03_classify_cancel_dialog")
     dlg.close()
     # The analyst removes the whole-scene layer again (keeps the later searches to the small layers).
     QgsProject.instance().removeMapLayer(STATE["layers"].pop("full").id())
@@ -582,6 +615,7 @@ def search_all(d: dict) -> None:
     d["ticked_by_default"] = [lw.item(i).text() for i in range(lw.count()) if lw.item(i).checkState() == Qt.Checked]
     own = set(STATE.get("own_layers", []))
     own_listed = [n for n, lid in listed if lid in own]
+    STATE["before_search"] = layer_ids()
     for i in range(lw.count()):
         lw.item(i).setCheckState(Qt.Checked)  # the analyst ticks every box
     QTest.qWait(100)
@@ -606,6 +640,38 @@ def search_all(d: dict) -> None:
     check(reported, "the 1-band B04 layer is not reported in the panel")
 
 
+def search_layers(before: set) -> list[str]:
+    """Layers the searches added (hits, heat maps), by name."""
+    own = set(STATE.get("own_layers", []))
+    return sorted(lyr.name() for lid, lyr in QgsProject.instance().mapLayers().items() if lid not in before | own)
+
+
+@scenario("05b_search_again_replaces")
+def search_again(d: dict) -> None:
+    """With the heat map ticked, the same search twice: the second result replaces the first on the map."""
+    check("search" in STATE, "the search dock never opened")
+    dock, w = STATE["search"]
+    before = STATE["before_search"]
+    heat = child(dock, QCheckBox, "rsclip_search_heatmap", "heat map")
+    if not heat.isChecked():
+        click(heat)
+    runs, t0 = [], time.time()
+    for _ in range(2):
+        t_before = TASKS_ADDED[0]
+        click(w["run"])
+        wait_tasks(t_before, 90)
+        runs.append(search_layers(before))
+    d["layers_after_each_search"] = runs
+    d["message_bar_now"] = bar_texts_since(t0)
+    finished = [t for t in d["message_bar_now"] if " hits for " in t]
+    check(len(finished) == 2, f"expected two finished searches, the message bar says {d['message_bar_now']}")
+    d["hits"] = [w["results"].item(i).text() for i in range(w["results"].count())]
+    check(any("similarity" in n.lower() or "heat" in n.lower() for n in runs[0]),
+          f"no heat map layer after a search with the heat map ticked: {runs[0]}")
+    check(len(runs[1]) == len(runs[0]), f"the second search stacked its layers on the first: {runs}")
+    click(heat)  # untick again for the next scenarios
+
+
 @scenario("06_find_similar_map_click")
 def find_similar(d: dict) -> None:
     """'Find similar', then a click on the map inside the S2 crop: a new list of hits."""
@@ -622,8 +688,9 @@ def find_similar(d: dict) -> None:
     wait_until(lambda: not canvas.isDrawing(), 10)
     click(w["similar"])
     d["example_from_after_toggle"] = example.currentLayer().name() if example.currentLayer() else None
-    if example.currentLayer() is None or example.currentLayer().id() != layer.id():
-        choose_layer(example, layer)
+    # Issue 10 item 11: "Example from" defaults to the active layer, not the first one.
+    check(d["example_from_after_toggle"] == layer.name(),
+          f"'Example from' shows {d['example_from_after_toggle']!r}, not the selected layer {layer.name()!r}")
     d["map_tool"] = type(canvas.mapTool()).__name__ if canvas.mapTool() else None
     centre = layer.extent().center()
     pix = canvas.getCoordinateTransform().transform(QgsPointXY(centre.x(), centre.y()))
@@ -732,6 +799,7 @@ def model_manager(d: dict) -> None:
         steps.append(f"after remove {kind}: {rows}; folders left: {left}")
         check(not any(row_is(r, name) for r in rows), f"remove {kind}: {name} still listed ({rows})")
         check(name not in left, f"remove {kind}: {installed / name} still on disk")
+    screenshot("07_model_manager_dialog")  # the dialog itself; the scenario's own shot comes after it closes
     dlg.close()
 
 
@@ -763,6 +831,28 @@ def default_bundle(d: dict) -> None:
           f"no classify and search run succeeded with the zip's default bundle: {runs}")
 
 
+@scenario("09_gui_wording")
+def gui_wording(d: dict) -> None:
+    """What the analyst read during the run names GUI fields and devices, not CLI flags or ONNX Runtime ids."""
+    import re
+
+    seen = [m["text"] for m in RESULTS["message_bar"]] + SEEN_TEXTS
+    rules = {
+        "a CLI flag (--sensor, --bands, --overwrite ...)": re.compile(r"(?<![\w-])--[a-z][a-z-]+"),
+        "an ONNX Runtime provider id": re.compile(r"\w+ExecutionProvider"),
+        "'Azure' (means nothing to an analyst)": re.compile(r"\bAzure\b"),
+        "a code-style parameter name instead of a field label": re.compile(r"`[a-z_]+`"),
+    }
+    bad = {}
+    for what, rx in rules.items():
+        hits = [t for t in seen if rx.search(t)]
+        if hits:
+            bad[what] = sorted({rx.search(t).group(0) for t in hits}), hits[:2]
+    d["texts_checked"] = len(seen)
+    d["bad"] = {k: v[0] for k, v in bad.items()}
+    check(not bad, "; ".join(f"{k}: {v[0]} e.g. {v[1][0][:200]!r}" for k, v in bad.items()))
+
+
 def python_errors() -> list[str]:
     """Python errors QGIS shows: the message log's 'Python error' tab, tracebacks anywhere in the log."""
     out = [e["message"] for e in RESULTS["log"]
@@ -782,8 +872,9 @@ def main() -> None:
     # Xvfb has no window manager, so "maximised" means nothing: fill the screen explicitly.
     iface.mainWindow().setGeometry(QApplication.primaryScreen().availableGeometry())
     QTest.qWait(300)
-    for fn in (startup, classify_first_click, classify_result, classify_all_bands, classify_cancel, processing_styled, search_all,
-               find_similar, model_manager, default_bundle):
+    for fn in (startup, classify_first_click, classify_result, classify_all_bands, classify_cancel,
+               processing_styled, search_all, search_again, find_similar, model_manager, default_bundle,
+               gui_wording):
         fn()
     RESULTS["python_errors"] = python_errors()
     RESULTS["finished"] = time.time()

@@ -191,6 +191,10 @@ def test_search_with_every_raster_ticked(qgis_run: dict) -> None:
     _assert_ok(qgis_run, "05_search_all_ticked")
 
 
+def test_second_search_replaces_the_first(qgis_run: dict) -> None:
+    _assert_ok(qgis_run, "05b_search_again_replaces")
+
+
 def test_find_similar_by_map_click(qgis_run: dict) -> None:
     _assert_ok(qgis_run, "06_find_similar_map_click")
 
@@ -203,6 +207,10 @@ def test_zip_default_bundle_used_offline(qgis_run: dict) -> None:
     _assert_ok(qgis_run, "08_default_bundle_offline")
     home = qgis_run["default_bundle_home"]
     assert not (home.exists() and any(home.rglob("manifest.json"))), f"a default bundle was built in {home}"
+
+
+def test_gui_wording_names_fields_not_cli_flags(qgis_run: dict) -> None:
+    _assert_ok(qgis_run, "09_gui_wording")
 
 
 def test_no_python_error_in_qgis(qgis_run: dict) -> None:

@@ -76,7 +76,14 @@ def run(args: argparse.Namespace) -> int:
         if exc.name and exc.name.startswith(f"training.methods.{method}"):
             raise ValueError(f"{args.config}: unknown method {method!r}: no training/methods/{method}/recipe.py") from exc
         raise
+    from training.evaluate.paper_tables import TABLES, paper_table, render, write_paper_table
+
+    has_table = method in TABLES and cfg.get("paper_table", True)
+    if has_table:  # what this recipe will produce, beside the paper's numbers (ours empty until the run)
+        print(render(*paper_table(method)), flush=True)
     metrics = module.run_recipe(cfg, args.out, dry_run=args.dry_run)
+    if has_table and metrics and not args.dry_run:
+        print(write_paper_table(method, metrics, args.out), flush=True)
     summary = {k: v for k, v in metrics.items() if k in ("stage1", "alignment", "bundle", "seconds", "dry_run")}
     print(json.dumps(summary, indent=2, default=str))
     return 0

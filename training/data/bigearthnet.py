@@ -117,15 +117,21 @@ def _read_meta(folder: Path) -> dict:
 class BigEarthNetV1:
     """Finds S2 and S1 patch folders under ``root`` (nested or flat) and reads them."""
 
-    def __init__(self, root: Path, require_labels: bool = False):
+    def __init__(self, root: Path, require_labels: bool = False, include: Optional[set[str]] = None,
+                 exclude: frozenset[str] | set[str] = frozenset()):  # fmt: skip
+        """``include``: only these patch names (an official split); ``exclude``: never these (the cloud/shadow and
+        seasonal-snow lists). S1 patches follow their S2 patch (``corresponding_s2_patch``) when that is known."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: BigEarthNet v1 folder not found (expected BigEarthNet-S2/ and/or BigEarthNet-S1/)")
         self.s2: list[BenPatch] = []
         self.s1: list[BenPatch] = []
         for folder in sorted({p.parent for p in self.root.rglob("*.tif")}):
-            files = band_files(folder)
             meta = _read_meta(folder)
+            s2_name = meta.get("corresponding_s2_patch") or folder.name
+            if (include is not None and s2_name not in include) or s2_name in exclude:
+                continue
+            files = band_files(folder)
             labels = meta.get("labels")
             if require_labels and labels is None:
                 raise DataError(f"{folder}: no {LABEL_SUFFIX} with 'labels'; labelled training needs the v1 label files")
@@ -135,6 +141,9 @@ class BigEarthNetV1:
             elif any(b in files for b in S1_GRD_BANDS):
                 require_bands(files, S1_GRD_BANDS, folder)
                 self.s1.append(BenPatch(folder.name, folder, "s1", labels, meta))
+        if not self.s2 and not self.s1 and (include is not None or exclude):
+            raise DataError(f"{self.root}: no patch is left after the split / exclusion lists; check that they name "
+                            "this archive's patches (S2 patch names, first CSV column)")
         if not self.s2 and not self.s1:
             raise DataError(f"{self.root}: no BigEarthNet patch folders (per-band GeoTIFFs such as <patch>_B04.tif or _VV.tif)")
 
@@ -161,6 +170,31 @@ class BigEarthNetV1:
             if match is not None:
                 out.append((s1, match))
         return out
+
+
+def read_patch_list(path: Path) -> set[str]:
+    """Patch names from one of BigEarthNet's CSV lists (train.csv, val.csv, test.csv,
+    patches_with_cloud_and_shadow.csv, patches_with_seasonal_snow.csv): the first column of each line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: BigEarthNet patch list not found; download the official split / exclusion CSVs "
+                        "(BigEarthNet-S2 19-class splits and the cloud/snow lists) or drop the setting")
+    names = {line.split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()}
+    return {n for n in names if n and n != "patch_name"}
+
+
+def open_v1(root: Path, spec: dict, require_labels: bool = False) -> BigEarthNetV1:
+    """A ``BigEarthNetV1`` restricted as a recipe source says: ``split_csv`` (an official split: only its patches)
+    and ``exclude_csvs`` (default none; Paper A's protocol drops the cloud/shadow and seasonal-snow lists).
+    Relative CSV paths are under ``root``."""
+    def at(p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else Path(root) / p
+
+    include = read_patch_list(at(spec["split_csv"])) if spec.get("split_csv") else None
+    exclude: set[str] = set()
+    for p in spec.get("exclude_csvs") or []:
+        exclude |= read_patch_list(at(p))
+    return BigEarthNetV1(root, require_labels=require_labels, include=include, exclude=exclude)
 
 
 def _bounds(folder: Path) -> tuple[str, tuple[float, ...]]:

@@ -32,6 +32,15 @@ METADATA = "metadata.parquet"
 PATCH_SIZE = 120  # pixels at 10 m
 REQUIRED_COLUMNS = ("patch_id", "labels", "split", "s1_name")
 
+# reBEN (BigEarthNet v2) L2A digital numbers carry NO baseline-04.00 +1000 offset: reflectance = DN / 10000.
+# Checked on a real reBEN patch, S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43 (reBEN's naming and
+# tile/patch folder layout, in ../shared/data/bigearthnet_v1): 11046 of 14400 B02 pixels are below 1000 DN
+# (min 35, median 438) and the darkest NIR pixel (B03 408, B08 380 DN; NDWI > 0, water-like) reads 3.8 %
+# reflectance. With a +1000 offset 77 % of the blue band would be negative reflectance, impossible for a
+# valid L2A product. The product names carry baseline N9999, which engine.bands.s2_offset_dn maps to 0:
+# consistent. tests/test_bigearthnet_v2.py re-checks this on the file (boa_offset_evidence).
+REBEN_OFFSET_DN = 0.0
+
 
 def to_labels_19(labels: Iterable[str]) -> list[str]:
     """19-class names (kept) or 43-class CORINE names (mapped with the v1 table; dropped classes vanish)."""
@@ -108,7 +117,7 @@ class BigEarthNetV2:
     """
 
     def __init__(self, root: Path, *, lmdb_dir: Optional[Path] = None, metadata: Optional[Path] = None,
-                 splits: Optional[Sequence[str]] = None, require_s1: bool = False, offset_dn: float = 0.0):  # fmt: skip
+                 splits: Optional[Sequence[str]] = None, require_s1: bool = False, offset_dn: float = REBEN_OFFSET_DN):  # fmt: skip
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: BigEarthNet v2 folder not found (expected {LMDB_DIR}/ and {METADATA})")
@@ -116,7 +125,7 @@ class BigEarthNetV2:
         self.metadata_path = Path(metadata) if metadata else self.root / METADATA
         if not self.metadata_path.is_file():
             raise DataError(f"{self.metadata_path}: BigEarthNet v2 metadata not found; put the archive's {METADATA} next to {LMDB_DIR}/")
-        # reBEN's DN already carry no BOA offset; a non-zero offset_dn supports re-processed archives.
+        # reBEN's DN carry no BOA offset (REBEN_OFFSET_DN); a non-zero offset_dn supports re-processed archives.
         self.offset_dn = float(offset_dn)
         self.patches = self._read_metadata(splits)
         self._check_keys(require_s1)
@@ -205,6 +214,8 @@ def write_archive(root: Path, records: dict[str, dict[str, np.ndarray]], metadat
     import pyarrow.parquet as pq
     from safetensors.numpy import save
 
+    from rs_clip_plugin.engine.atomic import atomic_write
+
     root = Path(root)
     (root / LMDB_DIR).mkdir(parents=True, exist_ok=True)
     size = max(1 << 20, 2 * sum(a.nbytes for rec in records.values() for a in rec.values()) + (1 << 20))
@@ -216,7 +227,16 @@ def write_archive(root: Path, records: dict[str, dict[str, np.ndarray]], metadat
     finally:
         env.close()
     columns = {c: [row.get(c) for row in metadata] for c in dict.fromkeys(k for row in metadata for k in row)}
-    tmp = root / f".{METADATA}.tmp"
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, root / METADATA)
+    atomic_write(root / METADATA, lambda tmp: pq.write_table(pa.table(columns), tmp))
     return root
+
+
+def boa_offset_evidence(blue_dn: np.ndarray, offset: float = 1000.0) -> dict:
+    """Whether L2A digital numbers of a blue band (B02) look offset by ``offset``: with the baseline-04.00
+    offset valid pixels sit at or above it (below it the reflectance would be negative), without it most
+    land and water pixels of the blue band (reflectance < 10 %) sit below it. No-data zeros are ignored."""
+    v = np.asarray(blue_dn, dtype=np.float64)
+    v = v[v > 0]
+    below = float((v < offset).mean()) if v.size else float("nan")
+    return {"pixels": int(v.size), "min_dn": float(v.min()) if v.size else float("nan"),
+            "share_below_offset": round(below, 4), "offset_present": bool(v.size and below < 0.01)}  # fmt: skip

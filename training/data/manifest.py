@@ -7,6 +7,7 @@ absolute), ``label`` (one class name) or ``labels`` (names joined by ``|``), ``c
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +50,8 @@ def read_manifest_table(path: Path, split: Optional[str] = None, check_files: bo
         for c in modal:
             if row.get(c):
                 p = Path(row[c])
-                p = p if p.is_absolute() else path.parent / p
+                # Normalised ('dir/../x' -> 'x'): one image, one path, whichever folder the manifest names it from.
+                p = Path(os.path.normpath(p if p.is_absolute() else path.parent / p))
                 if check_files and not p.exists():
                     raise DataError(f"{path}: row {i}: {c} file {p} does not exist")
                 rec[c] = p

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from rs_clip_plugin.engine import resources
-from rs_clip_plugin.engine.atomic import replace_dir
+from rs_clip_plugin.engine.atomic import replace_dir, staging_dir
 from rs_clip_plugin.engine.bands import RGB_BANDS
 from rs_clip_plugin.engine.bundle import (
     IMAGE_INPUT,
@@ -223,9 +223,7 @@ def export_bundle(
         "logit_scale": float(logit_scale),
     }
     parity: dict[str, dict[str, float]] = {}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    work = staging_dir(out_dir)  # beside out_dir (same file system); stale ones of killed exports removed
     try:
         shutil.copyfile(text.tokenizer_json, work / TOKENIZER_FILE)
         text_meta = {

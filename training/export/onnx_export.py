@@ -7,8 +7,6 @@ and anything that needs the raw projection.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -241,6 +239,9 @@ def convert_int8(src: Path, dst: Path, metadata: dict[str, Any], exclude: Sequen
     """Dynamically quantised twin of ``src``: MatMul/Gemm with a constant weight in int8 (per channel), the
     rest fp32, float32 inputs and outputs (drop-in for the fp32 file). ``exclude`` names more nodes kept fp32.
     Returns what was quantised (written into the manifest beside the measured agreement)."""
+    import os
+    import tempfile
+
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -273,11 +274,6 @@ def convert_int8(src: Path, dst: Path, metadata: dict[str, Any], exclude: Sequen
 def _save_atomic(proto: Any, path: Path) -> None:
     import onnx
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from rs_clip_plugin.engine.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from rs_clip_plugin.engine.atomic import staged_dir
 from rs_clip_plugin.engine.resources import LANGUAGES, resources_dir
 from rs_clip_plugin.engine.settings import cache_dir
 
@@ -83,17 +81,9 @@ def multilingual_text_dir() -> Path:
     dest = cache_dir() / "models" / f"{TINY_MULTILINGUAL}-{_multilingual_key()}"
     if (dest / f"{TINY_MULTILINGUAL}.json").is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    # Another process building the identical directory first is fine: either copy will do.
+    with staged_dir(dest, complete=lambda d: (d / f"{TINY_MULTILINGUAL}.json").is_file()) as tmp:
         _write_multilingual_dir(tmp, dest)
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process built the identical directory first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

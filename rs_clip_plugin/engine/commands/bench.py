@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
         progress=ConsoleProgress("bench"),
     )
     lines = [
-        f"{r['bundle']} ({r['modality']} encoder, batch {r['batch_size']}) on {r['provider']} / {r['device']}, "
-        f"{r['precision']}, {r['threads']} threads",
+        f"{r['bundle']} ({r['modality']} encoder, batch {r['batch_size']}) on {r['device_description']}, "
+        f"{r['precision']}",
         f"  bare encoder   {r['bare_images_per_s']:9.1f} images/s",
         f"  pipeline       {r['pipeline_tiles_per_s']:9.1f} tiles/s   pipeline/bare = {r['pipeline_over_bare']:.3f}",
         f"  bare ORT peer  {r['bare_peer_tiles_per_s']:9.1f} tiles/s   (rasterio over pre-cut tiles; pipeline/peer = "

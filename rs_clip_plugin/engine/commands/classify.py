@@ -12,7 +12,7 @@ from .common import (
     add_output_args,
     add_provider_args,
     add_raster_args,
-    raster_kwargs,
+    job_options,
 )
 
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         bundle=args.bundle,
         lang=args.lang,
         threshold=args.threshold,
-        **raster_kwargs(args),
+        **job_options(args).kwargs(),
         progress=ConsoleProgress("classify"),
         overwrite=args.overwrite,
     )
@@ -57,16 +57,17 @@ def run(args: argparse.Namespace) -> int:
         **s,
     }
     lines = [f"labelled {s['grid']['width']}x{s['grid']['height']} px of {s['source']} with {s['bundle']['name']} "
-             f"({s['modality']} encoder) on {s['provider']}, {s['precision']}"]
+             f"({s['modality']} encoder) on {s.get('device_description') or s['provider']}, {s['precision']}"]
     if s.get("provider_fallback"):
         lines.append(f"  note: {s['provider_fallback']}")
     for c in s["classes"]:
         area = f"{c['area_ha']:.1f} ha" if c["area_ha"] is not None else f"{c['pixels']} px"
         lines.append(f"  {c['value']:3d} {c['name']:30s} {area:>14s}  {100 * c['fraction']:5.1f}%")
     if s["unknown"]["pixels"]:
-        lines.append(f"    0 {'unknown (below threshold)':30s} {s['unknown']['pixels']:>11d} px")
+        lines.append(f"  {s['unknown']['value']:>3d} {'unknown (below threshold)':30s} {s['unknown']['pixels']:>11d} px")
     t = s["tiling"]
     lines.append(f"  tiles: {t['tiles']} ({t['skipped_nodata']} skipped, no data); {s['timings']['total_s']:.1f} s")
+    lines += [f"  warning: {w}" for w in s.get("warnings", [])]
     lines.append(f"  wrote {res.labels_path}, {res.confidence_path.name}, {res.qml_path.name}, {res.summary_path.name}")
     emit(args, result, "\n".join(lines))
     return 0

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import fields
 
 from ..bands import MODALITIES, SENSOR_BANDS
+from ..options import JobOptions, RasterOptions, RunOptions, TilingOptions
 from ..radiometry import SAR_UNITS
 from ..runtime import PRECISION_CHOICES, PROVIDER_CHOICES
 
 SENSORS = tuple(SENSOR_BANDS)
 RASTER_HELP = "GeoTIFF/COG/VRT, Sentinel-2 .SAFE folder or .zip, or a folder of per-band files"
-# Namespace attributes that map one-to-one onto keyword arguments of build_index / classify_raster / search.
-_RASTER_KWARGS = ("modality", "sensor", "bands", "s2_offset", "sar_units", "tile_size_m", "overlap", "extent", "provider",
-                  "batch_size", "precision")
 
 
 def parse_extent(text: str) -> list[float]:
@@ -43,6 +41,8 @@ def add_bundle_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_provider_args(p: argparse.ArgumentParser, batch_size: bool = True, precision: bool = True) -> None:
+    """How inference runs (RunOptions): --provider, --precision and, for jobs that embed tiles, --batch-size
+    and --threads."""
     p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES,
                    help="ONNX Runtime device; auto (default): TensorRT or CUDA when usable, else CPU")
     if precision:
@@ -51,6 +51,7 @@ def add_provider_args(p: argparse.ArgumentParser, batch_size: bool = True, preci
                        "on >= 99%% of real tiles at export, fp16 on a GPU when the bundle has it, else fp32")
     if batch_size:
         p.add_argument("--batch-size", type=int, help="tiles per inference call (default: chosen for the device)")
+        p.add_argument("--threads", type=int, help="raster reader threads (default: chosen for the device; 0: none)")
 
 
 def add_raster_args(p: argparse.ArgumentParser, *, what: str = "the raster", modality: bool = True, extent: bool = True) -> None:
@@ -74,6 +75,12 @@ def add_output_args(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def raster_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The raster, tiling and provider keyword arguments this command's parser defined, taken from ``args``."""
-    return {k: getattr(args, k) for k in _RASTER_KWARGS if hasattr(args, k)}
+def _taken(args: argparse.Namespace, cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def job_options(args: argparse.Namespace) -> JobOptions:
+    """The raster, tiling and run options of a command, built once from the arguments its parser defined
+    (those it did not define keep their defaults)."""
+    return JobOptions(RasterOptions(**_taken(args, RasterOptions)), TilingOptions(**_taken(args, TilingOptions)),
+                      RunOptions(**_taken(args, RunOptions)))

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [f"RS-CLIP demo: {s['scene']}", f"  bundle: {s['bundle']} ({s['bundle_path']})"]
     if s.get("bundle_description"):
         lines.append(f"  what it is: {s['bundle_description']}")
-    lines.append(f"  provider: {s['provider']}   time: {s['seconds']} s")
+    lines.append(f"  ran on: {s.get('device_description') or s['provider']}   time: {s['seconds']} s")
     lines.append("  labels (area):")
     for c in s.get("classes") or []:
         lines.append(f"    {c['name']:28s} {c.get('area_ha', 0):10.1f} ha")

@@ -11,7 +11,7 @@ from .common import (
     add_output_args,
     add_provider_args,
     add_raster_args,
-    raster_kwargs,
+    job_options,
 )
 
 
@@ -33,12 +33,12 @@ def run(args: argparse.Namespace) -> int:
     idx = build_index(
         args.raster,
         args.bundle,
-        **raster_kwargs(args),
+        **job_options(args).kwargs(),
         progress=ConsoleProgress("index"),
         force=args.force,
     )
     s = idx.summary()
-    how = "reused" if idx.reused else f"built in {s['seconds']:.1f} s on {s['provider']}, {s['precision']}"
+    how = "reused" if idx.reused else f"built in {s['seconds']:.1f} s on {s.get('device_description') or s['provider']}, {s['precision']}"
     text = (
         f"index of {s['source']}: {s['tiles']} tiles ({s['grid_tiles'] - s['tiles']} skipped as no data), "
         f"{s['modality']} encoder, {s['tile_px']} px tiles every {s['stride_px']} px, {s['dim']}-d {s['dtype']}; {how}\n"

@@ -11,9 +11,9 @@ from .common import (
     add_output_args,
     add_provider_args,
     add_raster_args,
+    job_options,
     parse_extent,
     parse_point,
-    raster_kwargs,
 )
 
 
@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError, emit
     from ..default_bundle import as_bundle
+    from ..options import TilingOptions
     from ..search import image_query_vector, search, text_query_vector
 
     if args.top_k < 1:
@@ -49,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if args.negative and args.query is None:
         raise UserError("--negative applies to a text --query only")
     bundle = as_bundle(args.bundle)
+    opts = job_options(args)
     if args.query is not None:
-        vec = text_query_vector(bundle, args.query, negative=args.negative, lang=args.lang, provider=args.provider)
+        vec = text_query_vector(bundle, args.query, negative=args.negative, lang=args.lang, provider=opts.run.provider)
         info = {"kind": "text", "text": args.query, "negative": args.negative, "lang": args.lang}
     else:
         ref = args.query_raster or args.rasters[0]
@@ -60,9 +62,8 @@ def run(args: argparse.Namespace) -> int:
             point=args.point,
             box=args.box,
             image_file=args.image_file,
-            tile_size_m=args.tile_size_m,
-            provider=args.provider,
-            precision=args.precision,
+            tiling=TilingOptions(tile_size_m=opts.tiling.tile_size_m),  # the example raster has its own sensor
+            run=opts.run,
         )
         if args.image_file:
             info = {"kind": "image_file", "image_file": str(args.image_file)}
@@ -76,12 +77,15 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         nms_iou=args.nms_iou,
         heatmap=args.heatmap,
-        **raster_kwargs(args),
+        **opts.kwargs(),
         progress=ConsoleProgress("search"),
         overwrite=args.overwrite,
         query_info=info,
     )
-    lines = [f"{len(res.hits)} distinct places in {len(args.rasters)} raster(s) on {res.provider}, {res.precision} -> {res.gpkg_path}"]
+    # The device each index was built on, in words (an index reused from an earlier run keeps its own).
+    devices = sorted({i.get("device_description") or str(i.get("provider")) for i in res.indexes}) or [res.provider]
+    lines = [f"{len(res.hits)} distinct places in {len(args.rasters)} raster(s) on {', '.join(devices)}, {res.precision} "
+             f"-> {res.gpkg_path}"]
     for h in res.hits:
         lines.append(f"  #{h.rank:<3d} {h.score:+.4f}  {Path(h.source).name}  ({', '.join(f'{v:.1f}' for v in h.bounds)})")
     if res.heatmap_paths:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .finetune import shuffled_batches
+from .finetune import Augment, shuffled_batches
 from .losses import alignment_loss
 from .zeroshot_head import ClassificationHead
 
@@ -20,12 +21,17 @@ def paired_batches(student_x: torch.Tensor, teacher_x: torch.Tensor, labels: tor
 
 
 def alignment_step(teacher: nn.Module, head: ClassificationHead, lam: float, kind: str, label_smoothing: float,
-                   device: torch.device):  # fmt: skip
-    """Loss MSE(student(x_s), teacher(x_t)) + lam * loss(head(student(x_s)), y) for labelled samples (y >= 0)."""
+                   device: torch.device, augment: Optional[Augment] = None, seed: int = 0):  # fmt: skip
+    """Loss MSE(student(x_s), teacher(x_t)) + lam * loss(head(student(x_s)), y) for labelled samples (y >= 0).
+
+    ``augment`` (e.g. ``PairedGeometric``) gets [x_s, x_t] and must keep them aligned."""
     teacher.eval()
+    g = torch.Generator().manual_seed(seed)
 
     def step(student: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         xs, xt, y = (t.to(device, non_blocking=True) for t in batch)
+        if augment is not None and student.training:
+            xs, xt = augment([xs, xt], g)
         with torch.no_grad():
             target = teacher(xt).float()
         emb = student(xs)

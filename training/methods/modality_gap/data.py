@@ -94,9 +94,9 @@ def load_rgb_set(spec: dict, data_dir: Path, size: int) -> tuple[LabelledImages,
 
 def _bigearthnet_rgb(spec: dict, root: Path, size: int) -> tuple[LabelledImages, Optional[LabelledImages]]:
     """BigEarthNet-19 RGB composites (L2A scaling) with multi-hot labels; every k-th patch held out."""
-    from training.data.bigearthnet import LABELS_19, BigEarthNetV1, multi_hot
+    from training.data.bigearthnet import LABELS_19, multi_hot, open_v1
 
-    ben = BigEarthNetV1(root, require_labels=True)
+    ben = open_v1(root, spec, require_labels=True)
     limit = spec.get("max_patches")
     patches = ben.s2[: int(limit)] if limit else ben.s2
     every = int(spec.get("holdout_every", 0))
@@ -111,6 +111,31 @@ def _bigearthnet_rgb(spec: dict, root: Path, size: int) -> tuple[LabelledImages,
 
     train, held = split_every(patches, every)
     return build(train, ""), (build(held, "-heldout") if held else None)
+
+
+def load_ms_set(spec: dict, data_dir: Path, size: int) -> tuple[LabelledImages, str]:
+    """(a labelled Sentinel-2 set as 13-band reflectance [N, 13, size, size], its product level) for zero-shot
+    evaluation of the MS student: ``eurosat_ms`` (class folders, L1C, single-label) or ``bigearthnet`` (v1, L2A,
+    19-class multi-hot; ``split_csv``/``exclude_csvs`` select the official test split without cloud/snow)."""
+    kind, root = spec["kind"], data_dir / spec["root"]
+    if kind == "eurosat_ms":
+        keys, names = classnames(spec.get("classnames", "eurosat"))
+        items, _ = scan_class_folders(root, (".tif",), keys, "EuroSAT-MS GeoTIFFs")
+        imgs = np.stack([_resize_np(read_ms(it.path)[None], size)[0] for it in items]).astype(np.float32)
+        return LabelledImages(spec.get("name", kind), imgs, np.array([it.label for it in items]), names), "s2-l1c"
+    if kind == "bigearthnet":
+        from training.data.bigearthnet import LABELS_19, multi_hot, open_v1
+
+        ben = open_v1(root, spec, require_labels=True)
+        limit = spec.get("max_patches")
+        patches = ben.s2[: int(limit)] if limit else ben.s2
+        _, names = classnames(spec.get("classnames", "bigearthnet19"))
+        if len(names) != len(LABELS_19):
+            raise ValueError(f"BigEarthNet-19 needs 19 class names, got {len(names)}")
+        imgs = np.stack([_resize_np(ben.read_s2(p)[None], size)[0] for p in patches]).astype(np.float32)
+        labels = np.stack([multi_hot(p.labels_19 or []) for p in patches])
+        return LabelledImages(spec.get("name", "bigearthnet19"), imgs, labels, names), "s2-l2a"
+    raise ValueError(f"unknown zero-shot MS dataset kind {kind!r}: use eurosat_ms or bigearthnet")
 
 
 @dataclass
@@ -193,9 +218,9 @@ def load_s2_crops(sources: list[dict], data_dir: Path, crop: int) -> tuple[S2Cro
             loc = ssl4eo_location(root)
             scenes = [s for lv in src.get("levels", ["s2-l1c", "s2-l2a"]) for s in loc[lv]]
         elif kind == "bigearthnet_s2":
-            from training.data.bigearthnet import BigEarthNetV1
+            from training.data.bigearthnet import open_v1
 
-            ben = BigEarthNetV1(root)
+            ben = open_v1(root, src)
             scenes = [Scene(p.name, "s2-l2a", ben.read_s2(p)) for p in ben.s2]
         elif kind == "bigearthnet_v2":
             scenes = _v2_scenes(src, root)
@@ -221,9 +246,9 @@ def load_s1_crops(sources: list[dict], data_dir: Path, crop: int) -> tuple[S1Cro
             loc = ssl4eo_location(root)
             pairs = [(a.data, b.data, b.kind) for a, b in s1_s2_date_pairs(loc["s1-grd"], loc[src.get("s2_level", "s2-l2a")])]
         elif kind == "bigearthnet":
-            from training.data.bigearthnet import BigEarthNetV1
+            from training.data.bigearthnet import open_v1
 
-            ben = BigEarthNetV1(root)
+            ben = open_v1(root, src)
             pairs = [(ben.read_s1(a), ben.read_s2(b), "s2-l2a") for a, b in ben.pairs()]
         elif kind == "bigearthnet_v2":
             pairs = _v2_pairs(src, root)
@@ -363,9 +388,9 @@ def stream_rgb_set(spec: dict, data_dir: Path, norm) -> tuple[Any, Optional[Labe
             imgs = np.stack([_resize_np(rgb_composite(hb.read_s2(p), "s2-l2a")[None], norm.size)[0] for p in hp])
             held = LabelledImages(spec.get("name", kind) + "-heldout", imgs.astype(np.float32), np.stack([hb.target(p) for p in hp]), names)
     elif kind == "bigearthnet":
-        from training.data.bigearthnet import BigEarthNetV1
+        from training.data.bigearthnet import open_v1
 
-        ben1 = BigEarthNetV1(root, require_labels=True)
+        ben1 = open_v1(root, spec, require_labels=True)
         patches = _limited(ben1.s2, spec.get("max_patches"))
         every = int(spec.get("holdout_every", 0))
         items, held_p = split_every(patches, every)
@@ -425,9 +450,9 @@ def stream_alignment_set(which: str, sources: list[dict], data_dir: Path, norm, 
                 hb = _ben_v2(src, root, hs, require_s1=which == "s1")
                 held_items += [(_V2Read(hb, multi_label), p) for p in _limited(hb.patches, src.get("max_heldout", HELD_STAGE2))]
         else:
-            from training.data.bigearthnet import BigEarthNetV1
+            from training.data.bigearthnet import open_v1
 
-            ben1 = BigEarthNetV1(root)
+            ben1 = open_v1(root, src)
             reader = _V1Read(ben1, multi_label)
             every = int(src.get("holdout_every", 0))
             all_items = _limited(ben1.s2 if which == "s2" else ben1.pairs(), src.get("max_patches"))

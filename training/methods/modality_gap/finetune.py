@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from training.data.transforms import dihedral_batch
 from .losses import classification_loss
 from .zeroshot_head import ClassificationHead
 
+# (tensors of one batch, generator) -> the same tensors augmented per sample (training.data.augment)
+Augment = Callable[[list[torch.Tensor], torch.Generator], list[torch.Tensor]]
+
 
 def shuffled_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch_size: int, seed: int,
                      augment: bool = True) -> Iterator[tuple[torch.Tensor, ...]]:  # fmt: skip
@@ -20,12 +24,17 @@ def shuffled_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch
 
     With ``augment`` every image tensor of a batch gets the same random flip/rotation (pairs stay aligned).
     """
-    g = torch.Generator().manual_seed(seed)
+    from training.data.loaders import world
+
+    rank, size = world()
+    g = torch.Generator().manual_seed(seed)  # the same on every rank: the shards below are disjoint
     n = labels.shape[0]
-    bs = min(batch_size, n)
+    bs = max(1, min(batch_size, n // size))
     while True:
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - bs + 1, bs):
+        # Under torchrun each rank takes every size-th sample of one shared permutation (as DistributedSampler
+        # does), so a step sees batch_size x world distinct samples and the derived step count holds.
+        perm = torch.randperm(n, generator=g)[rank::size]
+        for i in range(0, len(perm) - bs + 1, bs):
             idx = perm[i : i + bs]
             xs = [x[idx] for x in images]
             if augment:
@@ -38,9 +47,14 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, augmen
     return shuffled_batches([x], y, batch_size, seed, augment)
 
 
-def finetune_step(kind: str, label_smoothing: float, device: torch.device):
+def finetune_step(kind: str, label_smoothing: float, device: torch.device, augment: Optional[Augment] = None, seed: int = 0):
+    """Loss of one batch; ``augment`` (e.g. ``PaperAStage1``) runs per sample on the device, seeded by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+
     def step(model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = (t.to(device, non_blocking=True) for t in batch)
+        if augment is not None and model.training:
+            (x,) = augment([x], g)
         loss = classification_loss(model(x), y, kind, label_smoothing)
         return loss, {"loss": float(loss.detach())}
 

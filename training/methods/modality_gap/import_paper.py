@@ -4,11 +4,13 @@ The paper's files are torch ``.pt`` dicts ``{"model": state_dict, "optimizer": .
 ``torch.load(weights_only=True)`` only). A *patched* file holds the CLIP image encoder (keys such as
 ``model.visual.conv1.weight``, as WiSE-FT's ``ImageEncoder`` wrapper saves them); an *aligned* file holds the
 Sentinel-2 student: a timm backbone plus a linear head to the CLIP embedding (``backbone.*``/``proj.*``, or
-bare timm keys with the head under ``head.``/``fc.``/``projection.``/``proj.``).
+bare timm keys with the head under ``head.``/``fc.``/``projection.``/``proj.``), or the released layout: an
+open_clip model with a timm trunk (``visual.trunk.*``, ``visual.head.*``, ``_orig_mod.classification_head.*``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +23,8 @@ from training.checkpoint import CheckpointError, check_fits, read_state_dict
 from training.data.composites import S2_L2A_AS_13
 
 from .students import TimmStudent
+
+log = logging.getLogger(__name__)
 
 _VISUAL_PREFIXES = ("image_encoder.model.", "image_encoder.", "model.", "module.", "clip.")
 _HEAD_NAMES = ("proj", "head", "fc", "projection")
@@ -49,11 +53,37 @@ def load_patched(model: torch.nn.Module, path: os.PathLike | str) -> None:
     model.load_state_dict({**model.state_dict(), **state})
 
 
-def student_state(path: os.PathLike | str) -> dict[str, torch.Tensor]:
-    """An aligned student's tensors keyed as ``TimmStudent`` (backbone.*, proj.*)."""
-    from .students import strip_prefixes
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's OptimizedModule, DDP
 
-    state = strip_prefixes(read_state_dict(path))
+
+def _unwrapped_key(k: str) -> str:
+    while k.startswith(_WRAPPER_PREFIXES):
+        k = k.split(".", 1)[1]
+    return k
+
+
+def student_state(path: os.PathLike | str) -> dict[str, torch.Tensor]:
+    """An aligned student's tensors keyed as ``TimmStudent`` (backbone.*, proj.*).
+
+    Layouts: Paper A's released ``AlignmentAgent.save_checkpoint`` (an open_clip model with a timm trunk:
+    ``visual.trunk.*``, the replaced ``visual.head`` Linear, plus ``_orig_mod.classification_head.*``,
+    ``_orig_mod.logit_scale`` and the unused text parts, all ignored); this project's (``backbone.*``/``proj.*``);
+    bare timm keys with the head under ``head.``/``fc.``/``projection.``/``proj.``. ``_orig_mod.``/``module.``
+    wrappers are removed first.
+    """
+    state = {_unwrapped_key(k): v for k, v in read_state_dict(path).items()}
+    if any(k.startswith("visual.trunk.") for k in state):
+        out = {}
+        for k, v in state.items():
+            if k.startswith("visual.trunk."):
+                out["backbone." + k[len("visual.trunk.") :]] = v
+            elif k in ("visual.head.weight", "visual.head.bias", "visual.head.proj.weight", "visual.head.proj.bias"):
+                out["proj." + k.rsplit(".", 1)[1]] = v  # Paper A's nn.Linear(384, D), or open_clip's head.proj
+        ignored = sorted({k.split(".")[0] for k in state if not k.startswith(("visual.trunk.", "visual.head."))})
+        log.info("%s: open_clip timm-trunk layout; ignored %s", path, ignored)
+        if "proj.weight" in out and "proj.bias" not in out:  # open_clip's linear projection has no bias
+            out["proj.bias"] = torch.zeros(out["proj.weight"].shape[0], dtype=out["proj.weight"].dtype)
+        return out
     if any(k.startswith("backbone.") for k in state):
         return state
     out = {}

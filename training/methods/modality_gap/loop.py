@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from rs_clip_plugin.engine.bundle import atomic_write_text
+from rs_clip_plugin.engine.atomic import atomic_write, atomic_write_text
 
 from .schedule import adamw, autocast, cosine_lr, set_lr
 
@@ -70,12 +70,8 @@ def save_state(ckpt_dir: Path, module: nn.Module, optimizer: torch.optim.Optimiz
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in _unwrap(module).state_dict().items()}
-    tmp = ckpt_dir / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, ckpt_dir / WEIGHTS)
-    tmp = ckpt_dir / f".{OPTIM}.tmp"
-    torch.save(optimizer.state_dict(), tmp)
-    os.replace(tmp, ckpt_dir / OPTIM)
+    atomic_write(ckpt_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(ckpt_dir / OPTIM, lambda tmp: torch.save(optimizer.state_dict(), tmp))
     atomic_write_text(ckpt_dir / STATE, json.dumps({"step": step}) + "\n")
 
 

@@ -55,6 +55,18 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
+def _label_smoothing(section: dict, name: str, default: Optional[float] = None) -> float:
+    """A stage's label smoothing. Stage 1 must state it: the paper's text (0.2) and its released code (timm
+    BinaryCrossEntropy on multi-hot targets: none) disagree, so no default picks one silently. Stage 2's
+    0.05 term is a plain BCEWithLogitsLoss in the released code: default 0.0."""
+    if "label_smoothing" not in section:
+        if default is not None:
+            return default
+        raise ValueError(f"{name}.label_smoothing is not set: give it explicitly (0.0 matches Paper A's released code, "
+                         "0.2 the paper's text)")
+    return float(section["label_smoothing"])
+
+
 class _Recipe:
     def __init__(self, config: dict, out_dir: Path, dry_run: bool):
         self.cfg = config
@@ -147,8 +159,9 @@ class _Recipe:
         opt = OptimConfig.from_dict(s1["optim"], steps)
         hist = train(
             clf,
-            finetune_step(s1.get("loss", "ce"), float(s1.get("label_smoothing", 0.0)), self.device),
-            self._batches(train_set, int(s1["batch_size"]), self.seed, bool(s1.get("augment", True))),
+            finetune_step(s1.get("loss", "ce"), _label_smoothing(s1, "stage1"), self.device,
+                          self.augment(s1.get("augment", True), "stage1"), self.seed + 3),
+            self._batches(train_set, int(s1["batch_size"]), self.seed),
             opt,
             self.device,
         )
@@ -182,17 +195,31 @@ class _Recipe:
             save_checkpoint(self.lm.model, self.out / "checkpoints" / "patched", self.lm.model_name, pretrained=self.lm.pretrained,
                             step=steps, extra={"method": METHOD, "alpha": teacher_alpha})  # fmt: skip
 
-    def _batches(self, train_set, batch_size: int, seed: int, augment: bool):
-        """In-memory tensors -> shuffled batches; a Dataset (streaming) -> DataLoader batches.
+    def _batches(self, train_set, batch_size: int, seed: int):
+        """In-memory tensors -> shuffled batches; a Dataset (streaming) -> DataLoader batches. Not augmented here:
+        the step functions augment each sample on the device (``augment``).
 
         A streaming dry run pushes its synthetic tensors through the DataLoader path too, so it is exercised."""
         if isinstance(train_set, tuple):
             if not self.streaming:
-                return shuffled_batches(list(train_set[:-1]), train_set[-1], batch_size, seed, augment)
+                return shuffled_batches(list(train_set[:-1]), train_set[-1], batch_size, seed, augment=False)
             from torch.utils.data import TensorDataset
 
             train_set = TensorDataset(*train_set)
-        return self.stream(train_set, batch_size, seed, augment)
+        return self.stream(train_set, batch_size, seed, augment=False)
+
+    def augment(self, spec: Any, stage: str):
+        """The per-sample augmentation of a stage from its config: true (the defaults below), false, or a mapping
+        of parameters. Stage 1: ``PaperAStage1`` (the released code's crop, flips, jitter, grayscale, blur);
+        stage 2: ``PairedGeometric`` (one crop + flips for student and teacher input)."""
+        from training.data.augment import PairedGeometric, PaperAStage1
+
+        if spec is False or spec is None:
+            return None
+        params = dict(spec) if isinstance(spec, dict) else {}
+        if stage == "stage1":
+            return PaperAStage1(tuple(self.lm.mean), tuple(self.lm.std), **params)
+        return PairedGeometric(**params)
 
     # -- stage 2 -----------------------------------------------------------------------------------
     def stage2_data(self, which: str) -> dict[str, Any]:
@@ -211,6 +238,14 @@ class _Recipe:
             return {"train": (xs, xt, y), "held": None, "n": 2}
         if self.streaming:
             return self._stream_stage2(which, sec)
+        lam, loss = float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce")
+        ben = [src["kind"] for src in sec["sources"] if str(src["kind"]).startswith("bigearthnet")]
+        if lam and loss == "bce" and ben:
+            # In memory, crops are cut from scenes without their labels: every BigEarthNet crop would get -1 and
+            # the lambda classification term would silently vanish.
+            raise ValueError(f"stage2.{which}: BigEarthNet sources ({', '.join(ben)}) carry their multi-labels only with "
+                             f"data.streaming: true; in memory the lambda={lam} classification term would silently drop out. "
+                             "Set data.streaming: true (or stage2.lambda: 0 to align without it)")
         if which == "s2":
             tr, he = recipe_data.load_s2_crops(sec["sources"], self.data_dir, crop)
 
@@ -226,7 +261,11 @@ class _Recipe:
                 return resize_batch(_t(s1_input(s1)), self.size), self.teacher_input(rgb), lab, s2
         train_t = tensors(tr)
         held_t = tensors(he) if len(he) else None
-        return {"train": train_t[:3], "held": held_t, "n": len(tr), "n_held": len(he)}
+        labelled = int((train_t[2] >= 0).sum())
+        if lam and not labelled:
+            log.warning("stage2.%s: none of the %d training crops has a label: the lambda=%g classification term is off, "
+                        "the student learns from the MSE to the teacher alone", which, len(tr), lam)
+        return {"train": train_t[:3], "held": held_t, "n": len(tr), "n_held": len(he), "labelled": labelled}
 
     def _stream_stage2(self, which: str, sec: dict) -> dict[str, Any]:
         multi = self.cfg["stage2"].get("loss", "ce") == "bce"
@@ -262,11 +301,14 @@ class _Recipe:
         before = mean_cosine(emb_before, teacher_emb) if held else None
         steps = self.length(sec, d["n"], f"stage2.{which}")
         step = alignment_step(teacher, self.head_weights, float(s2cfg.get("lambda", 0.05)), s2cfg.get("loss", "ce"),
-                              float(s2cfg.get("label_smoothing", 0.0)), self.device)  # fmt: skip
+                              _label_smoothing(s2cfg, "stage2", 0.0), self.device,
+                              self.augment(sec.get("augment", True), "stage2"), self.seed + 11)  # fmt: skip
         ckpt = None if self.dry_run else self.out / "checkpoints" / f"{which}_student"
-        batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7, bool(sec.get("augment", True)))
+        batches_ = self._batches(d["train"], int(sec["batch_size"]), self.seed + 7)
         hist = train(student, step, batches_, OptimConfig.from_dict(sec["optim"], steps), self.device, ckpt)
         m: dict[str, Any] = {"steps": len(hist), "n_train": d["n"], "n_heldout": d.get("n_held", 0)}
+        if "labelled" in d:
+            m["n_labelled"] = d["labelled"]  # crops the classification term sees (0: MSE only)
         if hist:
             m.update({"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "mse_first": hist[0]["mse"], "mse_last": hist[-1]["mse"]})
         if held:
@@ -281,7 +323,7 @@ class _Recipe:
 
         def r(q: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
             sim = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(g, dim=-1).T
-            return recall_at_k(sim.numpy(), np.arange(q.shape[0]), ks=(1, 5, 10))
+            return recall_at_k(sim.numpy(), np.arange(q.shape[0]), ks=(1, 5, 10, 20, 50))  # Paper A's R@k
 
         h2 = self._held.get("s2")
         if h2:
@@ -301,6 +343,32 @@ class _Recipe:
         rows = [{"direction": k, **v} for k, v in out.items() if isinstance(v, dict)]
         if rows:
             write_table(rows, self.out / "retrieval", "Cross-modal retrieval on held-out patches (R@k, %)")
+
+    def zero_shot(self, s2_student: nn.Module) -> None:
+        """Paper A's evaluation of the aligned student: zero-shot through the text head on labelled Sentinel-2
+        sets (``stage2.zero_shot``), beside the RGB teacher on the composites of the same patches."""
+        from training.data.composites import rgb_composite
+
+        out: dict[str, Any] = {}
+        for spec in self.cfg["stage2"].get("zero_shot") or []:
+            ds, level = recipe_data.load_ms_set(spec, self.data_dir, int(self.cfg["stage2"].get("crop", self.size)))
+            head = self.head(ds.classnames)
+            x_ms = resize_batch(_t(ms_input(ds.images)), self.size)
+            x_rgb = self.teacher_input(np.stack([rgb_composite(a, level) for a in ds.images]))
+            out[ds.name] = {"metric": "macro_mAP" if ds.labels.ndim == 2 else "accuracy", "n": len(ds.labels),
+                            "ms_student": evaluate_head(s2_student, head, x_ms, ds.labels, self.device),
+                            "rgb_teacher": evaluate_head(self.lm.model.visual, head, x_rgb, ds.labels, self.device)}  # fmt: skip
+        if out:
+            self.metrics["zero_shot"] = out
+            write_table([{"dataset": k, **v} for k, v in out.items()], self.out / "zero_shot",
+                        "Zero-shot of the aligned MS student and the RGB teacher (accuracy or macro mAP, %)")  # fmt: skip
+
+    def check_inputs(self) -> None:
+        """Evaluation sets are read at the end: a missing folder must stop the run now, not after training."""
+        for spec in self.cfg["stage2"].get("zero_shot") or []:
+            if not (self.data_dir / spec["root"]).exists():
+                raise FileNotFoundError(f"stage2.zero_shot {spec.get('name', spec['kind'])}: {self.data_dir / spec['root']} "
+                                        "not found; fix data_dir / root or remove the entry")
 
     # -- export ------------------------------------------------------------------------------------
     def export(self, s2_student: nn.Module, s1_student: nn.Module) -> None:
@@ -325,7 +393,7 @@ class _Recipe:
             "description": ex.get("description", ""),
             "recipe": self.cfg.get("name", ""),
             "data": self.cfg.get("data_description", ""),
-            "metrics": {k: v for k, v in self.metrics.items() if k in ("stage1", "patching", "alignment", "retrieval")},
+            "metrics": {k: v for k, v in self.metrics.items() if k in ("stage1", "patching", "alignment", "retrieval", "zero_shot")},
         }
         report = export_model(self.lm, out_dir=self.out / "bundle", image_encoders=encoders, provenance=provenance,
                               name=ex.get("name"), fp16=bool(ex.get("fp16", False)), overwrite=True)  # fmt: skip
@@ -344,12 +412,15 @@ class _Recipe:
             log.info("%s done in %.1f s", name, timings[name])
             return out
 
+        if not self.dry_run:
+            self.check_inputs()
         timed("build", self.build_model)
         timed("stage1", self.stage1)
         s2_student = timed("align_s2", self.align, "s2", list(S2_L1C_BANDS))
         s1_student = timed("align_s1", self.align, "s1", list(S1_GRD_BANDS))
         if not self.dry_run:
             timed("retrieval", self.retrieval, s2_student)
+            timed("zero_shot", self.zero_shot, s2_student)
             if self.cfg.get("export", {}).get("enabled", True):
                 timed("export", self.export, s2_student, s1_student)
         self.metrics["timings_s"] = timings

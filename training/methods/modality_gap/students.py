@@ -23,7 +23,6 @@ from training.checkpoint import CheckpointError, flatten_tensors, read_raw
 log = logging.getLogger(__name__)
 
 RGB_TO_S2 = ("B04", "B03", "B02")  # the teacher's red, green, blue channels
-_PREFIXES = ("module.", "encoder_q.", "momentum_encoder.", "base_encoder.", "backbone.", "encoder.", "model.", "student.")
 
 
 def inflate_patch_embed(
@@ -100,18 +99,6 @@ class TimmStudent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(x))
-
-
-def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes (DDP 'module.', MoCo 'encoder_q.'/'base_encoder.', 'backbone.') until none is left."""
-    changed = True
-    while changed:
-        changed = False
-        for p in _PREFIXES:
-            if state and sum(k.startswith(p) for k in state) >= max(1, len(state) // 2):
-                state = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
-                changed = True
-    return state
 
 
 # Among several encoders in one file, the one a downstream task uses: MoCo's query/base encoder (not the

@@ -33,6 +33,9 @@ class CropConfig:
     local_scale: tuple[float, float] = (0.05, 0.4)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
+    # DINO's colour jitter, grayscale, blur and solarisation per view (training.data.augment.dino_photometric);
+    # RGB images only.
+    photometric: bool = True
 
 
 def sample_crop_box(
@@ -88,6 +91,12 @@ def multi_crop(images: torch.Tensor, cfg: CropConfig, generator: torch.Generator
     """[global_1, ..., global_G, local_1, ..., local_L], each [B, C, size, size], from images [B, C, H, W]."""
     crops = [_crop_resize(images, cfg.global_size, cfg.global_scale, cfg, generator) for _ in range(cfg.n_global)]
     crops += [_crop_resize(images, cfg.local_size, cfg.local_scale, cfg, generator) for _ in range(cfg.n_local)]
+    if cfg.photometric and images.shape[1] == 3:
+        from training.data.augment import dino_photometric
+
+        # DINO: global view 1 always blurred; view 2 blurred with p 0.1 and solarised with p 0.2; local views p 0.5.
+        views = ["global1", "global2"] + ["global2"] * max(cfg.n_global - 2, 0)
+        crops = [dino_photometric(c, views[i] if i < cfg.n_global else "local", generator) for i, c in enumerate(crops)]
     return crops
 
 

@@ -87,11 +87,18 @@ def build_records(data_cfg: dict, languages: list[str], seed: int) -> tuple[list
                 r.split = "val"
             val += items[:n_val]
             train += items[n_val:]
+        for r in recs:
+            r.source = entry.get("name") or root.name  # the dataset, for `rsclip-train data`
     caption_lists = []
     for entry in data_cfg.get("captions", []) or []:
-        caption_lists.append(load_captions(resolve_path(entry["path"]),
-                                           resolve_path(entry["image_dir"]) if entry.get("image_dir") else None,
-                                           entry.get("format", "auto"), entry.get("lang", "en")))
+        path = resolve_path(entry["path"])
+        recs = load_captions(path, resolve_path(entry["image_dir"]) if entry.get("image_dir") else None,
+                             entry.get("format", "auto"), entry.get("lang", "en"))
+        for r in recs:
+            # The dataset: its folder (data/RSICD/..., data/translations/rsicd/...); a merged image keeps the
+            # name of the first entry that has it (the English original).
+            r.source = entry.get("name") or path.parent.name
+        caption_lists.append(recs)
     if caption_lists:
         recs = merge(*caption_lists)
         validate(recs)
@@ -164,6 +171,17 @@ def run_recipe(config: dict, out_dir: Path, *, dry_run: bool = False, progress: 
         rset = RetrievalSet.from_records(val_imgs, [{k: v for k, v in r.captions.items() if k in languages}
                                                     for r in val_recs])
         metrics["retrieval"] = evaluate_retrieval(TorchEncoder(loaded), rset, ks)
+        # The standard protocol (RSICD / RSITMD / UCM): each dataset's own test split, five captions per image,
+        # mean recall over t2i/i2t R@1/5/10, per language.
+        by_ds: dict[str, list[int]] = {}
+        for i, r in enumerate(val_recs):
+            if r.split == "test":
+                by_ds.setdefault(r.source, []).append(i)
+        metrics["retrieval_test"] = {
+            ds: evaluate_retrieval(TorchEncoder(loaded), RetrievalSet.from_records(
+                val_imgs[idx], [{k: v for k, v in val_recs[i].captions.items() if k in languages} for i in idx]), ks)
+            for ds, idx in sorted(by_ds.items()) if len(idx) > 1
+        }  # fmt: skip
     progress.update(0.85, "exporting the bundle")
 
     export_cfg = config.get("export", {}) or {}

@@ -14,8 +14,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rs_clip_plugin.engine.bundle import atomic_write_text
+from rs_clip_plugin.engine.atomic import atomic_write_text, staged_dir
 from rs_clip_plugin.engine.progress import Progress
 
 from .dino import CropConfig, DINOHead, DINOLoss, StudentTeacherBranch, ema_update, momentum_at, multi_crop
@@ -47,6 +45,10 @@ class TrainConfig:
     lr: float = 5e-6
     head_lr: float = 5e-4
     weight_decay: float = 0.2
+    # DINO head: weight decay on its weights follows DINO's cosine schedule 0.04 -> 0.4 (biases: none)
+    head_weight_decay: float = 0.04
+    head_weight_decay_end: float = 0.4
+    grad_clip: float = 3.0  # DINO's clip_gradients: each parameter's gradient norm capped at 3.0; 0: off
     warmup_steps: int = 100
     seed: int = 0
     precision: str = "bf16"  # on GPU: bf16 | fp16 | fp32; CPU always fp32
@@ -184,13 +186,35 @@ class RSMCLIPTrainer:
                 no_decay.append(p)
             else:
                 decay.append(p)
-        head_params = [p for p in self.student.head.parameters() if p.requires_grad]
+        head = [(n, p) for n, p in self.student.head.named_parameters() if p.requires_grad]
+        # DINO's get_params_groups: biases and 1-d tensors are not regularised.
+        head_decay = [p for n, p in head if p.ndim >= 2 and not n.endswith(".bias")]
+        head_plain = [p for n, p in head if not (p.ndim >= 2 and not n.endswith(".bias"))]
         groups = [
             {"params": decay, "weight_decay": self.cfg.weight_decay, "lr": self.cfg.lr, "base_lr": self.cfg.lr},
             {"params": no_decay, "weight_decay": 0.0, "lr": self.cfg.lr, "base_lr": self.cfg.lr},
-            {"params": head_params, "weight_decay": 0.0, "lr": self.cfg.head_lr, "base_lr": self.cfg.head_lr},
+            {"params": head_decay, "weight_decay": self.cfg.head_weight_decay, "lr": self.cfg.head_lr,
+             "base_lr": self.cfg.head_lr, "wd_schedule": True},
+            {"params": head_plain, "weight_decay": 0.0, "lr": self.cfg.head_lr, "base_lr": self.cfg.head_lr},
         ]
         return torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
+
+    def head_weight_decay_at(self, step: int) -> float:
+        """DINO's cosine_scheduler for weight decay: head_weight_decay at step 0 to head_weight_decay_end at the end."""
+        start, end = self.cfg.head_weight_decay, self.cfg.head_weight_decay_end
+        t = min(max(step, 0), max(self.cfg.steps, 1)) / max(self.cfg.steps, 1)
+        return end + 0.5 * (start - end) * (1 + math.cos(math.pi * t))
+
+    def _clip_gradients(self) -> None:
+        """DINO's clip_gradients: every parameter's gradient scaled down to norm ``grad_clip`` on its own."""
+        if self.cfg.grad_clip <= 0:
+            return
+        self.scaler.unscale_(self.optimizer)
+        for g in self.optimizer.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    norm = p.grad.detach().norm(2)
+                    p.grad.mul_(torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0))
 
     def _lr_factor(self, step: int) -> float:
         if step < self.cfg.warmup_steps:
@@ -211,9 +235,7 @@ class RSMCLIPTrainer:
 
         from training.checkpoint import save_checkpoint
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=self.out_dir))
-        try:
+        with staged_dir(self.checkpoint_path) as tmp:  # swapped in whole (rs_clip_plugin.engine.atomic)
             save_checkpoint(self.model, tmp / "model", self.model_name, pretrained=self.pretrained, step=self.step,
                             extra={"method": "rs_m_clip"})
             tensors = {f"head.{k}": v for k, v in self.student.head.state_dict().items()}
@@ -224,15 +246,6 @@ class RSMCLIPTrainer:
             save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / TRAINER_STATE))
             meta = {"step": self.step, "param_groups": groups, "history": self.history}
             (tmp / TRAINER_META).write_text(json.dumps(meta, default=float) + "\n", encoding="utf-8")
-            old = self.out_dir / ".checkpoint.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if self.checkpoint_path.exists():
-                os.replace(self.checkpoint_path, old)
-            os.replace(tmp, self.checkpoint_path)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return self.checkpoint_path
 
     def try_resume(self) -> bool:
@@ -266,7 +279,8 @@ class RSMCLIPTrainer:
 
     def _micro_step(self, images: torch.Tensor, texts: list[str], gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        crops = [self._normalise(c.to(self.device)) for c in multi_crop(images, cfg.crops, gen)]
+        # Crops and colour augmentations run on the device (per-sample blur loops would stall a GPU run on CPU).
+        crops = [self._normalise(c) for c in multi_crop(images.to(self.device), cfg.crops, gen)]
         tokens = self.tokenizer(texts).to(self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             emb, student_out = self.student(crops)
@@ -305,6 +319,8 @@ class RSMCLIPTrainer:
             factor = self._lr_factor(self.step)
             for g in self.optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
+                if g.get("wd_schedule"):
+                    g["weight_decay"] = self.head_weight_decay_at(self.step)
             self.optimizer.zero_grad(set_to_none=True)
             logs = {"contrastive": 0.0, "dino": 0.0, "total": 0.0}
             for _ in range(cfg.accum_steps):
@@ -316,6 +332,7 @@ class RSMCLIPTrainer:
                 for k in logs:
                     logs[k] += float(losses[k].detach()) / cfg.accum_steps
             self._all_reduce_grads()
+            self._clip_gradients()
             if self.step < cfg.freeze_last_layer_steps:
                 for p in self.student.head.last_layer.parameters():
                     p.grad = None  # DINO: keep the output layer fixed while the rest settles

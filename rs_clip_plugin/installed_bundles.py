@@ -1,4 +1,4 @@
-"""Model manager logic (no GUI): bundles installed in the QGIS profile, adding, removing, the default.
+"""Installed model bundles (no GUI): the bundles in the QGIS profile, adding, removing, the default.
 
 Installed bundles are plain bundle directories under ``<profile>/rsclip/bundles/<name>``. Every add goes
 through the engine's ``load_bundle`` (file hashes and ONNX inputs checked) in a staging folder and is moved
@@ -13,13 +13,12 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
-from .engine.atomic import replace_dir
+from .engine.atomic import replace_dir, staging_dir
 from .engine.bundle import MANIFEST, BundleError, load_bundle, safe_extract, sha256_file
 
 SETTINGS_PREFIX = "rsclip/"
@@ -197,8 +196,9 @@ class ModelStore:
         return self._describe(target)
 
     def _staging(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        """A hidden working folder in the store (same file system: installing is a rename); those of killed
+        installs are removed (engine.atomic.staging_dir)."""
+        return staging_dir(self.root / "install")
 
     def add_folder(self, folder: Path, name: Optional[str] = None, overwrite: bool = False) -> InstalledBundle:
         folder = Path(folder)
@@ -207,7 +207,9 @@ class ModelStore:
         work = self._staging()
         try:
             staged = work / "bundle"
-            shutil.copytree(folder, staged)
+            # Links are copied as links, so load_bundle refuses one that leaves the bundle instead of the copy
+            # silently taking in (and hashing) a file from elsewhere.
+            shutil.copytree(folder, staged, symlinks=True)
             return self._install_from_dir(staged, name, overwrite)
         finally:
             shutil.rmtree(work, ignore_errors=True)
