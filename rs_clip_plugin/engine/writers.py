@@ -94,7 +94,10 @@ def set_category_names(path: Path, names: Sequence[str]) -> Optional[Path]:
     problems: list[str] = []
     gdal.PushErrorHandler(lambda cls, code, msg: problems.append(msg) if cls >= gdal.CE_Warning else None)
     try:
-        ds = gdal.Open(str(path), gdal.GA_Update)
+        try:
+            ds = gdal.Open(str(path), gdal.GA_Update)
+        except RuntimeError as exc:  # the raster just written is unreadable: its write failed (a full disk)
+            raise OSError(errno.EIO, f"{path} could not be written completely ({str(exc).splitlines()[0]})") from exc
         try:
             ds.GetRasterBand(1).SetCategoryNames(list(names))
             ds.FlushCache()
