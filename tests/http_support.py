@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Optional
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
@@ -141,3 +142,37 @@ def make_cogs(band_dir: Path, out_dir: Path, bands: list[str], window: tuple[int
 
 if __name__ == "__main__":
     _main(sys.argv[1], sys.argv[2])
+
+
+def stac_item(item_id: str, when: str, band_files: dict[str, str], *, style: str = "earth-search",
+              properties: Optional[dict] = None, bounds_from: Optional[Path] = None) -> dict:
+    """A STAC Item (dict) for per-band assets. ``style`` "earth-search" keys assets by common name
+    (``red``, ``nir08``) with eo:bands common names; "planetary" keys them ``B04`` with eo:bands names."""
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    from rs_clip_plugin.engine.bands import S2_COMMON_NAMES
+
+    common = {v: k for k, v in reversed(list(S2_COMMON_NAMES.items()))}  # B05 -> rededge1 (first listed wins)
+    common.update({"B05": "rededge1", "B06": "rededge2", "B07": "rededge3"})
+    assets = {}
+    for band, href in band_files.items():
+        cn = common.get(band, band.lower())
+        key = cn if style == "earth-search" else band
+        eo = {"name": cn if style == "earth-search" else band, "common_name": cn}
+        assets[key] = {"href": href, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                       "roles": ["data"], "eo:bands": [eo]}
+    assets["thumbnail"] = {"href": "thumb.jpg", "type": "image/jpeg", "roles": ["thumbnail"]}
+    bbox = [0.0, 0.0, 1.0, 1.0]
+    if bounds_from is not None:
+        with rasterio.open(bounds_from) as ds:
+            bbox = list(transform_bounds(ds.crs, "EPSG:4326", *ds.bounds))
+    x0, y0, x1, y1 = bbox
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id,
+        "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json"],
+        "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+        "bbox": bbox,
+        "properties": {"datetime": when, "platform": "sentinel-2b", **(properties or {})},
+        "collection": "sentinel-2-l2a", "links": [], "assets": assets,
+    }
