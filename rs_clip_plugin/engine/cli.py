@@ -16,7 +16,7 @@ from typing import Optional
 
 from .errors import InputError, RSClipError, cli_names
 
-SUBCOMMANDS = ("info", "index", "classify", "search", "demo", "bench")
+SUBCOMMANDS = ("info", "index", "classify", "search", "demo", "bench", "archive")
 
 
 class UserError(InputError):
