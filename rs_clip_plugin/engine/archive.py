@@ -322,11 +322,11 @@ class Archive:
             order = old_scenes + sorted(s for s in shards if s not in set(old_scenes))
         else:
             order, old = shards, None
-        if old and order == old_scenes and (kind is None or kind == old["kind"]):
+        if old and order == old_scenes and (kind or self.config.get("index_kind") or old["kind"]) == old["kind"]:
             return old
         counts = [pq.read_metadata(self.shard_dir / s).num_rows for s in order]
         n, dim = int(sum(counts)), int(self.config["embed_dim"])
-        kind = kind or ann.choose_kind(n)
+        kind = kind or self.config.get("index_kind") or ann.choose_kind(n)
         extend = bool(old) and old["kind"] == kind and kind != "flat" and (self.index_dir / "ann.faiss").is_file()
         self.index_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".index.", dir=self.root))
@@ -477,14 +477,18 @@ def write_hits(hits: Sequence[ArchiveHit], out_dir: Union[str, os.PathLike], *, 
 
 
 def create_archive(root: Union[str, os.PathLike], bundle: Union[str, os.PathLike, None], *, modality: Optional[str] = None,
-                   tile_size_m: Optional[float] = None, overlap: float = 0.0, overwrite: bool = False) -> Archive:
-    """A new, empty archive for ``bundle`` (its path is recorded: workers must reach the same path)."""
+                   tile_size_m: Optional[float] = None, overlap: float = 0.0, index_kind: Optional[str] = None,
+                   overwrite: bool = False) -> Archive:
+    """A new, empty archive for ``bundle`` (its path is recorded: workers must reach the same path).
+    ``index_kind`` fixes the ANN kind (flat | hnsw | ivfpq); default: chosen by size at each add."""
     from .default_bundle import as_bundle
 
     root = Path(root)
     if (root / ARCHIVE_FILE).exists() and not overwrite:
         raise OutputExistsError(f"{root} is already an archive; add scenes to it, or allow {{overwrite}} to start afresh")
     b = as_bundle(bundle)
+    if index_kind is not None and index_kind not in ann.KINDS:
+        raise ArchiveError(f"{{index_kind}} {index_kind!r}: one of {', '.join(ann.KINDS)} (or leave it out: chosen by size)")
     if modality is not None:
         b.manifest.encoder(modality)  # an unknown modality fails here, not on the first scene
     if overwrite:
@@ -493,7 +497,7 @@ def create_archive(root: Union[str, os.PathLike], bundle: Union[str, os.PathLike
     root.mkdir(parents=True, exist_ok=True)
     config = {"format": ARCHIVE_FORMAT, "bundle": str(Path(bundle).resolve()) if bundle else "",
               "bundle_digest": b.digest, "bundle_name": b.manifest.name, "embed_dim": int(b.manifest.embed_dim),
-              "modality": modality, "tile_size_m": tile_size_m, "overlap": float(overlap),
+              "modality": modality, "index_kind": index_kind, "tile_size_m": tile_size_m, "overlap": float(overlap),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(root / ARCHIVE_FILE, json.dumps(config, indent=1) + "\n")
     return Archive(root, config)

@@ -11,7 +11,7 @@ a scene the user must fix (unreadable, unmappable) is returned as a failure and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 from .archive import ArchiveError, SceneTask, run_task
@@ -41,8 +41,8 @@ def _client(address: str):
 
 
 def run_tasks(address: str, tasks: Sequence[SceneTask], root: str, config: dict, provider: str,
-              progress: Optional[Progress] = None, retries: int = 2) -> list[tuple[bool, str]]:
-    """``run_task`` for every task on the cluster; results in the order of ``tasks``."""
+              progress: Optional[Progress] = None, retries: int = 2, func: Callable = run_task) -> list[tuple[bool, str]]:
+    """``func`` (``run_task``) for every task on the cluster; results in the order of ``tasks``."""
     from dask.distributed import as_completed
 
     progress = progress or Progress()
@@ -50,7 +50,7 @@ def run_tasks(address: str, tasks: Sequence[SceneTask], root: str, config: dict,
         return []
     client, cluster = _client(address)
     try:
-        futures = [client.submit(run_task, t, root, config, provider, key=f"rsclip-scene-{t.key}",
+        futures = [client.submit(func, t, root, config, provider, key=f"rsclip-scene-{t.key}",
                                  retries=retries, pure=False) for t in tasks]
         where = {f.key: i for i, f in enumerate(futures)}
         results: list[tuple[bool, str]] = [(False, "not run")] * len(tasks)

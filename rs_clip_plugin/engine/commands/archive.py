@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--modality", help="encoder for every scene (default: each scene's own)")
     c.add_argument("--tile-size-m", type=float, help="tile size on the ground in metres (default: the bundle's)")
     c.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction in [0, 1) (default 0)")
+    c.add_argument("--index", choices=("flat", "hnsw", "ivfpq"), help="ANN index kind (default: chosen by size)")
     c.add_argument("--overwrite", action="store_true", help="start the archive afresh (its shards and index are removed)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.set_defaults(func=run_create)
@@ -68,7 +69,7 @@ def run_create(args: argparse.Namespace) -> int:
     from ..cli import emit
 
     arc = create_archive(args.dir, args.bundle, modality=args.modality, tile_size_m=args.tile_size_m,
-                         overlap=args.overlap, overwrite=args.overwrite)
+                         overlap=args.overlap, index_kind=args.index, overwrite=args.overwrite)
     emit(args, arc.config, f"archive {arc.root} for bundle {arc.config['bundle_name']} ({arc.config['embed_dim']}-d)")
     return 0
 
