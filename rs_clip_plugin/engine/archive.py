@@ -51,11 +51,6 @@ SHARDS, ITEMS, INDEX = "shards", "items", "index"
 HITS_FILE, HITS_LAYER = "hits.gpkg", "hits"
 NO_TIME = np.iinfo(np.int64).min
 _STAMP = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})(?:T(\d{2}):?(\d{2}):?(\d{2}))?")
-CRS84_WKT = (
-    'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],'
-    'AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,'
-    'AUTHORITY["EPSG","9122"]],AXIS["Longitude",EAST],AXIS["Latitude",NORTH],AUTHORITY["EPSG","4326"]]'
-)
 
 
 class ArchiveError(InputError):
@@ -465,6 +460,8 @@ class Archive:
 def write_hits(hits: Sequence[ArchiveHit], out_dir: Union[str, os.PathLike], *, overwrite: bool = False,
                description: str = "archive search hits") -> Path:
     """hits.gpkg (EPSG:4326) with rank, score, scene, datetime, source, tile: like ``rsclip search``."""
+    from rasterio.crs import CRS
+
     from .gpkg import Feature, Layer, write_gpkg
 
     out = Path(out_dir) / HITS_FILE
@@ -473,7 +470,9 @@ def write_hits(hits: Sequence[ArchiveHit], out_dir: Union[str, os.PathLike], *, 
     feats = [Feature([h.ring], {"rank": h.rank, "score": h.score, "scene": h.scene, "datetime": h.datetime or "",
                                 "source": h.source, "tile": h.tile}) for h in hits]
     fields = {"rank": int, "score": float, "scene": str, "datetime": str, "source": str, "tile": int}
-    return write_gpkg(out, [Layer(HITS_LAYER, CRS84_WKT, fields, feats, description=description)], overwrite=overwrite)
+    # EPSG:4326: GeoPackage geometries are always x = longitude, which is how the rings are stored.
+    wgs84 = CRS.from_epsg(4326).to_wkt()
+    return write_gpkg(out, [Layer(HITS_LAYER, wgs84, fields, feats, description=description)], overwrite=overwrite)
 
 
 def create_archive(root: Union[str, os.PathLike], bundle: Union[str, os.PathLike, None], *, modality: Optional[str] = None,
