@@ -28,7 +28,9 @@ FLAT_MAX = 50_000
 IVFPQ_MIN = 2_000_000
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
-RERANK = 10  # candidates per wanted hit for the approximate kinds
+# Candidates per wanted hit, re-scored exactly: PQ codes order neighbours coarsely, so IVF-PQ needs a deeper list
+# (at 1 M vectors, 10 x k gave recall@10 0.936; re-scoring 400 rows from the memory map costs ~0.1 ms).
+RERANK = {"hnsw": 10, "ivfpq": 40}
 RECALL_QUERIES = 200
 KINDS = ("flat", "hnsw", "ivfpq")
 
@@ -103,7 +105,7 @@ def kind_of(index) -> str:
     return "flat"
 
 
-def search(index, vectors: np.ndarray, query: np.ndarray, k: int, rerank: int = RERANK) -> tuple[np.ndarray, np.ndarray]:
+def search(index, vectors: np.ndarray, query: np.ndarray, k: int, rerank: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows and exact cosine scores of (about) the k best vectors, best first."""
     n = vectors.shape[0]
     k = min(int(k), n)
@@ -113,7 +115,7 @@ def search(index, vectors: np.ndarray, query: np.ndarray, k: int, rerank: int = 
     kind = kind_of(index)
     if kind == "flat":  # numpy's BLAS product beats FAISS's flat scan on small archives (no thread start-up)
         return exact(vectors, q[0], k)
-    _, ids = index.search(q, min(n, k * rerank))
+    _, ids = index.search(q, min(n, k * (rerank or RERANK[kind])))
     rows = ids[0][ids[0] >= 0].astype(np.int64)
     order = np.argsort(rows)  # sorted reads from the memory map
     rescored = np.empty(rows.size, np.float32)
