@@ -63,7 +63,7 @@ def test_plugin_loads_and_unloads(qgis_iface) -> None:
     try:
         provider = QgsApplication.processingRegistry().providerById("rsclip")
         assert provider is not None
-        assert sorted(a.name() for a in provider.algorithms()) == ["classify", "heatmap", "index", "search"]
+        assert sorted(a.name() for a in provider.algorithms()) == ["archive_add", "archive_search", "classify", "heatmap", "index", "search"]
         assert [a.text() for a in plugin.actions][:2] == ["Classify layer by prompt…", "Map search panel"]
         dock = plugin.toggle_search()
         assert dock is not None and dock.widget() is not None
