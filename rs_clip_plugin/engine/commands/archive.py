@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..progress import ConsoleProgress
-from .common import add_bundle_args, add_provider_args, parse_bands, parse_extent
+from .common import add_bundle_args, add_provider_args, parse_bands, parse_extent, parse_point
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--query", help='text query; "-term" subtracts a term')
     q.add_argument("--image-file", type=Path, help="example image (JPEG/PNG or any GDAL raster)")
-    q.add_argument("--point", type=lambda t: tuple(parse_extent(t + "," + t)[:2]),
-                   help="x,y: example tile centred here in --query-raster")
+    q.add_argument("--point", type=parse_point, help="x,y: example tile centred here in --query-raster (its CRS)")
     s.add_argument("--query-raster", help="raster the --point refers to (any sensor the bundle has an encoder for)")
     s.add_argument("--negative", action="append", default=[], help="a term to push away from (repeatable)")
     s.add_argument("--lang", default="en", help="language of the text query")
