@@ -84,6 +84,23 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        """A STAC API item search stand-in: POST /search answers with ``search.json`` from the served folder
+        (the body, with the client's collections/bbox/datetime/limit, is logged as the Range field)."""
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0)).decode()
+        with open(self.log_file, "a") as f:
+            f.write(f"POST\t{self.path}\t{body}\n")
+        path = Path(self.translate_path("/search.json"))
+        if self.path.split("?")[0].rstrip("/").endswith("/search") and path.is_file():
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/geo+json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            self.send_error(404)
+
     def end_headers(self) -> None:
         if self.command == "HEAD":
             self.send_header("Accept-Ranges", "bytes")

@@ -189,3 +189,25 @@ def test_dask_worker_death_retries_the_scene_elsewhere(tiny_bundle: Path, served
     ref.add([srv.root / "S2_A.json", srv.root / "S2_B.json"], provider="cpu")
     a, b = _shard_vectors(arc), _shard_vectors(ref)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_stac_api_search_adds_its_items(tiny_bundle: Path, served: tuple[Served, str], tmp_path: Path, capsys) -> None:
+    """--stac-api through pystac-client against a minimal STAC API (landing page + POST /search) on 127.0.0.1."""
+    srv, _ = served
+    feats = json.loads((srv.root / "collection.json").read_text())["features"][:2]
+    (srv.root / "search.json").write_text(json.dumps({"type": "FeatureCollection", "features": feats, "links": []}))
+    landing = {"type": "Catalog", "id": "test-api", "description": "local", "stac_version": "1.0.0",
+               "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"],
+               "links": [{"rel": "self", "href": f"{srv.url}/api.json"},
+                         {"rel": "search", "href": f"{srv.url}/search", "type": "application/geo+json", "method": "POST"}]}
+    (srv.root / "api.json").write_text(json.dumps(landing))
+    d = str(tmp_path / "arc")
+    assert main(["archive", "create", d, "--bundle", str(tiny_bundle)]) == 0
+    assert main(["archive", "add", d, "--stac-api", f"{srv.url}/api.json", "--collections", "sentinel-2-l2a",
+                 "--bbox", "103,17,104,18", "--datetime", "2020-01-01/2021-12-31", "--max-items", "5",
+                 "--provider", "cpu", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(json.loads(out[out.index("{"):])["added"]) == ["S2_A", "S2_B"]
+    body = json.loads([r for m, p, r in srv.requests if m == "POST"][-1])
+    assert body["collections"] == ["sentinel-2-l2a"] and body["bbox"] == [103.0, 17.0, 104.0, 18.0]
+    assert body["datetime"].startswith("2020-01-01")

@@ -253,7 +253,8 @@ def load_scene(path: Union[str, Path]) -> StacScene:
 def write_item(item, path: Path) -> Path:
     """Save an item as standalone JSON with absolute hrefs (so it can be read from anywhere)."""
     item = item.clone()
-    item.make_asset_hrefs_absolute()
+    if item.get_self_href() is not None:  # API responses have none: their hrefs are absolute already
+        item.make_asset_hrefs_absolute()
     d = item.to_dict(include_self_link=False, transform_hrefs=False)
     from .atomic import atomic_write_text
 
