@@ -211,3 +211,40 @@ def test_stac_api_search_adds_its_items(tiny_bundle: Path, served: tuple[Served,
     body = json.loads([r for m, p, r in srv.requests if m == "POST"][-1])
     assert body["collections"] == ["sentinel-2-l2a"] and body["bbox"] == [103.0, 17.0, 104.0, 18.0]
     assert body["datetime"].startswith("2020-01-01")
+
+
+def test_each_dask_worker_opens_the_bundle_once(tiny_bundle: Path, served: tuple[Served, str], tmp_path: Path) -> None:
+    from dask.distributed import Client, LocalCluster
+
+    from rs_clip_plugin.engine.archive import bundle_opens, run_task
+
+    _, collection = served
+    arc = create_archive(tmp_path / "arc", tiny_bundle)
+    tasks = arc.expand([collection])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        results = client.gather([client.submit(run_task, t, str(arc.root), arc.config, "cpu", pure=False) for t in tasks])
+        assert all(ok for ok, _ in results)
+        assert list(client.run(bundle_opens).values()) == [1]  # three scenes, one bundle opened in the worker
+
+
+def test_image_and_point_queries_search_the_archive(tiny_bundle: Path, served: tuple[Served, str], data_dir: Path,
+                                                    tmp_path: Path, capsys) -> None:
+    srv, collection = served
+    d = str(tmp_path / "arc")
+    assert main(["archive", "create", d, "--bundle", str(tiny_bundle)]) == 0
+    assert main(["archive", "add", d, collection, "--provider", "cpu"]) == 0
+    capsys.readouterr()
+    photo = next((data_dir / "eurosat_rgb_small").rglob("*.jpg"))
+    assert main(["archive", "search", d, "--image-file", str(photo), "--top-k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 3
+    # A point in scene B's own raster finds that very tile first (same encoder, same tile: cosine 1).
+    b04 = srv.root / "B" / "B04.tif"
+    import rasterio
+
+    with rasterio.open(b04) as ds:
+        x, y = ds.transform * (32, 32)  # the centre of the first 64 px tile
+    assert main(["archive", "search", d, "--point", f"{x},{y}", "--query-raster", str(b04.parent), "--top-k", "1",
+                 "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)["hits"][0]
+    assert best["scene"] == "S2_B" and best["window"][:2] == [0, 0] and best["score"] > 0.999
