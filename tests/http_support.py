@@ -161,6 +161,27 @@ if __name__ == "__main__":
     _main(sys.argv[1], sys.argv[2])
 
 
+_RGB = ["B04", "B03", "B02"]
+
+
+def rgb_cog(major_tom_dir: Path, out: Path) -> Path:
+    """One 3-band COG (B04, B03, B02 named in the band descriptions) cut from the sample scene."""
+    import rasterio
+
+    parts = make_cogs(major_tom_dir, out / "parts", _RGB, (256, 256, 192, 192), "crop")
+    stack = [rasterio.open(p) for p in parts]
+    prof = stack[0].profile | {"driver": "COG", "count": 3, "blocksize": 64}
+    prof.pop("tiled", None), prof.pop("blockxsize", None), prof.pop("blockysize", None)
+    path = out / "rgb.tif"
+    with rasterio.open(path, "w", **prof) as dst:
+        for i, ds in enumerate(stack, 1):
+            dst.write(ds.read(1), i)
+            dst.set_band_description(i, _RGB[i - 1])
+    for ds in stack:
+        ds.close()
+    return path
+
+
 def stac_item(item_id: str, when: str, band_files: dict[str, str], *, style: str = "earth-search",
               properties: Optional[dict] = None, bounds_from: Optional[Path] = None) -> dict:
     """A STAC Item (dict) for per-band assets. ``style`` "earth-search" keys assets by common name

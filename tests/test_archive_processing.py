@@ -49,3 +49,19 @@ def test_archive_add_and_search_algorithms(provider, major_tom_dir: Path, tiny_b
     with sqlite3.connect(out) as con:
         assert {r[0] for r in con.execute("SELECT scene FROM hits")} == {Path(scenes[1]).name}
         assert {r[0] for r in con.execute("SELECT datetime FROM hits")} == {"2020-02-21T03:27:39Z"}
+
+
+def test_vsicurl_layer_indexes_through_processing(provider, major_tom_dir: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    """A QGIS layer on a /vsicurl/ COG (what QGIS's STAC browser adds) is read by the engine, URL intact."""
+    import processing
+    from qgis.core import QgsRasterLayer
+
+    from tests.http_support import rgb_cog, serve
+
+    cog = rgb_cog(major_tom_dir, tmp_path)
+    with serve(tmp_path) as srv:
+        url = "/vsicurl/" + srv.href(cog)
+        layer = QgsRasterLayer(url, "remote")
+        assert layer.isValid()
+        res = processing.run("rsclip:index", {"INPUT": layer, "BUNDLE": str(tiny_bundle)})
+    assert res["TILES"] > 0

@@ -7,31 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 
 from rs_clip_plugin.engine.errors import ReadError
 from rs_clip_plugin.engine.index import build_index
 from rs_clip_plugin.engine.raster import open_source
 from rs_clip_plugin.engine.sources import GdalPath, gdal_path, source_id
-from tests.http_support import make_cogs, serve
+from tests.http_support import rgb_cog, serve
 
 RGB = ["B04", "B03", "B02"]
-
-
-def _rgb_cog(major_tom_dir: Path, out: Path) -> Path:
-    """One 3-band COG (B04, B03, B02 named in the band descriptions) cut from the sample scene."""
-    parts = make_cogs(major_tom_dir, out / "parts", RGB, (256, 256, 192, 192), "crop")
-    stack = [rasterio.open(p) for p in parts]
-    prof = stack[0].profile | {"driver": "COG", "count": 3, "blocksize": 64}
-    prof.pop("tiled", None), prof.pop("blockxsize", None), prof.pop("blockysize", None)
-    path = out / "rgb.tif"
-    with rasterio.open(path, "w", **prof) as dst:
-        for i, ds in enumerate(stack, 1):
-            dst.write(ds.read(1), i)
-            dst.set_band_description(i, RGB[i - 1])
-    for ds in stack:
-        ds.close()
-    return path
 
 
 def test_gdal_path_keeps_urls_intact() -> None:
@@ -45,7 +28,7 @@ def test_gdal_path_keeps_urls_intact() -> None:
 
 
 def test_cog_over_http_indexes_like_the_local_file(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path) -> None:
-    cog = _rgb_cog(major_tom_dir, tmp_path)
+    cog = rgb_cog(major_tom_dir, tmp_path)
     local = build_index(cog, tiny_bundle, provider="cpu")
     with serve(tmp_path) as srv:
         url = srv.href(cog)
@@ -71,7 +54,7 @@ def test_network_failure_names_the_url(tmp_path: Path) -> None:
 
 
 def test_vsizip_path_is_a_raster(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path) -> None:
-    cog = _rgb_cog(major_tom_dir, tmp_path)
+    cog = rgb_cog(major_tom_dir, tmp_path)
     z = tmp_path / "scene.zip"
     with zipfile.ZipFile(z, "w") as zf:
         zf.write(cog, "inner/rgb.tif")

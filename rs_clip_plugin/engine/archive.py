@@ -392,7 +392,8 @@ class Archive:
             if meta["kind"] != "flat" and (d / "ann.faiss").is_file():
                 index = ann._faiss().read_index(str(d / "ann.faiss"))
                 ann.tune(index, meta["kind"])
-            self._loaded = (meta, vec, index, np.load(d / "rows.npy"), np.load(d / "lonlat.npy"), np.load(d / "time.npy"))
+            # Memory-mapped: at 30 M vectors these per-row arrays are ~1.4 GB, read only where filters look.
+            self._loaded = (meta, vec, index, *(np.load(d / f, mmap_mode="r") for f in ("rows.npy", "lonlat.npy", "time.npy")))
         return self._loaded
 
     # --- searching ----------------------------------------------------------------------------------
@@ -440,7 +441,8 @@ class Archive:
         import pyarrow.parquet as pq
 
         shard, r = int(rows[vrow, 0]), int(rows[vrow, 1])
-        t = pq.read_table(self.shard_dir / meta["scenes"][shard]).slice(r, 1).to_pylist()[0]
+        cols = ["scene", "datetime", "source", "tile", "col", "row", "width", "height", "xmin", "ymin", "xmax", "ymax", "geometry"]
+        t = pq.read_table(self.shard_dir / meta["scenes"][shard], columns=cols).slice(r, 1).to_pylist()[0]
         ring = _ring_from_wkb(t["geometry"])
         return ArchiveHit(rank, score, t["scene"], t["datetime"], t["source"], int(t["tile"]),
                           (t["col"], t["row"], t["width"], t["height"]), (t["xmin"], t["ymin"], t["xmax"], t["ymax"]), ring)
