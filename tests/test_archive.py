@@ -248,3 +248,19 @@ def test_image_and_point_queries_search_the_archive(tiny_bundle: Path, served: t
                  "--json"]) == 0
     best = json.loads(capsys.readouterr().out)["hits"][0]
     assert best["scene"] == "S2_B" and best["window"][:2] == [0, 0] and best["score"] > 0.999
+
+
+def test_front_end_helpers_search_and_show_a_hit(tiny_bundle: Path, served: tuple[Served, str], tmp_path: Path) -> None:
+    """The two calls the search dock needs: search_archive (text in, dated hits out) and display_source."""
+    import rasterio
+
+    from rs_clip_plugin.engine.archive import display_source, search_archive
+
+    _, collection = served
+    create_archive(tmp_path / "arc", tiny_bundle).add([collection], provider="cpu")
+    hits = search_archive(tmp_path / "arc", "a river -a town", top_k=4, datetime_range="2021-01-01/..", provider="cpu")
+    assert len(hits) == 4 and {h.scene for h in hits} <= {"S2_B", "S2_C"} and all(h.datetime >= "2021" for h in hits)
+    vrt = display_source(hits[0].source, tmp_path / "vrt")
+    with rasterio.open(vrt) as ds:  # a true-colour VRT over the /vsicurl/ COGs, georeferenced like the scene
+        assert ds.count == 3 and ds.crs is not None and float(ds.read(1).mean()) > 0
+    assert display_source("/data/scene.tif", tmp_path) == "/data/scene.tif"

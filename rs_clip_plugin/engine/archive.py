@@ -459,6 +459,57 @@ class Archive:
         }
 
 
+def search_archive(root: Union[str, os.PathLike], text: str, *, negative: Optional[Sequence[str]] = None, lang: str = "en",
+                   top_k: int = 10, bbox: Optional[Sequence[float]] = None, datetime_range: Optional[str] = None,
+                   nms_iou: float = 0.3, provider: str = "auto") -> list[ArchiveHit]:
+    """One call for a front end (the search dock): open the archive, embed ``text`` with the archive's bundle
+    (negatives and language as in ``rsclip search``), search with the filters."""
+    from .search import text_query_vector
+
+    arc = Archive.open(root)
+    vec = text_query_vector(arc.config.get("bundle") or None, text, negative=list(negative or []) or None, lang=lang,
+                            provider=provider)
+    return arc.search(vec, top_k=top_k, bbox=bbox, datetime_range=datetime_range, nms_iou=nms_iou)
+
+
+def display_source(hit_source: str, vrt_dir: Union[str, os.PathLike]) -> str:
+    """What a map canvas opens to show a hit's scene: the raster / GDAL path itself, or for a STAC item a
+    true-colour VRT (B04, B03, B02 or red, green, blue assets, ``/vsicurl/`` when remote) written to ``vrt_dir``."""
+    from .stac import is_stac_json, load_scene, safe_id
+
+    if not is_stac_json(hit_source):
+        return hit_source
+    scene = load_scene(hit_source)
+    picks = [next((scene.bands[b] for b in names if b in scene.bands), None)
+             for names in (("B04", "red"), ("B03", "green"), ("B02", "blue"))]
+    if any(p is None for p in picks):
+        return next(iter(scene.bands.values()))  # no true colour: the first band alone
+    out = Path(vrt_dir) / f"{safe_id(scene.id)}.vrt"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, _true_colour_vrt(picks))  # type: ignore[arg-type]
+    return str(out)
+
+
+def _true_colour_vrt(uris: Sequence[str]) -> str:
+    import html
+
+    import rasterio
+
+    with rasterio.open(uris[0]) as ds:
+        w, h, t, crs, dtype = ds.width, ds.height, ds.transform, ds.crs, ds.dtypes[0]
+    gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}.get(dtype, "Float32")
+    bands = "".join(
+        f'<VRTRasterBand dataType="{gdal_type}" band="{i}"><ColorInterp>{ci}</ColorInterp><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{html.escape(u)}</SourceFilename><SourceBand>1</SourceBand>'
+        f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+        f"</SimpleSource></VRTRasterBand>"
+        for i, (u, ci) in enumerate(zip(uris, ("Red", "Green", "Blue")), start=1)
+    )
+    return (f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{html.escape(crs.to_wkt() if crs else "")}</SRS>'
+            f"<GeoTransform>{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}</GeoTransform>{bands}</VRTDataset>\n")
+
+
 def write_hits(hits: Sequence[ArchiveHit], out_dir: Union[str, os.PathLike], *, overwrite: bool = False,
                description: str = "archive search hits") -> Path:
     """hits.gpkg (EPSG:4326) with rank, score, scene, datetime, source, tile: like ``rsclip search``."""
