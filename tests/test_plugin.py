@@ -64,7 +64,7 @@ def test_plugin_loads_and_unloads(qgis_iface) -> None:
     try:
         provider = QgsApplication.processingRegistry().providerById("rsclip")
         assert provider is not None
-        assert sorted(a.name() for a in provider.algorithms()) == ["classify", "heatmap", "index", "search"]
+        assert sorted(a.name() for a in provider.algorithms()) == ["archive_add", "archive_search", "classify", "heatmap", "index", "search"]
         assert [a.text() for a in plugin.actions][:2] == ["Classify layer by prompt…", "Map search panel"]
         # Two tools, two icons: the toolbar buttons must not look identical (issue 10, #11).
         shown = [a.icon().pixmap(32, 32).toImage() for a in plugin.toolbar.actions()]

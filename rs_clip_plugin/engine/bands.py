@@ -42,6 +42,12 @@ S2_BANDS: dict[str, Band] = {
     )
 }
 S2_L1C_BANDS: tuple[str, ...] = tuple(S2_BANDS)
+# STAC eo:bands common names (and Earth Search's asset keys) of the Sentinel-2 bands.
+S2_COMMON_NAMES: dict[str, str] = {
+    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge": "B05", "rededge1": "B05",
+    "rededge071": "B05", "rededge2": "B06", "rededge075": "B06", "rededge3": "B07", "rededge078": "B07",
+    "nir": "B08", "nir08": "B8A", "nir09": "B09", "cirrus": "B10", "swir16": "B11", "swir22": "B12",
+}
 # Level-2A drops the cirrus band: it is consumed by the atmospheric correction.
 S2_L2A_BANDS: tuple[str, ...] = tuple(b for b in S2_BANDS if b != "B10")
 S2_MISSING_IN_L2A = "B10"

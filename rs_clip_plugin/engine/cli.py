@@ -22,7 +22,7 @@ from typing import Optional
 from .atomic import PUBLISHED
 from .errors import InputError, RSClipError, cli_names
 
-SUBCOMMANDS = ("info", "index", "classify", "search", "demo", "bench")
+SUBCOMMANDS = ("info", "index", "classify", "search", "demo", "bench", "archive")
 
 
 class UserError(InputError):

@@ -53,6 +53,7 @@ from .errors import OutputError
 from .options import JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
 from .progress import Progress
 from .settings import cache_dir
+from .sources import source_id
 
 INDEX_FORMAT = 1
 EMBEDDINGS = "embeddings.npy"
@@ -135,8 +136,10 @@ def _sha256_cached(path: Path) -> str:
 
 def source_files(source) -> list[Path]:
     """The files whose change makes an index stale: the file itself, or every band file of a folder/SAFE."""
-    from .sources import discover
+    from .sources import discover, gdal_path
 
+    if gdal_path(source.path) is not None:
+        return []  # a remote or virtual file: no cheap stat; treated as immutable (COGs, STAC assets are)
     path = Path(source.path)
     if path.is_file():
         return [path.resolve()]
@@ -452,7 +455,7 @@ def build_index(
         ow = grid.out_window
         identity = {
             "format": INDEX_FORMAT,
-            "source": str(Path(src.path).resolve()),
+            "source": source_id(src.path),
             "bundle_digest": bundle.digest,
             "modality": spec.modality,
             "tile_px": int(grid.tile_px),

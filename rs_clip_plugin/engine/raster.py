@@ -63,8 +63,9 @@ from .bands import (
     s2_offset_dn,
 )
 from .bundle import EncoderSpec, Manifest
+from .errors import ReadError
 from .radiometry import SAR_UNITS, db_to_linear, linear_to_db, s2_reflectance
-from .sources import SOURCE_HELP, BandRef, Discovered, RasterError, discover, vrt_source_names
+from .sources import SOURCE_HELP, BandRef, Discovered, RasterError, discover, gdal_path, vrt_source_names
 
 __all__ = [
     "RasterError",
@@ -201,6 +202,13 @@ def _open(uri: str, label: str) -> rasterio.io.DatasetReader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(uri)
     except RasterioIOError as exc:
+        remote = gdal_path(uri)
+        if remote is not None and remote.url != str(remote):
+            raise ReadError(
+                f"{remote.url}: cannot be read through GDAL's {str(remote)[: len(remote) - len(remote.url)]} ({exc}); "
+                "check the address and the network, and for a private bucket GDAL's credentials settings "
+                "(AWS_*, GS_*, AZURE_*, GDAL_HTTP_*)"
+            ) from exc
         raise RasterError(f"{label}: not a raster GDAL can read ({exc}); {SOURCE_HELP}") from exc
 
 

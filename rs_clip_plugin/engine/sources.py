@@ -9,7 +9,10 @@ physical units. Four layouts are understood:
 - a folder of per-band files named by band (``B04.tif``, ``B4.tif``, ``<patch>_B04.tif``, ``VV.tif``,
   ``<patch>_VH.tif``) at native resolutions;
 - a Sentinel-2 ``.SAFE`` folder (``GRANULE/*/IMG_DATA[/R10m..]/*_B02[_10m].jp2``);
-- the same SAFE as a ``.zip``, read in place through GDAL's ``/vsizip/``.
+- the same SAFE as a ``.zip``, read in place through GDAL's ``/vsizip/``;
+- any GDAL virtual path (``/vsicurl/https://...``, ``/vsis3/...``, ``/vsizip/...``) or a plain
+  ``http(s)://`` / ``s3://`` / ``gs://`` address, read as a single raster: kept as text (:class:`GdalPath`),
+  never through pathlib, whose normalisation turns ``https://`` into ``https:/``.
 
 No pixel is read here; only names, XML and JSON.
 """
@@ -37,6 +40,76 @@ _SAFE_BAND = re.compile(r"_(B\d{2}|B8A)(?:_(\d{2})m)?\.jp2$", re.IGNORECASE)
 _PRODUCT_METADATA = re.compile(r"MTD_MSIL(1C|2A)\.xml$", re.IGNORECASE)
 
 
+# Addresses GDAL reads through a virtual file system: scheme -> prefix.
+_URL_PREFIX = {"http": "/vsicurl/", "https": "/vsicurl/", "ftp": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/",
+               "az": "/vsiaz/", "abfs": "/vsiaz/"}
+_VSI = re.compile(r"^/vsi[a-z0-9_]+/", re.IGNORECASE)
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+
+
+class GdalPath(str):
+    """A GDAL virtual path (``/vsicurl/https://host/x.tif``), kept as text.
+
+    Offers the few ``Path`` members the engine uses on a source path (``name``, ``suffix``, ``stem``,
+    ``exists``, ``is_file``, ``is_dir``, ``resolve``) without pathlib's normalisation of ``//``.
+    Existence is not checked here (it would cost a network round trip); the first read says what failed.
+    """
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+
+    @property
+    def suffix(self) -> str:
+        n = self.name
+        return n[n.rfind("."):] if "." in n else ""
+
+    @property
+    def stem(self) -> str:
+        n = self.name
+        return n[: n.rfind(".")] if "." in n else n
+
+    @property
+    def url(self) -> str:
+        """The address inside the prefix (what a user recognises in an error)."""
+        return _VSI.sub("", str(self), count=1)
+
+    def exists(self) -> bool:
+        return True
+
+    def is_file(self) -> bool:
+        return True
+
+    def is_dir(self) -> bool:
+        return False
+
+    def resolve(self) -> GdalPath:
+        return self
+
+
+def gdal_path(path) -> Optional[GdalPath]:
+    """``path`` as a GdalPath when it names a GDAL virtual file or a URL (``https://`` -> ``/vsicurl/https://``), else None."""
+    if isinstance(path, GdalPath):
+        return path
+    if not isinstance(path, str):
+        return None  # a Path object is a local file (and a URL would already be mangled)
+    if _VSI.match(path):
+        return GdalPath(path)
+    m = _SCHEME.match(path)
+    if m and m.group(1).lower() in _URL_PREFIX:
+        scheme = m.group(1).lower()
+        prefix = _URL_PREFIX[scheme]
+        # /vsicurl/ takes the whole URL; the cloud prefixes take bucket/key without the scheme.
+        return GdalPath(prefix + (path if prefix == "/vsicurl/" else path[m.end():]))
+    return None
+
+
+def source_id(path) -> str:
+    """The text that identifies a source across runs: a local path resolved, a GDAL path as given."""
+    g = gdal_path(path)
+    return str(g) if g is not None else str(Path(path).resolve())
+
+
 class RasterError(InputError):
     """A raster that cannot be read or mapped; the message names the file and the fix."""
 
@@ -53,7 +126,7 @@ class BandRef:
 @dataclass
 class Discovered:
     path: Path
-    layout: str  # "file" | "folder" | "safe"
+    layout: str  # "file" | "folder" | "safe" | "stac"
     bands: list[BandRef]
     # Text in which a Sentinel-2 product name may appear (path, metadata PRODUCT_ID).
     name_hints: list[str] = field(default_factory=list)
@@ -84,6 +157,13 @@ def band_from_filename(name: str) -> Optional[str]:
 
 def discover(path: Path | str) -> Discovered:
     """The files and bands behind ``path``; raises RasterError naming what is wrong and what to give instead."""
+    virtual = gdal_path(path)
+    if str(path).lower().split("?", 1)[0].endswith(".json"):  # a STAC Item (file or URL): see stac.py
+        from .stac import discover_stac
+
+        return discover_stac(virtual if virtual is not None else Path(path))
+    if virtual is not None:
+        return Discovered(virtual, "file", [], name_hints=[virtual.url])  # type: ignore[arg-type]
     path = Path(path)
     if not path.exists():
         raise RasterError(f"{path}: no such file or folder; {SOURCE_HELP}")

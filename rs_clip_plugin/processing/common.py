@@ -59,6 +59,11 @@ def layer_source(layer: Optional[QgsRasterLayer], what: str = "INPUT") -> Path:
             "(GeoTIFF, VRT, JP2, SAFE): export the layer to a GeoTIFF first"
         )
     src = layer.source().split("|")[0]
+    from ..engine.sources import gdal_path
+
+    remote = gdal_path(src)
+    if remote is not None:  # /vsicurl/ COGs (QGIS STAC layers), /vsizip/...: kept as text, read by GDAL
+        return remote  # type: ignore[return-value]
     p = Path(src)
     if not p.exists():
         raise QgsProcessingException(f"{what}: {src} does not exist on disk; save the layer to a file first")

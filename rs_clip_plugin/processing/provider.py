@@ -6,6 +6,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..presets import icon_path
+from .archive_alg import ArchiveAddAlgorithm, ArchiveSearchAlgorithm
 from .classify_alg import ClassifyAlgorithm
 from .index_alg import IndexAlgorithm
 from .search_alg import HeatmapAlgorithm, SearchAlgorithm
@@ -27,7 +28,8 @@ class RSClipProvider(QgsProcessingProvider):
         return QIcon(icon_path())
 
     def loadAlgorithms(self) -> None:
-        for alg in (IndexAlgorithm(), ClassifyAlgorithm(), SearchAlgorithm(), HeatmapAlgorithm()):
+        for alg in (IndexAlgorithm(), ClassifyAlgorithm(), SearchAlgorithm(), HeatmapAlgorithm(),
+                    ArchiveAddAlgorithm(), ArchiveSearchAlgorithm()):
             self.addAlgorithm(alg)
 
     def supportedOutputVectorLayerExtensions(self) -> list[str]:

@@ -19,14 +19,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-torch", action="store_true", help="skip the open_clip torch comparison")
     p.add_argument("--large-scene", action="store_true", help="also embed a 10980x10980 12-band VRT scene (slow)")
     p.add_argument("--large-scene-rows", type=int, help="only this many tile rows of the large scene")
+    p.add_argument("--archive", type=int, metavar="N",
+                   help="instead: the archive's ANN index vs exact search at N random (clustered) vectors")
+    p.add_argument("--archive-kind", choices=("flat", "hnsw", "ivfpq"), help="with --archive: this kind (default: by size)")
     p.add_argument("--json", action="store_true", help="print all figures as JSON")
     p.set_defaults(func=run)
+
+
+def run_archive(args: argparse.Namespace) -> int:
+    from ..ann import bench
+    from ..cli import UserError, emit
+
+    if args.archive < 100:
+        raise UserError(f"--archive {args.archive}: give at least 100 vectors")
+    r = bench(args.archive, kind=args.archive_kind)
+    emit(args, r, (f"{r['n']} x {r['dim']}-d, {r['kind']}: built in {r['build_s']} s, index {r['index_mb']} MB "
+                   f"(vectors {r['vectors_mb']} MB), recall@10 {r['recall_at_10']}, {r['ann_ms']} ms/query vs exact "
+                   f"{r['exact_ms']} ms ({r['speedup']}x)"))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
     from ..cli import UserError, emit
 
+    if args.archive is not None:
+        return run_archive(args)
     try:
         sizes = [int(v) for v in args.query_sizes.split(",") if v.strip()]
     except ValueError as exc:
