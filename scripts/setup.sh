@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 APT_PACKAGES=(python3-qgis qgis-providers qgis xvfb python3-venv python3-pip)
-EXTRAS=${RSCLIP_EXTRAS:-train,dev}
+EXTRAS=${RSCLIP_EXTRAS:-train,dev,archive}
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
