@@ -572,19 +572,19 @@ def embed_scene(task: SceneTask, config: dict, provider: str):
     """A pyarrow Table (GeoParquet columns, see the module docstring) of the scene's tile embeddings."""
     import pyarrow as pa
 
-    from .index import resolve_encoder
-    from .pipeline import embed_tiles
+    from .options import TilingOptions
+    from .pipeline import embed_tiles, plan_tiles
     from .raster import open_source
     from .runtime import EncoderSession
-    from .tiling import make_grid, stride_for, tile_size_px_for
 
     bundle, sessions = _bundle_and_sessions(config["bundle"], config["bundle_digest"], provider)
     with open_source(task.source) as src:
         if src.crs is None or not src.georeferenced:
             raise ArchiveError(f"{task.source}: not georeferenced; an archive needs scenes with a CRS")
-        spec = resolve_encoder(bundle, src, config.get("modality"))
-        tile_px = tile_size_px_for(spec, src, config.get("tile_size_m"))
-        grid = make_grid(src, tile_px, stride_for(tile_px, float(config.get("overlap") or 0.0)))
+        # The same encoder choice and tile plan as every other job (pipeline.plan_tiles).
+        spec, grid = plan_tiles(bundle, src, TilingOptions(modality=config.get("modality"),
+                                                           tile_size_m=config.get("tile_size_m"),
+                                                           overlap=float(config.get("overlap") or 0.0)))
         with _CACHE_LOCK:
             session = sessions.get(spec.modality)
             if session is None:
@@ -619,7 +619,7 @@ def embed_scene(task: SceneTask, config: dict, provider: str):
            "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"], "bbox": bbox,
                                     "covering": {"bbox": {k: [k] for k in ("xmin", "ymin", "xmax", "ymax")}}}}}
     rsclip = {"scene": task.scene, "source": task.source, "datetime": when, "key": task.key, "crs_wkt": crs_wkt,
-              "transform": [tr.a, tr.b, tr.c, tr.d, tr.e, tr.f], "modality": spec.modality, "tile_px": int(tile_px),
+              "transform": [tr.a, tr.b, tr.c, tr.d, tr.e, tr.f], "modality": spec.modality, "tile_px": int(grid.tile_px),
               "bundle_digest": config["bundle_digest"], "n_tiles": n, "grid_tiles": len(grid.windows)}
     table = pa.table(cols)
     return table.replace_schema_metadata({b"geo": json.dumps(geo).encode(), b"rsclip": json.dumps(rsclip).encode()})

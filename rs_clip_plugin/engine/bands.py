@@ -42,12 +42,6 @@ S2_BANDS: dict[str, Band] = {
     )
 }
 S2_L1C_BANDS: tuple[str, ...] = tuple(S2_BANDS)
-# STAC eo:bands common names (and Earth Search's asset keys) of the Sentinel-2 bands.
-S2_COMMON_NAMES: dict[str, str] = {
-    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge": "B05", "rededge1": "B05",
-    "rededge071": "B05", "rededge2": "B06", "rededge075": "B06", "rededge3": "B07", "rededge078": "B07",
-    "nir": "B08", "nir08": "B8A", "nir09": "B09", "cirrus": "B10", "swir16": "B11", "swir22": "B12",
-}
 # Level-2A drops the cirrus band: it is consumed by the atmospheric correction.
 S2_L2A_BANDS: tuple[str, ...] = tuple(b for b in S2_BANDS if b != "B10")
 S2_MISSING_IN_L2A = "B10"
@@ -89,21 +83,16 @@ S2_BASELINE_OFFSET_DN = 1000.0
 S2_TRUE_COLOUR: dict[str, str] = {"red": "B04", "green": "B03", "blue": "B02"}
 S2_TRUE_COLOUR_WHITE_REFLECTANCE: dict[str, float] = {"s2-l2a": 2000.0 / S2_QUANTIFICATION, "s2-l1c": 3558.0 / S2_QUANTIFICATION}
 
-# STAC ``eo:bands`` common names of the Sentinel-2 bands (the unambiguous ones: 'rededge' names B05, B06
+# STAC ``eo:bands`` common names (and Earth Search's asset keys) of the Sentinel-2 bands (the unambiguous ones: 'rededge' names B05, B06
 # and B07 alike, so those are given by number). A band list or band descriptions in common names mean
 # Sentinel-2 bands when they hold a name only a multispectral sensor has (MULTISPECTRAL_COMMON_NAMES) or the
 # sensor is a Sentinel-2 level; 'red, green, blue' alone stay a photo's channels.
 S2_COMMON_NAMES: dict[str, str] = {
-    "coastal": "B01",
-    "blue": "B02",
-    "green": "B03",
-    "red": "B04",
-    "nir": "B08",
-    "nir08": "B8A",
-    "nir09": "B09",
-    "cirrus": "B10",
-    "swir16": "B11",
-    "swir22": "B12",
+    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04",
+    # Earth Search's asset keys and band names for the red edge, numbered because 'rededge' is all three.
+    "rededge1": "B05", "rededge071": "B05", "rededge2": "B06", "rededge075": "B06", "rededge3": "B07",
+    "rededge078": "B07",
+    "nir": "B08", "nir08": "B8A", "nir09": "B09", "cirrus": "B10", "swir16": "B11", "swir22": "B12",
 }
 MULTISPECTRAL_COMMON_NAMES = frozenset(S2_COMMON_NAMES) - frozenset(RGB_BANDS)
 AMBIGUOUS_COMMON_NAMES = frozenset({"rededge"})
