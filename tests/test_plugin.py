@@ -462,3 +462,46 @@ def test_unknown_is_in_the_legend_and_the_area_table(qgis_iface, layer, store, t
     assert [c.label for c in labels.renderer().classes()] == ["forest", "water", "unknown"]
     table = [dlg.area_table.item(r, 0).text() for r in range(dlg.area_table.rowCount())]
     assert table[-1] == "unknown"
+
+
+def test_search_dock_searches_an_archive(qgis_iface, crop, store, tiny_bundle, tmp_path) -> None:
+    """'Search in: An archive folder': a text query over an archive's ANN index; hits name scene and date; a
+    click loads the scene and zooms to the hit (issue 13, plugin part)."""
+    from rs_clip_plugin.engine.archive import create_archive
+    from rs_clip_plugin.gui.search_dock import ARCHIVE_SCOPE, SCOPES, SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    scene = tmp_path / "S2A_MSIL2A_20210603T034541_N0300_R104_T48PUV_crop.tif"
+    scene.write_bytes(crop.read_bytes())
+    arc = tmp_path / "archive"
+    create_archive(arc, tiny_bundle).add([str(scene)], provider="cpu")
+    canvas = qgis_iface.mapCanvas()
+    canvas.resize(400, 400)
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.setFilePath(str(tmp_path / "results"))
+        dock.scope_combo.setCurrentIndex(SCOPES.index(ARCHIVE_SCOPE))
+        assert dock.archive_widget.isVisibleTo(dock) and not dock.layers_list.isVisibleTo(dock)
+        dock.archive_widget.lineEdit().clear()  # QGIS remembers the last archive: the user types a new one
+        QTest.keyClicks(dock.archive_widget.lineEdit(), str(arc))
+        QTest.keyClicks(dock.query_edit, "a river")
+        dock.topk_spin.setValue(3)
+        click(dock.search_btn)
+        assert dock.task is not None, dock.index_label.text()
+        assert wait_for(dock.task), dock.index_label.text()
+        assert dock.results_list.count() == 3
+        assert "2021-06-03" in dock.results_list.item(0).text()  # the scene's date from its product name
+        before = set(QgsProject.instance().mapLayers())
+        dock.results_list.resize(300, 400)
+        rect = dock.results_list.visualItemRect(dock.results_list.item(0))
+        QTest.mouseClick(dock.results_list.viewport(), Qt.LeftButton, Qt.NoModifier, rect.center())
+        added = _new_layers(before)
+        assert len(added) == 1 and Path(added[0].source()) == scene
+        hit = dock.result.hits[0]
+        wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+        to_map = QgsCoordinateTransform(wgs84, canvas.mapSettings().destinationCrs(), QgsProject.instance())
+        assert canvas.extent().contains(to_map.transformBoundingBox(QgsRectangle(*hit.lonlat)))
+        assert (tmp_path / "results").is_dir() and list((tmp_path / "results").glob("*/hits.gpkg"))
+    finally:
+        dock.cleanup()

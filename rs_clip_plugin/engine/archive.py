@@ -41,7 +41,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import ann
-from .atomic import atomic_write_text, replace_dir
+from .atomic import atomic_write_text, open_outputs, replace_dir
 from .errors import InputError, OutputExistsError, RSClipError
 from .progress import Progress
 
@@ -517,15 +517,16 @@ def write_hits(hits: Sequence[ArchiveHit], out_dir: Union[str, os.PathLike], *, 
 
     from .gpkg import Feature, Layer, write_gpkg
 
-    out = Path(out_dir) / HITS_FILE
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; choose another output folder or allow {{overwrite}}")
     feats = [Feature([h.ring], {"rank": h.rank, "score": h.score, "scene": h.scene, "datetime": h.datetime or "",
                                 "source": h.source, "tile": h.tile}) for h in hits]
     fields = {"rank": int, "score": float, "scene": str, "datetime": str, "source": str, "tile": int}
     # EPSG:4326: GeoPackage geometries are always x = longitude, which is how the rings are stored.
     wgs84 = CRS.from_epsg(4326).to_wkt()
-    return write_gpkg(out, [Layer(HITS_LAYER, wgs84, fields, feats, description=description)], overwrite=overwrite)
+    # Published like every job's outputs (engine/atomic.py): staged on the folder's file system, one unit.
+    with open_outputs(out_dir, [HITS_FILE], overwrite=overwrite) as out:
+        write_gpkg(out.path / HITS_FILE, [Layer(HITS_LAYER, wgs84, fields, feats, description=description)])
+        out.publish()
+    return Path(out_dir) / HITS_FILE
 
 
 def create_archive(root: Union[str, os.PathLike], bundle: Union[str, os.PathLike, None], *, modality: Optional[str] = None,

@@ -23,6 +23,8 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
+    QgsSettings,
+    QgsVectorLayer,
 )
 from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolEmitPoint
 from qgis.PyQt.QtCore import QSize, Qt
@@ -44,7 +46,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..installed_bundles import ModelStore
-from ..styling import add_search_layers
+from ..styling import add_search_layers, mark_output, style_hits
 from .bundle_combo import fill_bundle_combo, select_bundle
 from .outputs import field_message, output_root, push_result, remember_output_root, unique_result_dir
 from .status import ProviderStatusLabel
@@ -64,6 +66,19 @@ def short_reason(problem: str) -> str:
     gist = problem.split("; ")[0]
     # "‘name’: the bundle's ..." -> drop the layer name the line already starts with
     return gist.split(": ", 1)[1] if gist.startswith("‘") and ": " in gist else gist
+
+
+SCOPES = ["Loaded raster layers", "An archive folder"]
+ARCHIVE_SCOPE = SCOPES[1]
+ARCHIVE_KEY = "rsclip/archive_folder"
+ARCHIVE_FIELDS = {"lang": "Language", "top_k": "Top k", "out": "Output folder", "overwrite": "Output folder",
+                  "bbox": "the map extent", "datetime": "Dates", "datetime_range": "Dates", "archive": "Archive"}
+
+
+@dataclass
+class ArchiveResult:
+    hits: list
+    gpkg_path: Path
 
 
 @dataclass
@@ -135,8 +150,27 @@ class SearchDock(QgsDockWidget):
         self.out_widget.setFilePath(str(output_root()))
         self.out_widget.fileChanged.connect(remember_output_root)
         form.addRow("Output folder", self.out_widget)
+        # Where to search: the rasters loaded in the project, or an archive built with `rsclip archive`
+        # (many scenes, STAC items, remote COGs) searched through its ANN index.
+        self.scope_combo = QComboBox()
+        self.scope_combo.setObjectName("rsclip_search_scope")
+        self.scope_combo.addItems(SCOPES)
+        form.addRow("Search in", self.scope_combo)
+        self.archive_widget = QgsFileWidget()
+        self.archive_widget.setObjectName("rsclip_archive_folder")
+        self.archive_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.archive_widget.setFilePath(QgsSettings().value(ARCHIVE_KEY, "", type=str))
+        self.archive_widget.fileChanged.connect(lambda path: QgsSettings().setValue(ARCHIVE_KEY, path))
+        form.addRow("Archive", self.archive_widget)
+        self.dates_edit = QLineEdit()
+        self.dates_edit.setObjectName("rsclip_archive_dates")
+        self.dates_edit.setPlaceholderText("optional, e.g. 2021-01-01/2021-12-31 or 2021-06-01/..")
+        form.addRow("Dates", self.dates_edit)
+        self._archive_rows = [self.archive_widget, self.dates_edit]
+        self._form = form
         root.addLayout(form)
-        root.addWidget(QLabel("Layers to search:"))
+        self.layers_title = QLabel("Layers to search:")
+        root.addWidget(self.layers_title)
         self.layers_list = QListWidget()
         self.layers_list.setObjectName("rsclip_search_layers")
         self.layers_list.setMaximumHeight(110)
@@ -153,7 +187,8 @@ class SearchDock(QgsDockWidget):
         self.similar_btn.setObjectName("rsclip_find_similar")
         self.similar_btn.setCheckable(True)
         self.similar_btn.toggled.connect(self._toggle_map_tool)
-        row.addWidget(QLabel("Example from"))
+        self.example_title = QLabel("Example from")
+        row.addWidget(self.example_title)
         row.addWidget(self.query_layer_combo, 1)
         root.addLayout(row)
         root.addWidget(self.similar_btn)
@@ -179,6 +214,11 @@ class SearchDock(QgsDockWidget):
         self.results_list.itemClicked.connect(self._item_clicked)
         root.addWidget(self.results_list, 1)
         self.setWidget(w)
+        # Find similar works on loaded layers only: an archive is searched by text.
+        self._layer_rows = [self.layers_title, self.layers_list, self.skipped_label, self.example_title,
+                            self.query_layer_combo, self.similar_btn, self.heatmap_check]
+        self.scope_combo.currentIndexChanged.connect(self._scope_changed)
+        self._scope_changed()
 
     # -- inputs -----------------------------------------------------------------------------------------
     def refresh_bundles(self) -> None:
@@ -304,6 +344,19 @@ class SearchDock(QgsDockWidget):
         return [lyr for lid in self.checked_layer_ids() if (lyr := project.mapLayer(lid)) is not None]
 
     # -- jobs -------------------------------------------------------------------------------------------
+    def archive_mode(self) -> bool:
+        return self.scope_combo.currentIndex() == SCOPES.index(ARCHIVE_SCOPE)
+
+    def _scope_changed(self, *_args) -> None:
+        archive = self.archive_mode()
+        for w in self._archive_rows:
+            w.setVisible(archive)
+            label = self._form.labelForField(w)
+            if label is not None:
+                label.setVisible(archive)
+        for w in self._layer_rows:
+            w.setVisible(not archive and (w is not self.skipped_label or bool(self.skipped_label.text())))
+
     def search_text(self) -> Optional[EngineTask]:
         text = self.query_edit.text().strip()
         if not text:
@@ -324,12 +377,101 @@ class SearchDock(QgsDockWidget):
                 self.lang_combo.setCurrentText(guess)  # the bundle knows it: read the query as what it is
                 lang = guess
 
+        if self.archive_mode():
+            return self._run_archive(text, lang)
+
         def query(bundle):
             from ..engine.search import text_query_vector
 
             return text_query_vector(bundle, text, lang=lang)
 
         return self._run(query, text)
+
+    def _run_archive(self, text: str, lang: str) -> Optional[EngineTask]:
+        """A text query over an archive folder (its own bundle and ANN index); hits carry scene and date."""
+        from ..engine.archive import search_archive, write_hits
+
+        folder = self.archive_widget.filePath().strip()
+        if not folder:
+            self.show_error("choose the archive folder in ‘Archive’ (one made with `rsclip archive create`)")
+            return None
+        top_k, dates = self.topk_spin.value(), self.dates_edit.text().strip() or None
+        out_root = Path(self.out_widget.filePath() or output_root())
+        final = unique_result_dir(out_root, f"archive-search-{time.strftime('%Y%m%d-%H%M%S')}")
+
+        def job(progress):
+            progress.update(0.1, f"searching the archive {Path(folder).name}…")
+            hits = search_archive(folder, text, lang=lang, top_k=top_k, datetime_range=dates)
+            progress.check()
+            return ArchiveResult(hits, write_hits(hits, final, description=text))
+
+        self.task = EngineTask(f"RS-CLIP: archive search '{text}'", job, lambda r: self._archive_done(r, text),
+                               self._failed, words=lambda exc: field_message(exc, ARCHIVE_FIELDS))
+        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        self.task.message.connect(self.index_label.setText)
+        self.search_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.results_list.clear()
+        start(self.task)
+        return self.task
+
+    def _archive_done(self, result: ArchiveResult, title: str) -> None:
+        self.result = result
+        self.task = None
+        self.search_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.progress.setValue(100)
+        scenes = sorted({h.scene for h in result.hits})
+        self.index_label.setText(f"{len(result.hits)} hits for '{title}' in {len(scenes)} scene(s) of the archive")
+        if not self.pin_check.isChecked():
+            self.remove_previous_results()
+        group = QgsProject.instance().layerTreeRoot().insertGroup(0, f"RS-CLIP search: {title}")
+        hits_layer = QgsVectorLayer(str(result.gpkg_path), f"{title} – hits", "ogr")
+        if hits_layer.isValid():
+            style_hits(hits_layer)
+            QgsProject.instance().addMapLayer(hits_layer, False)
+            group.addLayer(hits_layer)
+        self.hit_layers = (hits_layer, None)
+        self.results_list.clear()
+        for hit in result.hits:
+            when = (hit.datetime or "undated")[:10]  # the date first: scene ids are long
+            item = QListWidgetItem(f"#{hit.rank}  {when}  score {hit.score:.3f}  {hit.scene}")
+            item.setData(Qt.UserRole, hit)
+            item.setToolTip(hit.source)
+            self.results_list.addItem(item)
+        push_result(self.iface, f"{len(result.hits)} archive hits for '{title}'", Path(result.gpkg_path).parent)
+
+    def show_archive_hit(self, hit) -> Optional[QgsRasterLayer]:
+        """Load the hit's scene (once; a true-colour VRT over the COGs of a STAC item, /vsicurl/ when remote)
+        into the search's group and zoom to the hit."""
+        from ..engine.archive import display_source
+        from ..engine.settings import cache_dir
+
+        source = display_source(hit.source, cache_dir() / "archive-scenes")
+        project = QgsProject.instance()
+        layer = next((lyr for lyr in project.mapLayers().values()
+                      if isinstance(lyr, QgsRasterLayer) and lyr.source() == source), None)
+        if layer is None:
+            layer = QgsRasterLayer(source, f"{hit.scene} {(hit.datetime or '')[:10]}".strip())
+            if not layer.isValid():
+                self.show_error(f"QGIS cannot open the scene {hit.scene} ({source}); see the RS-CLIP log")
+                return None
+            mark_output(layer, "archive scene")  # shown for a hit: not a search input of its own
+            project.addMapLayer(layer, False)
+            node = project.layerTreeRoot().findLayer(self.hit_layers[0].id()) if self.hit_layers[0] else None
+            group = node.parent() if node is not None else project.layerTreeRoot()
+            group.addLayer(layer)
+        if self.iface is not None:
+            canvas = self.iface.mapCanvas()
+            wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+            x0, y0, x1, y1 = hit.lonlat
+            rect = QgsRectangle(x0, y0, x1, y1)
+            dest = canvas.mapSettings().destinationCrs()
+            view = QgsCoordinateTransform(wgs84, dest, project).transformBoundingBox(rect) if dest.isValid() else rect
+            canvas.setExtent(view.buffered(max(view.width(), view.height())))
+            canvas.refresh()
+            canvas.flashGeometries([QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in hit.ring]])], wgs84)
+        return layer
 
     def find_similar_at(self, layer: QgsRasterLayer, point: QgsPointXY, crs: Optional[QgsCoordinateReferenceSystem] = None) -> Optional[EngineTask]:
         """Image query from ``layer`` at ``point`` (in ``crs``, default the layer's); may be cross-modal."""
@@ -472,7 +614,13 @@ class SearchDock(QgsDockWidget):
         return QPixmap.fromImage(img)
 
     def _item_clicked(self, item: QListWidgetItem) -> None:
-        self.zoom_to_hit(item.data(Qt.UserRole))
+        from ..engine.archive import ArchiveHit
+
+        hit = item.data(Qt.UserRole)
+        if isinstance(hit, ArchiveHit):
+            self.show_archive_hit(hit)
+        else:
+            self.zoom_to_hit(hit)
 
     def zoom_to_hit(self, hit) -> None:
         if self.iface is None:
