@@ -74,11 +74,12 @@ STRIP_BUDGET_BYTES = 96 << 20
 GLOBAL_BIAS_LAMBDA = 0.3
 
 
-def label_mode(spec: EncoderSpec, requested: Optional[str], bundle: Bundle) -> str:
+def label_mode(spec: EncoderSpec, requested: Optional[str], bundle: Bundle, precision: str = "auto") -> str:
     """'dense' or 'tile' for the chosen encoder: the one asked for, else dense when the encoder has dense
-    outputs. Dense asked of an encoder without them is an InputError naming the fix."""
+    outputs and the precision asked for is not int8 (the int8 twin serves tile mode only, see
+    EncoderSession). Dense asked of an encoder without them is an InputError naming the fix."""
     if requested is None:
-        return "dense" if spec.dense else "tile"
+        return "dense" if spec.dense and precision != "int8" else "tile"
     if requested == "dense" and not spec.dense:
         raise InputError(
             f"{{mode}} dense needs an encoder with dense outputs, and the {spec.modality!r} encoder of bundle "
@@ -247,7 +248,7 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
     t_text = time.perf_counter() - t0
     progress.update(0.02, "class prompts encoded")
 
-    mode = label_mode(spec, tiling.mode, b)
+    mode = label_mode(spec, tiling.mode, b, run.precision)
     dense = mode == "dense"
     session = EncoderSession(b, spec.modality, provider=run.provider, precision=run.precision, dense=dense)
     acc = LogitAccumulator(grid, len(specs), strip_rows=strip_rows_for(len(specs), grid.out_shape[1]))

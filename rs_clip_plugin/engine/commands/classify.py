@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         **s,
     }
     lines = [f"labelled {s['grid']['width']}x{s['grid']['height']} px of {s['source']} with {s['bundle']['name']} "
-             f"({s['modality']} encoder, {s['mode']} mode) on {s.get('device_description') or s['provider']}, "
-             f"{s['precision']}"]
+             f"({s['modality']} encoder) on {s.get('device_description') or s['provider']}, {s['precision']}, "
+             f"{s['mode']} mode"]
     if s.get("provider_fallback"):
         lines.append(f"  note: {s['provider_fallback']}")
     for c in s["classes"]:
