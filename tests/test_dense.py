@@ -214,6 +214,14 @@ def test_bundle_without_dense_falls_back_to_tile_mode(plain_bundle: Path, crop: 
     assert not (tmp_path / "d").exists()
 
 
+def test_dense_mode_refuses_int8_and_auto_keeps_int8_in_tile_mode(tiny_bundle: Path, crop: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="dense mode runs the fp32 graph"):
+        classify_raster(crop, CLASSES, tmp_path / "d", bundle=tiny_bundle, provider="cpu", mode="dense",
+                        precision="int8")
+    res = classify_raster(crop, CLASSES, tmp_path / "a", bundle=tiny_bundle, provider="cpu", precision="int8")
+    assert res.summary["mode"] == "tile" and res.summary["precision"] == "int8"
+
+
 def test_mode_option_is_checked() -> None:
     assert TilingOptions(mode="auto").mode is None
     with pytest.raises(InputError, match="mode"):

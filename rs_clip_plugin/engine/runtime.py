@@ -334,6 +334,9 @@ class EncoderSession:
             if self.spec is None or not self.spec.dense:
                 raise BundleError(f"the {self._what} has no dense outputs; use tile mode or re-export the bundle "
                                   "with rsclip-train export (an open_clip ViT gets them by default)")
+            if precision == "int8":
+                raise InputError("dense mode runs the fp32 graph (its int8 twin was measured on pooled embeddings "
+                                 "only); set {precision} to auto or fp32, or use {mode} tile for int8")
             self._twins = {**self._twins, "int8": None}
             self._what = f"dense outputs of the {self._what}"
         self._names, self._plan_message = _plan(provider)
