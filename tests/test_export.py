@@ -34,7 +34,9 @@ def test_export_fp32_and_fp16_parity(name: str, tmp_path: Path) -> None:
 
     report = export_model(name, out_dir=tmp_path / "b", fp16=True)
     parity = report["parity"]
-    assert set(parity) == {"text", "text_fp16", "image_rgb", "image_rgb_fp16"}
+    # The open_clip ViT gets dense outputs by default (issue 11), each checked in fp32 and fp16.
+    dense = {"image_rgb_dense_patches", "image_rgb_dense_cls"}
+    assert set(parity) == {"text", "text_fp16", "image_rgb", "image_rgb_fp16", *dense, *(k + "_fp16" for k in dense)}
     for key, fig in parity.items():
         assert fig["min_cosine"] >= (FP16_MIN_COSINE if key.endswith("fp16") else FP32_MIN_COSINE), key
         assert fig["max_abs_diff"] < (5e-2 if key.endswith("fp16") else 1e-3), key
@@ -160,9 +162,11 @@ def test_export_with_a_sentinel2_student(tmp_path: Path) -> None:
         transforms=transforms, mean=mean, std=std, input_size=64, gsd_m=10.0, tile_size_px=64,
     )  # fmt: skip
     report = export_model(lm, out_dir=tmp_path / "b", image_encoders=[rgb_encoder(lm), s2], provenance={"method": "alignment"})
-    assert set(report["parity"]) == {"text", "image_rgb", "image_s2-l1c"}
+    # The student is not a ViT with a class token: no dense outputs, no dense parity keys.
+    assert set(report["parity"]) == {"text", "image_rgb", "image_s2-l1c", "image_rgb_dense_patches", "image_rgb_dense_cls"}
     m = load_bundle(report["bundle"]).manifest
     assert m.modalities == ["rgb", "s2-l1c"] and m.encoder("s2-l1c").bands == list(S2_L1C_BANDS)
+    assert m.encoder("s2-l1c").dense is None and m.encoder("rgb").dense["variant"] == "segearth"
     assert m.provenance["method"] == "alignment" and m.provenance["base_model"] == "rsclip-tiny-multilingual"
 
 
@@ -177,7 +181,7 @@ def test_export_of_a_fully_frozen_model(tmp_path: Path) -> None:
     before = torch.backends.mha.get_fastpath_enabled()
     report = export_model(lm, out_dir=tmp_path / "frozen")
     assert torch.backends.mha.get_fastpath_enabled() == before
-    assert set(report["parity"]) == {"text", "image_rgb"}
+    assert set(report["parity"]) == {"text", "image_rgb", "image_rgb_dense_patches", "image_rgb_dense_cls"}
     for fig in report["parity"].values():
         assert fig["min_cosine"] >= FP32_MIN_COSINE
     assert load_bundle(report["bundle"]).manifest.modalities == ["rgb"]

@@ -40,6 +40,11 @@ ONNX_META_PREFIX = "rsclip."
 IMAGE_INPUT = "image"
 TEXT_INPUT = "input_ids"
 EMBEDDING_OUTPUT = "embedding"
+# Optional dense outputs of an image encoder (training-free dense CLIP, issue 11): patch tokens [batch, N, D]
+# and the class token of the modified last block [batch, D], both in the joint space, unnormalised.
+PATCH_OUTPUT = "patch_embeddings"
+DENSE_CLS_OUTPUT = "dense_cls"
+DENSE_VARIANTS = ("segearth", "clearclip", "sclip", "naclip", "maskclip")
 TOKENIZER_KINDS = ("clip-bpe", "hf")
 # Limits on unpacking a bundle .zip (a download is untrusted): the total inflated size, and the ratio of
 # inflated to compressed bytes once the total passes RATIO_FREE_BYTES. Real bundles are ONNX weights, which
@@ -90,6 +95,13 @@ class EncoderSpec:
     # label_agreement of the int8 graph with the fp32 one, and what they were measured on. The runtime picks
     # int8 automatically only when label_agreement is recorded and high enough (runtime.INT8_MIN_AGREEMENT).
     int8_agreement: Optional[dict[str, Any]] = None
+    # Dense outputs in the fp32/fp16 graphs: {"variant", "grid": [rows, cols], "outputs": {"patches": name,
+    # "cls": name}}; None for encoders (and older bundles) without them, which label in tile mode.
+    dense: Optional[dict[str, Any]] = None
+
+    @property
+    def dense_grid(self) -> Optional[tuple[int, int]]:
+        return None if not self.dense else (int(self.dense["grid"][0]), int(self.dense["grid"][1]))
 
     def twins(self) -> dict[str, Optional[str]]:
         """Graph file per precision (None where the bundle has none)."""
@@ -107,6 +119,8 @@ class EncoderSpec:
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["transforms"] = [t.to_dict() for t in self.transforms]
+        if d.get("dense") is None:
+            d.pop("dense", None)  # encoders without dense outputs keep the manifest they always had
         return d
 
     @classmethod
@@ -224,11 +238,28 @@ class Manifest:
                                           or not 0.0 <= agree <= 1.0):
                     raise BundleError(f"{where}: int8_agreement.label_agreement must be a fraction in [0, 1] or null, "
                                       f"got {agree!r}; re-export the bundle")
+            if e.dense is not None:
+                _check_dense(e.dense, where)
         for rel in [*self.onnx_files(), self.text.tokenizer, *self.files]:
             check_relative(rel, source)
         for lang, templates in self.prompt_templates.items():
             if not templates or any("{}" not in t for t in templates):
                 raise BundleError(f"{source}: prompt templates for {lang!r} must each contain '{{}}' for the class name")
+
+
+def _check_dense(dense: Any, where: str) -> None:
+    fix = "re-export the bundle with rsclip-train export"
+    if not isinstance(dense, dict):
+        raise BundleError(f"{where}: 'dense' must be an object with variant, grid and outputs; {fix}")
+    grid = dense.get("grid")
+    if (not isinstance(grid, list) or len(grid) != 2
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
+        raise BundleError(f"{where}: dense.grid must be two positive whole numbers [rows, cols], got {grid!r}; {fix}")
+    outs = dense.get("outputs")
+    if not isinstance(outs, dict) or not all(isinstance(outs.get(k), str) and outs[k] for k in ("patches", "cls")):
+        raise BundleError(f"{where}: dense.outputs must name the 'patches' and 'cls' outputs, got {outs!r}; {fix}")
+    if not isinstance(dense.get("variant"), str):
+        raise BundleError(f"{where}: dense.variant must be a name such as 'segearth'; {fix}")
 
 
 def check_relative(rel: object, source: str = MANIFEST) -> str:
@@ -431,6 +462,7 @@ class Bundle:
                     "fp16": bool(e.onnx_fp16),
                     "int8": bool(e.onnx_int8),
                     "int8_agreement": e.int8_agreement,
+                    "dense": e.dense,  # None: tile mode only
                 }
                 for e in m.encoders
             ],
@@ -554,6 +586,11 @@ def check_onnx_inputs(root: Path, manifest: Manifest) -> None:
             inputs, outputs, _ = onnx_graph_io(path)
             _expect_input(path, inputs, IMAGE_INPUT, [len(e.bands), e.input_size, e.input_size])
             _expect_embed_dim(root, path, outputs, manifest, f"{e.modality} image encoder")
+            if e.dense and rel != e.onnx_int8:  # the int8 twin's dense outputs are not used (see runtime)
+                missing = [n for n in e.dense["outputs"].values() if n not in outputs]
+                if missing:
+                    raise BundleError(f"{path}: the manifest lists dense outputs {missing} the graph lacks; "
+                                      "re-export the bundle")
     for rel in filter(None, [manifest.text.onnx, manifest.text.onnx_fp16]):
         path = bundle_file(root, rel)
         inputs, outputs, _ = onnx_graph_io(path)

@@ -30,7 +30,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from .atomic import Final, final_path, open_outputs
-from .bundle import Bundle
+from .bundle import Bundle, EncoderSpec
 from .classes import (
     NODATA,
     NODATA_COLOUR,
@@ -44,10 +44,10 @@ from .classes import (
 from .default_bundle import as_bundle
 from .errors import InputError, OutputExistsError  # noqa: F401  (OutputExistsError: re-exported, long-standing)
 from .options import JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
-from .pipeline import TileStats, embed_tiles, plan_tiles
+from .pipeline import TileStats, embed_tiles, plan_tiles, resize_hw
 from .progress import Progress
 from .raster import RasterSource
-from .runtime import TEXT_ROLE, EncoderSession
+from .runtime import TEXT_ROLE, DenseEmbeddings, EncoderSession
 from .text import check_language, class_embeddings, templates_for
 from .tiling import LogitAccumulator, TileGrid
 from .writers import (
@@ -69,6 +69,34 @@ OUTPUT_FILES = (LABELS, LABELS + AUX_SUFFIX, CONFIDENCE, QML, SUMMARY)
 EARTH_RADIUS_M = 6_371_007.2
 # Averaged logits of one output strip (K planes); softmax needs about two more of the same size.
 STRIP_BUDGET_BYTES = 96 << 20
+# SegEarth-OV's "global bias alleviation": patch logits = p.t - GLOBAL_BIAS_LAMBDA * c.t, c the class token of
+# the modified last block (what every patch shares with it is taken off; 0.3 is the paper's value).
+GLOBAL_BIAS_LAMBDA = 0.3
+
+
+def label_mode(spec: EncoderSpec, requested: Optional[str], bundle: Bundle, precision: str = "auto") -> str:
+    """'dense' or 'tile' for the chosen encoder: the one asked for, else dense when the encoder has dense
+    outputs and the precision asked for is not int8 (the int8 twin serves tile mode only, see
+    EncoderSession). Dense asked of an encoder without them is an InputError naming the fix."""
+    if requested is None:
+        return "dense" if spec.dense and precision != "int8" else "tile"
+    if requested == "dense" and not spec.dense:
+        raise InputError(
+            f"{{mode}} dense needs an encoder with dense outputs, and the {spec.modality!r} encoder of bundle "
+            f"{bundle.manifest.name!r} has none; use {{mode}} tile (or auto), or re-export the bundle with "
+            "rsclip-train export (an open_clip ViT gets dense outputs by default)"
+        )
+    return requested
+
+
+def dense_tile_logits(patches: np.ndarray, cls: np.ndarray, class_vecs: np.ndarray, scale: float,
+                      grid: tuple[int, int], height: int, width: int) -> np.ndarray:
+    """(K, height, width) logits of one tile from its normalised patch [P, D] and dense class-token [D]
+    embeddings: scale * (p.t - GLOBAL_BIAS_LAMBDA * c.t) per patch, upsampled bilinearly to the tile's pixels."""
+    gh, gw = grid
+    per_patch = patches @ class_vecs.T - np.float32(GLOBAL_BIAS_LAMBDA) * (cls @ class_vecs.T)[None, :]
+    maps = (np.float32(scale) * per_patch).T.reshape(len(class_vecs), gh, gw)
+    return resize_hw(np.ascontiguousarray(maps, dtype=np.float32), height, width)
 
 
 @dataclass
@@ -220,14 +248,24 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
     t_text = time.perf_counter() - t0
     progress.update(0.02, "class prompts encoded")
 
-    session = EncoderSession(b, spec.modality, provider=run.provider, precision=run.precision)
+    mode = label_mode(spec, tiling.mode, b, run.precision)
+    dense = mode == "dense"
+    session = EncoderSession(b, spec.modality, provider=run.provider, precision=run.precision, dense=dense)
     acc = LogitAccumulator(grid, len(specs), strip_rows=strip_rows_for(len(specs), grid.out_shape[1]))
     stats = TileStats(keep_masks=True)
     scale = np.float32(b.manifest.logit_scale)
     try:
         t0 = time.perf_counter()
         for indices, emb in embed_tiles(source, b, spec.modality, grid, session=session, batch_size=run.batch_size,
-                                        progress=progress.sub(0.02, 0.9), workers=run.threads, stats=stats):
+                                        progress=progress.sub(0.02, 0.9), workers=run.threads, stats=stats,
+                                        encode=session.embed_dense if dense else None):
+            if isinstance(emb, DenseEmbeddings):
+                # Per-pixel maps: the accumulator sums them (in RAM or a temporary memmap) and averages overlaps.
+                for j, i in enumerate(indices):
+                    win = grid.windows[i]
+                    acc.add(win, dense_tile_logits(emb.patches[j], emb.cls[j], class_vecs, scale, spec.dense_grid,
+                                                   int(win.height), int(win.width)))
+                continue
             logits = scale * (emb @ class_vecs.T)
             for i, row in zip(indices, logits):
                 acc.add(grid.windows[i], row)
@@ -242,7 +280,7 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
             entries.append((len(specs) + 1, UNKNOWN_COLOUR, UNKNOWN))
         write_qml(tmp / QML, entries)
         t_write = time.perf_counter() - t0
-        summary = _summary(source, job, session, grid, stats, colours, counts, spec.modality, {
+        summary = _summary(source, job, session, grid, stats, colours, counts, spec, mode, {
             "text_s": t_text,
             "tiles_s": t_tiles,
             "read_s": stats.read_s,
@@ -316,7 +354,7 @@ def no_data_warning(source: RasterSource, valid_px: int) -> Optional[str]:
 
 
 def _summary(source: RasterSource, job: ClassifyJob, session: EncoderSession, grid: TileGrid, stats: TileStats,
-             colours, counts, modality, timings: dict, t_start) -> dict:
+             colours, counts, spec: EncoderSpec, mode: str, timings: dict, t_start) -> dict:
     b, specs, tiling = job.bundle, job.specs, job.options.tiling
     pixels, area = counts["pixels"], counts["area_m2"]
     valid_px = int(pixels.sum())
@@ -339,7 +377,11 @@ def _summary(source: RasterSource, job: ClassifyJob, session: EncoderSession, gr
         "source": str(source.path),
         "sensor": source.sensor,
         "radiometry": {"s2_offset_dn": source.s2_offset_dn, "sar_units": source.sar_units},
-        "modality": modality,
+        "modality": spec.modality,
+        # Which labelling ran: "dense" (patch logits, see dense_tile_logits) or "tile" (one vector per tile).
+        "mode": mode,
+        "dense": ({"variant": spec.dense.get("variant"), "grid": list(spec.dense_grid or ()),
+                   "bias_lambda": GLOBAL_BIAS_LAMBDA} if mode == "dense" and spec.dense else None),
         "bundle": {"name": b.manifest.name, "digest": b.digest, "path": str(b.root)},
         "provider": session.provider_used,
         "precision": session.precision_used,

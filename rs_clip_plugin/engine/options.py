@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 from .errors import InputError
 
+LABEL_MODES = ("dense", "tile")
+
 
 def _opt_tuple(v: Optional[Sequence[Any]], conv=str) -> Optional[tuple]:
     return None if v is None else tuple(conv(x) for x in v)
@@ -57,8 +59,15 @@ class TilingOptions:
     tile_size_m: Optional[float] = None
     overlap: float = 0.0
     extent: Optional[tuple[float, float, float, float]] = None
+    # Labelling mode (classify): "dense" (patch logits, needs an encoder with dense outputs), "tile" (one score
+    # vector per tile), None = dense when the chosen encoder has dense outputs, else tile.
+    mode: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.mode == "auto":
+            object.__setattr__(self, "mode", None)
+        if self.mode not in (None, *LABEL_MODES):
+            raise InputError(f"{{mode}} {self.mode!r} is not one of auto, {', '.join(LABEL_MODES)}")
         if not (isinstance(self.overlap, (int, float)) and 0.0 <= float(self.overlap) < 1.0):
             raise InputError(f"{{overlap}} must be a fraction in [0, 1), got {self.overlap}; e.g. 0.5 for half-tile overlap")
         object.__setattr__(self, "overlap", float(self.overlap))

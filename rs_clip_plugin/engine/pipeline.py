@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from rasterio.errors import RasterioError
@@ -48,6 +48,7 @@ __all__ = [
     "preprocess_tile",
     "read_tile_batch",
     "resize_chw",
+    "resize_hw",
     "strip_groups",
 ]
 
@@ -126,6 +127,13 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
         m[np.arange(n_out), j1] += f
     m.setflags(write=False)
     return m
+
+
+def resize_hw(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (C, h, w) to (C, height, width) with the same matrices as resize_chw (bilinear with half-pixel
+    centres when enlarging, area averaging when shrinking); e.g. patch logits onto a tile's pixels."""
+    ry, rx = _resize_matrix(x.shape[1], int(height)), _resize_matrix(x.shape[2], int(width))
+    return np.matmul(ry @ x, rx.T)
 
 
 def resize_chw(x: np.ndarray, size: int) -> np.ndarray:
@@ -308,8 +316,12 @@ def embed_tiles(
     workers: Optional[int] = None,
     max_nodata: float = DEFAULT_MAX_NODATA,
     stats: Optional[TileStats] = None,
-) -> Iterator[tuple[list[int], np.ndarray]]:
+    encode: Optional[Callable[[np.ndarray], Any]] = None,
+) -> Iterator[tuple[list[int], Any]]:
     """Yield (tile indices, L2-normalised embeddings [b, D]) batch by batch, in grid order.
+
+    ``encode`` replaces ``session.embed`` for what is yielded per batch (e.g. ``session.embed_dense``, whose
+    patch outputs dense labelling needs); reading, skipping and timing stay the same.
 
     Tiles with more than ``max_nodata`` of no data are left out (listed in ``stats.skipped``).
     ``workers=0`` reads in the calling thread (no read-ahead); ``None`` picks a number for the device
@@ -366,7 +378,7 @@ def embed_tiles(
             stats.partial_masks.update(prep.masks)
             done += len(prep.indices) + len(prep.skipped)
             if prep.indices:
-                emb = session.embed(prep.batch)
+                emb = (encode or session.embed)(prep.batch)
                 stats.inference_s += time.perf_counter() - t1
                 stats.embedded += len(prep.indices)
             skipped_msg = f", {len(stats.skipped)} skipped (no data)" if stats.skipped else ""

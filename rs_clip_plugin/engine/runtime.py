@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -302,9 +302,14 @@ class EncoderSession:
         threads: Optional[int] = None,
         fp16: Optional[bool] = None,
         precision: str = "auto",
+        dense: bool = False,
     ) -> None:
         """``precision``: auto|fp32|fp16|int8 (see PRECISION_CHOICES). ``fp16`` is the earlier spelling:
-        True = fp16, False = fp32, and only applies when ``precision`` is auto."""
+        True = fp16, False = fp32, and only applies when ``precision`` is auto.
+
+        ``dense``: the session serves ``embed_dense`` (patch outputs, see bundle.PATCH_OUTPUT). The int8 twin is
+        then not used: quantisation was measured on the pooled output only, so dense mode runs the fp32 graph
+        (fp16 on a GPU when there is a twin); asking for int8 is refused."""
         self.bundle = bundle
         self.role = role
         self.provider = provider
@@ -323,7 +328,17 @@ class EncoderSession:
             self.input_name = IMAGE_INPUT
             self._twins = self.spec.twins()
             self._int8_agreement = self.spec.int8_label_agreement
+        self.dense = bool(dense)
         self._what = f"{role!r} encoder of bundle {m.name!r}"
+        if self.dense:
+            if self.spec is None or not self.spec.dense:
+                raise BundleError(f"the {self._what} has no dense outputs; use tile mode or re-export the bundle "
+                                  "with rsclip-train export (an open_clip ViT gets them by default)")
+            if precision == "int8":
+                raise InputError("dense mode runs the fp32 graph (its int8 twin was measured on pooled embeddings "
+                                 "only); set {precision} to auto or fp32, or use {mode} tile for int8")
+            self._twins = {**self._twins, "int8": None}
+            self._what = f"dense outputs of the {self._what}"
         self._names, self._plan_message = _plan(provider)
         # Checked now, so a bundle without the requested twin fails before any raster is opened.
         self.planned_precision = choose_precision(precision, self._twins, self._int8_agreement,
@@ -334,7 +349,7 @@ class EncoderSession:
     def _ensure(self) -> tuple:
         if self._state is not None:
             return self._state
-        key = (self.bundle.digest, self.role, self.provider, self.threads, self.precision)
+        key = (self.bundle.digest, self.role, self.provider, self.threads, self.precision, self.dense)
         with _sessions_lock:
             state = _sessions.get(key)
             if state is None:
@@ -414,6 +429,30 @@ class EncoderSession:
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings [N, D]."""
         return l2_normalise(self.run(batch))
+
+    def embed_dense(self, batch: np.ndarray) -> DenseEmbeddings:
+        """Pooled [N, D], patch [N, P, D] and dense class-token [N, D] embeddings, all L2-normalised, from one
+        run of the graph (a session made with ``dense=True``)."""
+        if not self.dense or self.spec is None or not self.spec.dense:
+            raise ValueError("embed_dense needs a session made with dense=True for an encoder with dense outputs")
+        sess, _, _, dtype, _, _ = self._ensure()
+        x = np.ascontiguousarray(batch, dtype=dtype)
+        names = self.spec.dense["outputs"]
+        if x.shape[0] == 0:
+            d = self.bundle.manifest.embed_dim
+            gh, gw = self.spec.dense_grid or (0, 0)
+            return DenseEmbeddings(np.zeros((0, d), np.float32), np.zeros((0, gh * gw, d), np.float32),
+                                   np.zeros((0, d), np.float32))
+        pooled, patches, cls = sess.run([EMBEDDING_OUTPUT, names["patches"], names["cls"]], {self.input_name: x})
+        return DenseEmbeddings(l2_normalise(pooled), l2_normalise(patches), l2_normalise(cls))
+
+
+class DenseEmbeddings(NamedTuple):
+    """What a dense encoder run gives per batch (each L2-normalised)."""
+
+    pooled: np.ndarray  # [N, D]
+    patches: np.ndarray  # [N, P, D], P = rows * cols of the manifest's dense grid, row-major
+    cls: np.ndarray  # [N, D], the class token of the modified last block
 
 
 def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:

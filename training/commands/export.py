@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from rs_clip_plugin.engine.bundle import DENSE_VARIANTS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-int8", dest="int8", action="store_false",
                    help="skip the int8 twins of the image encoders (written by default for CPUs, with their agreement "
                    "with fp32 measured on the real sample tiles)")
+    p.add_argument("--dense", default="segearth", choices=[*DENSE_VARIANTS, "none"],
+                   help="training-free dense variant whose patch outputs the rgb encoder also gets when it is an "
+                   "open_clip ViT (default segearth, SegEarth-OV's; none: pooled embedding only, tile mode)")
     p.add_argument("--zip", action="store_true", help="also write OUT.zip")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -47,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         zip_path=out.with_name(out.name + ".zip") if args.zip else None,
         overwrite=args.overwrite,
         name=args.name,
+        dense=None if args.dense == "none" else args.dense,
     )
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))

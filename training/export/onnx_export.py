@@ -11,11 +11,17 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from rs_clip_plugin.engine.bundle import EMBEDDING_OUTPUT, ONNX_META_PREFIX
+from rs_clip_plugin.engine.bundle import (
+    DENSE_CLS_OUTPUT,
+    DENSE_VARIANTS,
+    EMBEDDING_OUTPUT,
+    ONNX_META_PREFIX,
+    PATCH_OUTPUT,
+)
 
 OPSET = 17
 FP16_KEEP_FP32_OPS = ("Transpose",)
@@ -49,6 +55,117 @@ class ImageEncoder(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_image(image, normalize=False)
+
+
+# NACLIP's neighbourhood prior: a Gaussian over patch-grid distance added to the attention logits.
+NACLIP_SIGMA = 5.0
+
+
+def supports_dense(clip_model: torch.nn.Module) -> bool:
+    """True when ``clip_model``'s visual tower is an open_clip ViT whose last block the dense path can
+    rewrite: class-token pooling, LayerNorm then projection, a plain self-attention block at the end."""
+    try:
+        from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+    except ImportError:
+        return False
+    v = getattr(clip_model, "visual", None)
+    if not isinstance(v, VisionTransformer) or v.attn_pool is not None or v.proj is None:
+        return False
+    if getattr(v, "pool_type", "tok") != "tok" or getattr(v, "final_ln_after_pool", False):
+        return False
+    last = v.transformer.resblocks[-1]
+    return isinstance(last, ResidualAttentionBlock) and _swappable(last.attn) and v.transformer.batch_first
+
+
+def patch_grid(clip_model: torch.nn.Module) -> tuple[int, int]:
+    """(rows, cols) of patch tokens the visual tower makes from its input size."""
+    g = clip_model.visual.grid_size
+    return int(g[0]), int(g[1])
+
+
+def _gaussian_prior(grid: tuple[int, int], sigma: float) -> torch.Tensor:
+    """[N+1, N+1] additive attention logits: -d^2 / (2 sigma^2) between patches, 0 for the class token."""
+    gh, gw = grid
+    yy, xx = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], dim=1)
+    d2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
+    out = torch.zeros(gh * gw + 1, gh * gw + 1)
+    out[1:, 1:] = -d2 / (2.0 * sigma * sigma)
+    return out
+
+
+def dense_attention(mha: torch.nn.Module, x: torch.Tensor, variant: str,
+                    prior: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The modified last-block attention of training-free dense CLIP, on LayerNorm'd tokens ``x`` [B, N, C].
+
+    segearth (SegEarth-OV): softmax(qq^T) + softmax(kk^T) + softmax(vv^T) applied to v; clearclip: softmax(qq^T);
+    sclip: softmax(qq^T) + softmax(kk^T); naclip: softmax(kk^T + Gaussian neighbourhood); maskclip: v alone.
+    Residual and FFN are dropped by the caller. Shapes are static except the batch (as TraceableSelfAttention)."""
+    mha = getattr(mha, "mha", mha)  # unwrap TraceableSelfAttention while the exporter has it swapped in
+    n, c = int(x.shape[1]), int(x.shape[2])
+    h = mha.num_heads
+    d = c // h
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+    f = torch.nn.functional
+
+    def heads(i: int) -> torch.Tensor:
+        y = f.linear(x, w[i * c : (i + 1) * c], None if b is None else b[i * c : (i + 1) * c])
+        return y.reshape(-1, n, h, d).transpose(1, 2)  # [B, h, N, d]
+
+    q, k, v = heads(0), heads(1), heads(2)
+    scale = float(d) ** -0.5
+
+    def self_attn(t: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        s = torch.matmul(t * scale, t.transpose(-1, -2))
+        return (s if bias is None else s + bias).softmax(dim=-1)
+
+    if variant == "segearth":
+        attn = self_attn(q) + self_attn(k) + self_attn(v)
+    elif variant == "clearclip":
+        attn = self_attn(q)
+    elif variant == "sclip":
+        attn = self_attn(q) + self_attn(k)
+    elif variant == "naclip":
+        attn = self_attn(k, prior)
+    elif variant == "maskclip":
+        attn = None
+    else:
+        raise ValueError(f"unknown dense variant {variant!r}: use one of {', '.join(DENSE_VARIANTS)}")
+    out = v if attn is None else torch.matmul(attn, v)
+    return mha.out_proj(out.transpose(1, 2).reshape(-1, n, c))
+
+
+class DenseImageEncoder(torch.nn.Module):
+    """``encode_image`` (unnormalised, output ``embedding``) plus, in the same graph, the training-free dense
+    outputs: ``patch_embeddings`` [B, N, D] and ``dense_cls`` [B, D] in the joint space. The normal last block
+    and the modified one (``dense_attention``; residual and FFN dropped) share the input to that block; the
+    modified tokens go through ln_post and proj like the pooled token does."""
+
+    outputs = (EMBEDDING_OUTPUT, PATCH_OUTPUT, DENSE_CLS_OUTPUT)
+
+    def __init__(self, clip_model: torch.nn.Module, variant: str = "segearth"):
+        super().__init__()
+        if variant not in DENSE_VARIANTS:
+            raise ValueError(f"unknown dense variant {variant!r}: use one of {', '.join(DENSE_VARIANTS)}")
+        if not supports_dense(clip_model):
+            raise ValueError("this visual tower has no dense path (an open_clip ViT with class-token pooling is needed)")
+        self.clip = clip_model
+        self.variant = variant
+        self.grid = patch_grid(clip_model)
+        self.register_buffer("prior", _gaussian_prior(self.grid, NACLIP_SIGMA) if variant == "naclip" else None,
+                             persistent=False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        v = self.clip.visual
+        x = v._embeds(image)
+        blocks = v.transformer.resblocks
+        for blk in blocks[:-1]:
+            x = blk(x)
+        last = blocks[-1]
+        pooled, _ = v._pool(last(x))
+        pooled = pooled @ v.proj
+        dense = v.ln_post(dense_attention(last.attn, last.ln_1(x), self.variant, self.prior)) @ v.proj
+        return pooled, dense[:, 1:], dense[:, 0]
 
 
 class TraceableSelfAttention(torch.nn.Module):
@@ -146,6 +263,7 @@ def export_onnx(
     input_name: str,
     metadata: dict[str, Any],
     static_attention: bool = True,
+    outputs: Sequence[str] = (EMBEDDING_OUTPUT,),
 ) -> Path:
     """Trace ``module`` on ``example`` to ``path`` (opset 17, dynamic batch) and stamp ``metadata`` into it.
 
@@ -168,8 +286,8 @@ def export_onnx(
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[input_name],
-                output_names=[EMBEDDING_OUTPUT],
-                dynamic_axes={input_name: {0: "batch"}, EMBEDDING_OUTPUT: {0: "batch"}},
+                output_names=list(outputs),
+                dynamic_axes={input_name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                 do_constant_folding=True,
             )
         proto = onnx.load(str(tmp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,32 @@ def check_parity(
             f"{min_cosine}, max abs diff {figures['max_abs_diff']:.3g}); the export is wrong, do not ship it"
         )
     return figures
+
+
+def check_parity_outputs(
+    module: torch.nn.Module,
+    onnx_path: Path,
+    input_name: str,
+    inputs: torch.Tensor,
+    names: Sequence[str],
+    min_cosine: float = FP32_MIN_COSINE,
+) -> dict[str, dict[str, float]]:
+    """``check_parity`` for a module with several outputs (a tuple, in the order of ``names``, which are the
+    ONNX output names): figures per output, cosine taken over the last axis (per token for [B, N, D])."""
+    with torch.no_grad():
+        refs = [r.float().cpu().numpy() for r in module.eval()(inputs)]
+    gots = ort_session(onnx_path).run(list(names), {input_name: inputs.cpu().numpy()})
+    out: dict[str, dict[str, float]] = {}
+    for name, ref, got in zip(names, refs, gots):
+        figures = compare(ref, got)
+        if not np.isfinite(got).all() or figures["min_cosine"] < min_cosine:
+            raise ParityError(
+                f"{Path(onnx_path).name}: ONNX Runtime output {name!r} differs from torch (min cosine "
+                f"{figures['min_cosine']:.6f} < {min_cosine}, max abs diff {figures['max_abs_diff']:.3g}); the "
+                "export is wrong, do not ship it"
+            )
+        out[name] = figures
+    return out
 
 
 def random_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..options import LABEL_MODES
 from ..progress import ConsoleProgress
 from .common import (
     RASTER_HELP,
@@ -25,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--lang", default="en", help="language of the class names (one the bundle supports; default en)")
     p.add_argument("--threshold", type=float, help="pixels whose confidence is below this (0-1) become 'unknown'")
+    p.add_argument("--mode", choices=["auto", *LABEL_MODES], default="auto",
+                   help="dense: a label per pixel from the encoder's patch outputs (SegEarth-OV); tile: one label "
+                   "per tile, averaged over overlaps; auto (default): dense when the bundle's encoder has dense outputs")
     add_bundle_args(p)
     add_raster_args(p, modality=False)
     add_provider_args(p)
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         **s,
     }
     lines = [f"labelled {s['grid']['width']}x{s['grid']['height']} px of {s['source']} with {s['bundle']['name']} "
-             f"({s['modality']} encoder) on {s.get('device_description') or s['provider']}, {s['precision']}"]
+             f"({s['modality']} encoder) on {s.get('device_description') or s['provider']}, {s['precision']}, "
+             f"{s['mode']} mode"]
     if s.get("provider_fallback"):
         lines.append(f"  note: {s['provider_fallback']}")
     for c in s["classes"]:

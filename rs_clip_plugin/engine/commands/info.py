@@ -27,11 +27,13 @@ def run(args: argparse.Namespace) -> int:
     for e in s["encoders"]:
         agree = (e.get("int8_agreement") or {}).get("label_agreement")
         int8 = ""
+        dense = e.get("dense")
+        dense_txt = f"  +dense ({dense['variant']}, {dense['grid'][0]}x{dense['grid'][1]} patches)" if dense else ""
         if e.get("int8"):
             int8 = f"  +int8 (labels agree {100 * agree:.1f}%)" if agree is not None else "  +int8 (agreement not measured)"
         lines.append(
             f"  image {e['modality']:7s} bands {','.join(e['bands'])}  {e['input_size']} px at {e['gsd_m']:g} m"
-            f"  tile {e['tile_size_px']} px{'  +fp16' if e['fp16'] else ''}{int8}"
+            f"  tile {e['tile_size_px']} px{'  +fp16' if e['fp16'] else ''}{int8}{dense_txt}"
         )
     prov = s.get("provenance") or {}
     if prov:

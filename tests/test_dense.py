@@ -1,0 +1,228 @@
+"""Dense (per-pixel) zero-shot labelling, issue 11: the exported patch outputs, the manifest entry, classify's
+dense mode on a real Sentinel-2 crop, and bundles without dense outputs staying in tile mode."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from plugin_support import s2_crop
+
+from rs_clip_plugin.engine.bundle import (
+    DENSE_CLS_OUTPUT,
+    DENSE_VARIANTS,
+    EMBEDDING_OUTPUT,
+    PATCH_OUTPUT,
+    BundleError,
+    load_bundle,
+    read_manifest,
+    write_manifest,
+)
+from rs_clip_plugin.engine.classify import classify_raster, dense_tile_logits
+from rs_clip_plugin.engine.cli import main
+from rs_clip_plugin.engine.errors import InputError
+from rs_clip_plugin.engine.options import TilingOptions
+from rs_clip_plugin.engine.pipeline import preprocess_tile
+from rs_clip_plugin.engine.raster import open_source
+from rs_clip_plugin.engine.runtime import EncoderSession
+from rs_clip_plugin.engine.text import class_embeddings
+
+CLASSES = "forest|woodland;river;annual crop;town"
+TILE = 64  # the tiny bundle's tile (64 px at 10 m)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from training.models.factory import create_model
+
+    loaded = create_model("rsclip-tiny")
+    loaded.model.eval()
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def plain_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An rsclip-tiny bundle exported without dense outputs (the shape of every bundle before issue 11)."""
+    from training.export.exporter import export_model
+
+    out = tmp_path_factory.mktemp("bundles") / "plain"
+    export_model("rsclip-tiny", out_dir=out, dense=None, int8=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def crop(major_tom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return s2_crop(major_tom_dir, tmp_path_factory.mktemp("crop") / "crop.tif", size=3 * TILE)
+
+
+def _non_uniform_blocks(labels: np.ndarray, size: int = TILE) -> int:
+    """Tile-sized blocks of a label map holding more than one label."""
+    h, w = labels.shape
+    return sum(len(np.unique(labels[r : r + size, c : c + size])) > 1
+               for r in range(0, h - size + 1, size) for c in range(0, w - size + 1, size))
+
+
+# -- export --------------------------------------------------------------------------------------------
+
+def test_tiny_bundle_has_dense_outputs_with_parity(tiny_bundle: Path) -> None:
+    m = load_bundle(tiny_bundle).manifest
+    rgb = m.encoder("rgb")
+    assert rgb.dense == {"variant": "segearth", "grid": [8, 8],
+                         "outputs": {"patches": PATCH_OUTPUT, "cls": DENSE_CLS_OUTPUT}}
+    parity = m.provenance["parity"]
+    for key in ("image_rgb", "image_rgb_dense_patches", "image_rgb_dense_cls"):
+        assert parity[key]["min_cosine"] >= 0.9999, key
+    # The int8 twin still loads and runs the pooled output (its agreement was measured as before).
+    assert rgb.onnx_int8 and rgb.int8_label_agreement is not None
+    sess = EncoderSession(load_bundle(tiny_bundle), "rgb", provider="cpu", precision="int8")
+    assert sess.embed(np.zeros((2, 3, 64, 64), np.float32)).shape == (2, m.embed_dim)
+
+
+@pytest.mark.parametrize("variant", DENSE_VARIANTS)
+def test_every_variant_exports_with_parity(variant: str, tiny_model, tmp_path: Path) -> None:
+    from training.export.onnx_export import DenseImageEncoder, ImageEncoder, export_onnx
+    from training.export.parity import check_parity_outputs, random_images
+
+    module = DenseImageEncoder(tiny_model.model, variant)
+    x = random_images(3, 3, 64, seed=7)
+    path = export_onnx(module, x[:2], tmp_path / "d.onnx", "image", {}, outputs=module.outputs)
+    figures = check_parity_outputs(module, path, "image", x, module.outputs)
+    assert set(figures) == {EMBEDDING_OUTPUT, PATCH_OUTPUT, DENSE_CLS_OUTPUT}
+    assert min(f["min_cosine"] for f in figures.values()) >= 0.9999
+    with torch.no_grad():
+        pooled, patches, cls = module(x)
+        plain = ImageEncoder(tiny_model.model)(x)
+    # The pooled output is today's embedding, untouched by the dense branch beside it.
+    assert torch.allclose(pooled, plain, atol=1e-6)
+    assert patches.shape == (3, 64, tiny_model.embed_dim) and cls.shape == (3, tiny_model.embed_dim)
+
+
+def test_segearth_patch_tokens_match_the_formula(tiny_model) -> None:
+    """SegEarth-OV's last block written out independently: per head softmax(qq^T)+softmax(kk^T)+softmax(vv^T)
+    applied to v, out_proj, no residual nor FFN, then ln_post and proj."""
+    from training.export.onnx_export import DenseImageEncoder
+
+    v = tiny_model.model.visual
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        _, patches, cls = DenseImageEncoder(tiny_model.model, "segearth")(x)
+        t = v._embeds(x)
+        for blk in v.transformer.resblocks[:-1]:
+            t = blk(t)
+        last = v.transformer.resblocks[-1]
+        y = last.ln_1(t)
+        mha = last.attn
+        c, h = y.shape[-1], mha.num_heads
+        q, k, val = (torch.nn.functional.linear(y, w, b) for w, b in
+                     zip(mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3)))
+        split = lambda z: z.reshape(2, -1, h, c // h).permute(0, 2, 1, 3)  # noqa: E731
+        q, k, val = split(q), split(k), split(val)
+        att = sum(torch.softmax(z @ z.transpose(-1, -2) / (c // h) ** 0.5, dim=-1) for z in (q, k, val))
+        out = mha.out_proj((att @ val).permute(0, 2, 1, 3).reshape(2, -1, c))
+        ref = v.ln_post(out) @ v.proj
+    assert torch.allclose(patches, ref[:, 1:], atol=1e-5) and torch.allclose(cls, ref[:, 0], atol=1e-5)
+
+
+def test_non_vit_towers_get_no_dense_path() -> None:
+    from training.export.onnx_export import DenseImageEncoder, supports_dense
+
+    class NotClip(torch.nn.Module):
+        visual = torch.nn.Conv2d(3, 4, 3)
+
+    assert not supports_dense(NotClip())
+    with pytest.raises(ValueError, match="no dense path"):
+        DenseImageEncoder(NotClip())
+
+
+# -- manifest and info ----------------------------------------------------------------------------------
+
+def test_info_json_shows_dense_per_encoder(tiny_bundle: Path, plain_bundle: Path, capsys) -> None:
+    assert main(["info", str(tiny_bundle), "--json"]) == 0
+    enc = json.loads(capsys.readouterr().out)["encoders"][0]
+    assert enc["dense"]["variant"] == "segearth" and enc["dense"]["grid"] == [8, 8]
+    assert main(["info", str(plain_bundle), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["encoders"][0]["dense"] is None
+    # A bundle without dense outputs writes the manifest it always did: no 'dense' key at all.
+    assert "dense" not in json.loads((plain_bundle / "manifest.json").read_text())["encoders"][0]
+
+
+def test_manifest_dense_entry_is_checked(plain_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(plain_bundle, copy)
+    m = read_manifest(copy)
+    m.encoders[0].dense = {"variant": "segearth", "grid": [8, 8],
+                           "outputs": {"patches": PATCH_OUTPUT, "cls": DENSE_CLS_OUTPUT}}
+    write_manifest(copy, m)
+    with pytest.raises(BundleError, match=r"dense outputs .* the graph lacks"):
+        load_bundle(copy, verify=False)
+    m.encoders[0].dense = {"variant": "segearth", "grid": [8], "outputs": {}}
+    with pytest.raises(BundleError, match=r"dense\.grid"):
+        write_manifest(copy, m)
+
+
+# -- classify -------------------------------------------------------------------------------------------
+
+def test_dense_labels_vary_inside_tiles(tiny_bundle: Path, crop: Path, tmp_path: Path) -> None:
+    b = load_bundle(tiny_bundle)
+    dense = classify_raster(crop, CLASSES, tmp_path / "dense", bundle=b, provider="cpu")
+    tile = classify_raster(crop, CLASSES, tmp_path / "tile", bundle=b, provider="cpu", mode="tile")
+    assert dense.summary["mode"] == "dense" and dense.summary["precision"] == "fp32"
+    assert dense.summary["dense"] == {"variant": "segearth", "grid": [8, 8], "bias_lambda": 0.3}
+    assert tile.summary["mode"] == "tile" and tile.summary["dense"] is None
+    assert json.loads(dense.summary_path.read_text())["mode"] == "dense"
+    with rasterio.open(dense.labels_path) as ds:
+        dense_labels = ds.read(1)
+    with rasterio.open(tile.labels_path) as ds:
+        tile_labels = ds.read(1)
+    assert dense_labels.shape == tile_labels.shape == (3 * TILE, 3 * TILE)
+    assert dense_labels.min() >= 1
+    assert _non_uniform_blocks(tile_labels) == 0  # one label per tile without overlap
+    assert _non_uniform_blocks(dense_labels) > 0  # edges inside tiles
+
+    # The first tile recomputed by hand: patch logits with the bias alleviation, upsampled to 64 x 64.
+    spec = b.manifest.encoder("rgb")
+    with open_source(crop) as src:
+        x = preprocess_tile(src.read_for(spec, rasterio.windows.Window(0, 0, TILE, TILE)), spec)
+    out = EncoderSession(b, "rgb", provider="cpu", dense=True).embed_dense(x[None])
+    logits = dense_tile_logits(out.patches[0], out.cls[0], class_embeddings(b, CLASSES), b.manifest.logit_scale,
+                               (8, 8), TILE, TILE)
+    assert np.array_equal(dense_labels[:TILE, :TILE], logits.argmax(axis=0) + 1)
+
+
+def test_dense_with_overlap_and_cli_modes(tiny_bundle: Path, crop: Path, tmp_path: Path, capsys) -> None:
+    rc = main(["classify", str(crop), "--classes", CLASSES, "--out", str(tmp_path / "o"), "--bundle", str(tiny_bundle),
+               "--provider", "cpu", "--overlap", "0.5", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mode"] == "dense" and out["tiling"]["stride_px"] == 32
+    rc = main(["classify", str(crop), "--classes", CLASSES, "--out", str(tmp_path / "t"), "--bundle", str(tiny_bundle),
+               "--provider", "cpu", "--mode", "tile"])
+    assert rc == 0 and "tile mode" in capsys.readouterr().out
+    assert json.loads((tmp_path / "t" / "summary.json").read_text())["mode"] == "tile"
+
+
+def test_bundle_without_dense_falls_back_to_tile_mode(plain_bundle: Path, crop: Path, tmp_path: Path) -> None:
+    res = classify_raster(crop, CLASSES, tmp_path / "o", bundle=plain_bundle, provider="cpu")
+    assert res.summary["mode"] == "tile" and res.summary["dense"] is None
+    with pytest.raises(InputError, match="has none"):
+        classify_raster(crop, CLASSES, tmp_path / "d", bundle=plain_bundle, provider="cpu", mode="dense")
+    assert not (tmp_path / "d").exists()
+
+
+def test_dense_mode_refuses_int8_and_auto_keeps_int8_in_tile_mode(tiny_bundle: Path, crop: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="dense mode runs the fp32 graph"):
+        classify_raster(crop, CLASSES, tmp_path / "d", bundle=tiny_bundle, provider="cpu", mode="dense",
+                        precision="int8")
+    res = classify_raster(crop, CLASSES, tmp_path / "a", bundle=tiny_bundle, provider="cpu", precision="int8")
+    assert res.summary["mode"] == "tile" and res.summary["precision"] == "int8"
+
+
+def test_mode_option_is_checked() -> None:
+    assert TilingOptions(mode="auto").mode is None
+    with pytest.raises(InputError, match="mode"):
+        TilingOptions(mode="pixel")
