@@ -176,3 +176,19 @@ def test_index_keeps_its_precision_and_search_refuses_mixed(tiny_bundle: Path, m
         search([i32, i8], q, tmp_path / "s", bundle=tiny_bundle)
     res = search([i8], q, tmp_path / "s8", bundle=tiny_bundle)
     assert res.precision == "int8" and res.to_dict()["precision"] == "int8"
+
+
+def test_encoders_at_different_precisions_search_together(tmp_path) -> None:
+    """Each encoder runs at the precision its own agreement allows: an rgb index at fp32 and an s2 index at int8
+    are searched together (the refusal is for one encoder's indexes at two precisions)."""
+    from rs_clip_plugin.engine.index import Index, check_one_precision
+
+    class Fake(Index):
+        def __init__(self, modality: str, precision: str, name: str) -> None:
+            self.meta = {"modality": modality, "precision": precision, "precision_used": precision,
+                         "source": str(tmp_path / name)}
+
+    assert check_one_precision([Fake("rgb", "fp32", "a.tif"), Fake("s2-l2a", "int8", "b.tif")]) == "rgb fp32, s2-l2a int8"
+    assert check_one_precision([Fake("rgb", "int8", "a.tif"), Fake("s2-l2a", "int8", "b.tif")]) == "int8"
+    with pytest.raises(InputError, match="rgb indexes were built at different precisions"):
+        check_one_precision([Fake("rgb", "int8", "a.tif"), Fake("rgb", "fp32", "b.tif")])

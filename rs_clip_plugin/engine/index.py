@@ -343,20 +343,26 @@ def index_precision(meta: dict) -> str:
 
 
 def check_one_precision(indexes: Sequence[Index]) -> str:
-    """The one precision of ``indexes``; an InputError when they were built at several (scores of an fp32 and
-    an int8 index are not comparable to the last decimal, so a ranking across them would be biased)."""
+    """The precision of ``indexes``, checked per encoder: indexes of one encoder built at several precisions are
+    an InputError (their scores differ in the last decimals, so a ranking across them would be biased).
+    Different encoders may differ (each runs at the precision its own recorded agreement allows; their
+    vectors share the joint space): the result then names each, e.g. 'rgb fp32, s2-l2a int8'."""
     from .errors import InputError
 
-    found: dict[str, list[str]] = {}
+    by_encoder: dict[str, dict[str, list[str]]] = {}
     for i in indexes:
-        found.setdefault(index_precision(i.meta), []).append(Path(i.source_path).name)
-    if len(found) > 1:
-        detail = "; ".join(f"{p}: {', '.join(names)}" for p, names in sorted(found.items()))
-        raise InputError(
-            f"the indexes were built at different precisions ({detail}); one search mixes none: "
-            "set {precision} to one value (fp32 or int8) so every raster is indexed alike"
-        )
-    return next(iter(found), "fp32")
+        by_encoder.setdefault(i.modality, {}).setdefault(index_precision(i.meta), []).append(Path(i.source_path).name)
+    for modality, found in by_encoder.items():
+        if len(found) > 1:
+            detail = "; ".join(f"{p}: {', '.join(names)}" for p, names in sorted(found.items()))
+            raise InputError(
+                f"the {modality} indexes were built at different precisions ({detail}); one search mixes none: "
+                "set {precision} to one value (fp32 or int8) so every raster of that sensor is indexed alike"
+            )
+    used = {m: next(iter(found)) for m, found in by_encoder.items()}
+    if len(set(used.values())) <= 1:
+        return next(iter(used.values()), "fp32")
+    return ", ".join(f"{m} {p}" for m, p in sorted(used.items()))
 
 
 def score_rows(embeddings: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -58,7 +58,8 @@ FIELDS = {"bundle": "Model bundle", "lang": "Language", "top_k": "Top k", "out":
           "overwrite": "Output folder", "query": "the query field",
           # The dock has no band fields: a layer it cannot read needs its bands named where it comes from.
           "sensor": "the sensor (the classify dialog's Sensor)",
-          "bands": "band names (the layer's band descriptions, or a VRT naming them)"}
+          "bands": "band names (the layer's band descriptions, or a VRT naming them)",
+          "precision": "the precision (the RSCLIP command line's --precision)"}
 
 
 def short_reason(problem: str) -> str:
