@@ -78,3 +78,17 @@ def multimodal_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     export_model(loaded, out_dir=out, name="rsclip-tiny-s1s2",
                  image_encoders=[rgb_encoder(loaded), student("s2-l2a", S2_L2A_BANDS), student("s1-grd", S1_GRD_BANDS)])
     return out
+
+
+@pytest.fixture
+def provider(qgis_processing):
+    """The rsclip Processing provider, registered as the plugin registers it (also for qgis_process)."""
+    from qgis.core import QgsApplication
+
+    from rs_clip_plugin.plugin import RSClipPlugin
+
+    plugin = RSClipPlugin(None)
+    plugin.initProcessing()
+    yield QgsApplication.processingRegistry().providerById("rsclip")
+    QgsApplication.processingRegistry().removeProvider(plugin.provider)
+

@@ -9,21 +9,11 @@ import pytest
 
 pytest.importorskip("qgis.core")
 
-from qgis.core import QgsApplication, QgsVectorLayer
+from qgis.core import QgsVectorLayer
 
 from tests.http_support import make_cogs
 
 pytestmark = pytest.mark.qgis
-
-
-@pytest.fixture
-def provider(qgis_processing):
-    from rs_clip_plugin.plugin import RSClipPlugin
-
-    plugin = RSClipPlugin(None)
-    plugin.initProcessing()
-    yield QgsApplication.processingRegistry().providerById("rsclip")
-    QgsApplication.processingRegistry().removeProvider(plugin.provider)
 
 
 def test_archive_add_and_search_algorithms(provider, major_tom_dir: Path, tiny_bundle: Path, tmp_path: Path) -> None:

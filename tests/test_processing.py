@@ -12,7 +12,7 @@ from plugin_support import s2_crop
 
 pytest.importorskip("qgis.core")
 
-from qgis.core import QgsApplication, QgsRasterLayer, QgsVectorLayer
+from qgis.core import QgsRasterLayer, QgsVectorLayer
 
 pytestmark = pytest.mark.qgis
 REPO = Path(__file__).resolve().parents[1]
@@ -21,16 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def crop(tmp_path_factory, major_tom_dir: Path) -> Path:
     return s2_crop(major_tom_dir, tmp_path_factory.mktemp("proc") / "s2_crop.tif")
-
-
-@pytest.fixture
-def provider(qgis_processing):
-    from rs_clip_plugin.plugin import RSClipPlugin
-
-    plugin = RSClipPlugin(None)
-    plugin.initProcessing()
-    yield QgsApplication.processingRegistry().providerById("rsclip")
-    QgsApplication.processingRegistry().removeProvider(plugin.provider)
 
 
 def test_classify_through_processing_run(provider, crop, tiny_bundle, tmp_path) -> None:

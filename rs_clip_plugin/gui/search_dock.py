@@ -406,15 +406,20 @@ class SearchDock(QgsDockWidget):
             progress.check()
             return ArchiveResult(hits, write_hits(hits, final, description=text))
 
-        self.task = EngineTask(f"RS-CLIP: archive search '{text}'", job, lambda r: self._archive_done(r, text),
-                               self._failed, words=lambda exc: field_message(exc, ARCHIVE_FIELDS))
-        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
-        self.task.message.connect(self.index_label.setText)
+        return self._start(EngineTask(f"RS-CLIP: archive search '{text}'", job,
+                                      lambda r: self._archive_done(r, text), self._failed,
+                                      words=lambda exc: field_message(exc, ARCHIVE_FIELDS)))
+
+    def _start(self, task: EngineTask) -> EngineTask:
+        """Run a search task with its progress and messages shown in the dock (layers and archive alike)."""
+        self.task = task
+        task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        task.message.connect(self.index_label.setText)
         self.search_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.results_list.clear()
-        start(self.task)
-        return self.task
+        start(task)
+        return task
 
     def _archive_done(self, result: ArchiveResult, title: str) -> None:
         self.result = result
@@ -535,15 +540,8 @@ class SearchDock(QgsDockWidget):
                           progress=progress.sub(0.6, 1.0))
 
         self.index_states = {}
-        self.task = EngineTask(f"RS-CLIP: search '{title}'", job, lambda r: self._done(r, title), self._failed,
-                               words=lambda exc: field_message(exc, FIELDS, names))
-        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
-        self.task.message.connect(self.index_label.setText)
-        self.search_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self.results_list.clear()
-        start(self.task)
-        return self.task
+        return self._start(EngineTask(f"RS-CLIP: search '{title}'", job, lambda r: self._done(r, title),
+                                      self._failed, words=lambda exc: field_message(exc, FIELDS, names)))
 
     def _done(self, result, title: str) -> None:
         self.result = result
