@@ -505,3 +505,22 @@ def test_search_dock_searches_an_archive(qgis_iface, crop, store, tiny_bundle, t
         assert (tmp_path / "results").is_dir() and list((tmp_path / "results").glob("*/hits.gpkg"))
     finally:
         dock.cleanup()
+
+
+def test_classify_mode_and_precision_fields(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
+    """Mode and Precision are the dialog's fields for the engine's options; what ran is said with the device."""
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dlg = ready_dialog(qgis_iface, store, layer, tiny_bundle, tmp_path / "out", ["forest", "water"])
+    dlg.mode_combo.setCurrentText("tile")
+    dlg.precision_combo.setCurrentText("fp32")
+    task = click_run(dlg)
+    assert task is not None and wait_for(task), dlg.message_label.text()
+    assert dlg.result.summary["mode"] == "tile" and dlg.result.summary["precision"] == "fp32"
+    assert "fp32, tile mode" in dlg.status.text()
+    dlg.mode_combo.setCurrentText("dense")
+    dlg.precision_combo.setCurrentText("int8")  # the int8 twin serves tile mode only: refused, in the dialog's words
+    task = click_run(dlg)
+    if task is not None:
+        assert not wait_for(task)
+    assert "‘Mode’" in dlg.message_label.text() or "‘Precision’" in dlg.message_label.text()

@@ -41,7 +41,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..engine.bands import MODALITIES
-from ..engine.options import RasterOptions, TilingOptions
+from ..engine.options import RasterOptions, RunOptions, TilingOptions
+from ..engine.runtime import PRECISION_CHOICES
 from ..installed_bundles import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
 from ..styling import add_classification_layers
@@ -52,6 +53,8 @@ from .tasks import EngineTask, log, start
 
 SENSORS = ["auto", *MODALITIES]  # from the band tables: one list for the engine, the CLI, Processing and here
 EXTENTS = ["Whole layer", "Current map canvas", "Selected features"]
+MODES = ["auto", "dense", "tile"]
+PRECISIONS = list(PRECISION_CHOICES)
 MIN_CLASS_ROWS = 6
 AREA_ROWS = 5  # rows of the area table shown before it scrolls
 # Engine parameter -> the label of the field that sets it: errors name what to change in this dialog.
@@ -59,7 +62,7 @@ FIELDS = {
     "sensor": "Sensor", "modality": "Sensor", "bands": "Band mapping", "bundle": "Model bundle",
     "lang": "Language", "classes": "Classes", "threshold": "Threshold", "tile_size_m": "Tile size",
     "overlap": "Overlap", "extent": "Extent", "out": "Output folder", "overwrite": "Output folder",
-    "s2_offset": "Band mapping", "sar_units": "Sensor",
+    "s2_offset": "Band mapping", "sar_units": "Sensor", "precision": "Precision", "mode": "Mode",
 }
 
 
@@ -178,6 +181,18 @@ class ClassifyDialog(QDialog):
         self.overlap_spin.setRange(0, 0.9)
         self.overlap_spin.setSingleStep(0.25)
         opts.addRow("Overlap", self.overlap_spin)
+        self.mode_combo = QComboBox()
+        self.mode_combo.setObjectName("rsclip_mode_combo")
+        self.mode_combo.addItems(MODES)
+        self.mode_combo.setToolTip("dense: a label per pixel from the encoder's patch tokens (when the bundle has "
+                                   "them); tile: one label per tile; auto: dense when possible")
+        opts.addRow("Mode", self.mode_combo)
+        self.precision_combo = QComboBox()
+        self.precision_combo.setObjectName("rsclip_precision_combo")
+        self.precision_combo.addItems(PRECISIONS)
+        self.precision_combo.setToolTip("auto: int8 on the CPU when the bundle recorded that int8 agrees with fp32, "
+                                        "fp16 on a GPU, else fp32")
+        opts.addRow("Precision", self.precision_combo)
         row = QHBoxLayout()
         self.threshold_check = QCheckBox("'unknown' below")
         self.threshold_check.setObjectName("rsclip_threshold_check")
@@ -375,10 +390,12 @@ class ClassifyDialog(QDialog):
         try:  # the engine's option objects, built once from the fields (they check the values)
             raster = RasterOptions(sensor=None if sensor == "auto" else sensor,
                                    bands=bands if bands and bands != self._detected_bands else None)
+            mode = self.mode_combo.currentText()
             tiling = TilingOptions(tile_size_m=self.tile_spin.value() or None, overlap=self.overlap_spin.value(),
-                                   extent=extent)
+                                   extent=extent, mode=None if mode == "auto" else mode)
+            run = RunOptions(precision=self.precision_combo.currentText())
         except Exception as exc:
-            self.show_error(str(exc))
+            self.show_error(self.words(exc, layer))
             return None
         kwargs = dict(
             bundle=bundle,
@@ -386,6 +403,7 @@ class ClassifyDialog(QDialog):
             threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
             raster=raster,
             tiling=tiling,
+            run=run,
         )
         source = layer.source().split("|")[0]
         names = [n for n, _ in classes]
@@ -422,7 +440,8 @@ class ClassifyDialog(QDialog):
         self.result_layers = add_classification_layers(result, title, colours)
         provider = result.summary.get("provider")
         fallback = result.summary.get("provider_fallback") or ""
-        self.status.set_provider(provider, fallback, device=result.summary.get("device"))
+        self.status.set_provider(provider, fallback, device=result.summary.get("device"),
+                                 precision=result.summary.get("precision"), mode=result.summary.get("mode"))
         self.fill_area_table(result.summary)
         folder = Path(result.labels_path).parent
         self.message_label.setText(f"done: written to <a href='{folder.as_uri()}'>{folder.name}</a>")

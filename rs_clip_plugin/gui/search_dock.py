@@ -45,6 +45,8 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..engine.options import RunOptions
+from ..engine.runtime import PRECISION_CHOICES
 from ..installed_bundles import ModelStore
 from ..styling import add_search_layers, mark_output, style_hits
 from .bundle_combo import fill_bundle_combo, select_bundle
@@ -145,6 +147,12 @@ class SearchDock(QgsDockWidget):
         self.bundle_combo.setObjectName("rsclip_search_bundle")
         self.bundle_combo.currentIndexChanged.connect(self._bundle_changed)
         form.addRow("Model bundle", self.bundle_combo)
+        self.precision_combo = QComboBox()
+        self.precision_combo.setObjectName("rsclip_search_precision")
+        self.precision_combo.addItems(list(PRECISION_CHOICES))
+        self.precision_combo.setToolTip("auto: int8 on the CPU for encoders whose recorded agreement allows it, "
+                                        "fp16 on a GPU, else fp32; each layer's index remembers its precision")
+        form.addRow("Precision", self.precision_combo)
         self.out_widget = QgsFileWidget()
         self.out_widget.setObjectName("rsclip_search_output_folder")
         self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
@@ -488,11 +496,12 @@ class SearchDock(QgsDockWidget):
             return None
         source = layer.source().split("|")[0]
         xy = (point.x(), point.y())
+        run = RunOptions(precision=self.precision_combo.currentText())
 
         def query(bundle):
             from ..engine.search import image_query_vector
 
-            return image_query_vector(bundle, raster=source, point=xy)
+            return image_query_vector(bundle, raster=source, point=xy, run=run)
 
         return self._run(query, f"like {layer.name()} @ {xy[0]:.0f},{xy[1]:.0f}")
 
@@ -512,6 +521,7 @@ class SearchDock(QgsDockWidget):
         sources = [(lyr.name(), Path(lyr.source().split("|")[0])) for lyr in layers]
         names = [(str(src), name) for name, src in sources]
         top_k, heatmap = self.topk_spin.value(), self.heatmap_check.isChecked()
+        run = RunOptions(precision=self.precision_combo.currentText())
         out_root = Path(self.out_widget.filePath() or output_root())
         final = unique_result_dir(out_root, f"search-{time.strftime('%Y%m%d-%H%M%S')}")
         self.skipped = []
@@ -523,7 +533,7 @@ class SearchDock(QgsDockWidget):
             for i, (name, src) in enumerate(sources):
                 progress.update(0.6 * i / n, f"indexing {name} (first time only; reused afterwards)…")
                 try:
-                    idx = build_index(src, bundle, progress=progress.sub(0.6 * i / n, 0.6 * (i + 1) / n))
+                    idx = build_index(src, bundle, run=run, progress=progress.sub(0.6 * i / n, 0.6 * (i + 1) / n))
                 except Exception as exc:  # one odd layer must not lose the others' hits
                     if type(exc).__name__ == "Cancelled":
                         raise
@@ -553,7 +563,7 @@ class SearchDock(QgsDockWidget):
         lines = [f"{len(result.hits)} hits for '{title}' ({states})"]
         lines += [f"skipped {line}" for line in self.skipped]
         self.index_label.setText("\n".join(lines))
-        self.status.set_provider(getattr(result, "provider", None))
+        self.status.set_provider(getattr(result, "provider", None), precision=getattr(result, "precision", None))
         if not self.pin_check.isChecked():
             self.remove_previous_results()
         self.hit_layers = add_search_layers(result, title)

@@ -30,9 +30,12 @@ class ProviderStatusLabel(QLabel):
         self.provider: Optional[str] = None
         self.setText(f"Runs on: {available_text()}")
 
-    def set_provider(self, provider: Optional[str], extra: str = "", device: Optional[str] = None) -> None:
+    def set_provider(self, provider: Optional[str], extra: str = "", device: Optional[str] = None,
+                     precision: Optional[str] = None, mode: Optional[str] = None) -> None:
+        """Where the last job ran, with the precision (fp32/int8/...) and, for a class map, the mode."""
         self.provider = provider
-        self._short = provider_label(provider, device)
+        how = ", ".join(x for x in (precision, f"{mode} mode" if mode else None) if x)
+        self._short = provider_label(provider, device) + (f", {how}" if how else "")
         text = f"Ran on: <b>{self._short}</b>"
         self.setText(text + (f" — {extra}" if extra else ""))
 

@@ -13,6 +13,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ..engine.bands import MODALITIES as BAND_TABLE_MODALITIES
+from ..engine.runtime import PRECISION_CHOICES
 from ..presets import icon_path
 from .common import PROVIDERS
 
@@ -27,6 +28,7 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
     LANG = "LANG"
     BUNDLE = "BUNDLE"
     PROVIDER = "PROVIDER"
+    PRECISION = "PRECISION"
     MODALITY = "MODALITY"
     TILE_SIZE_M = "TILE_SIZE_M"
     OVERLAP = "OVERLAP"
@@ -74,6 +76,12 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
                 self.PROVIDER, self.tr("Execution provider"), options=["auto", "CPU", "CUDA"], defaultValue=0
             )
         )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.PRECISION, self.tr("Precision (auto: int8 on CPU where the bundle recorded it agrees, fp16 on GPU)"),
+                options=list(PRECISION_CHOICES), defaultValue=0, optional=True,
+            )
+        )
 
     def add_tiling_params(self) -> None:
         self.addParameter(
@@ -119,7 +127,9 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
 
         tiling = TilingOptions(modality=self.modality_arg(parameters, context), tile_size_m=self.tile_arg(parameters, context),
                                overlap=self.parameterAsDouble(parameters, self.OVERLAP, context), extent=extent)
-        return JobOptions(tiling=tiling, run=RunOptions(provider=self.provider_arg(parameters, context)))
+        precision = PRECISION_CHOICES[self.parameterAsEnum(parameters, self.PRECISION, context)]
+        return JobOptions(tiling=tiling, run=RunOptions(provider=self.provider_arg(parameters, context),
+                                                        precision=precision))
 
 
 A = RSClipAlgorithm
@@ -127,6 +137,6 @@ A = RSClipAlgorithm
 PARAMETER_NAMES = {
     "sensor": A.MODALITY, "modality": A.MODALITY, "bands": f"the band descriptions of {A.INPUT} (or a VRT naming them)",
     "tile_size_m": A.TILE_SIZE_M, "overlap": A.OVERLAP, "extent": A.EXTENT, "bundle": A.BUNDLE, "lang": A.LANG,
-    "provider": A.PROVIDER, "out": A.OUTPUT, "threshold": "THRESHOLD", "overwrite": "OVERWRITE", "top_k": "TOP_K",
+    "provider": A.PROVIDER, "precision": A.PRECISION, "out": A.OUTPUT, "threshold": "THRESHOLD", "overwrite": "OVERWRITE", "top_k": "TOP_K",
 }
 
