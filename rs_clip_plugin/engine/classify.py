@@ -7,7 +7,8 @@ confidence (max probability). Output, on the input's working grid restricted to 
 - ``labels.tif``: uint8, classes 1..K, K+1 = unknown (below ``threshold``; only when one is given), 0 = no
   data (the nodata value, transparent); colour
   table, category names (``labels.tif.aux.xml`` when osgeo is present) and name tags (see writers.py);
-- ``confidence.tif``: float32 max softmax probability, NaN where no label;
+- ``confidence.tif``: float32 max softmax probability, NaN where no label (both Cloud-Optimised GeoTIFFs with
+  overviews: writers.make_cog);
 - ``labels.qml``: QGIS paletted style; ``summary.json``: area per class, provider, timings, tiling;
 - ``classes.gpkg`` (only with ``polygons=True``): the label map as polygons per class with area and mean
   confidence, speckles under ``mmu_ha`` merged into their largest neighbour (engine/polygons.py).
@@ -55,6 +56,7 @@ from .tiling import LogitAccumulator, TileGrid
 from .writers import (
     AUX_SUFFIX,
     geotiff_profile,
+    make_cog,
     open_geotiff,
     set_category_names,
     write_class_legend,
@@ -362,6 +364,9 @@ def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: Tile
                 area += weighted[: k + 2]
                 nodata_area += float(weighted[k + 2])
             progress.update((n + 1) / len(strips), "writing")
+    # Cloud-Optimised GeoTIFFs with overviews, so a full-tile map opens fast: mode keeps labels categorical.
+    make_cog(tmp / LABELS, "mode")
+    make_cog(tmp / CONFIDENCE, "average")
     set_category_names(tmp / LABELS, names)
     return {"pixels": pixels, "area_m2": area if has_area else None, "nodata_px": nodata_px,
             "nodata_m2": nodata_area if has_area else None}
