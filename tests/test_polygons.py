@@ -172,3 +172,85 @@ def test_cli_polygons_and_mmu_validation(bundle, major_tom_dir: Path, tmp_path: 
     assert not (tmp_path / "off" / "classes.gpkg").exists() and res.summary["polygons"] is None
     with pytest.raises(InputError, match="mmu_ha"):
         classify_raster(major_tom_dir, CLASSES, tmp_path / "bad", bundle=bundle, extent=ext, polygons=True, mmu_ha=-1)
+
+
+def _cog_errors(path: Path) -> list[str]:
+    v = pytest.importorskip("osgeo_utils.samples.validate_cloud_optimized_geotiff")
+    _warnings, errors, _details = v.validate(str(path), full_check=True)
+    return errors
+
+
+def test_make_cog_tiles_overviews_and_keeps_the_legend(tmp_path: Path) -> None:
+    """writers.make_cog on a 700x600 label map: a valid COG (GDAL's validator), tiled, with mode overviews,
+    its colour table, tags, nodata and category names (.aux.xml) intact."""
+    from rs_clip_plugin.engine.writers import (
+        geotiff_profile,
+        make_cog,
+        open_geotiff,
+        read_class_legend,
+        set_category_names,
+        write_class_legend,
+    )
+
+    path = tmp_path / "labels.tif"
+    labels = np.ones((600, 700), np.uint8)
+    labels[:, 350:] = 2
+    labels[:100] = 0
+    with open_geotiff(path, geotiff_profile(700, 600, from_origin(500000, 6000000, 10, 10), "EPSG:32633", "uint8", 0)) as ds:
+        write_class_legend(ds, ["no data", "a", "b"], ["#000000", "#ff0000", "#00ff00"])
+        for r in range(0, 600, 100):  # window by window, as classify writes
+            ds.write(labels[r:r + 100], 1, window=rasterio.windows.Window(0, r, 700, 100))
+    make_cog(path, "mode")
+    set_category_names(path, ["no data", "a", "b"])
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["labels.tif"], ["labels.tif", "labels.tif.aux.xml"])
+    with rasterio.open(path) as ds:
+        assert ds.profile["tiled"] and ds.block_shapes[0] == (256, 256)
+        assert ds.overviews(1) == [2, 4]
+        assert ds.nodata == 0 and ds.colormap(1)[1][:3] == (255, 0, 0)
+        assert np.array_equal(ds.read(1), labels)
+        ov = ds.read(1, out_shape=(150, 175))  # served from the factor-4 overview
+        assert set(np.unique(ov)) == {0, 1, 2}  # mode: no blended, invented values
+    assert read_class_legend(path)["names"] == ["no data", "a", "b"]
+    assert _cog_errors(path) == []
+
+
+def test_classify_rasters_are_cogs(runs) -> None:
+    res = runs[0.0]
+    for p in (res.labels_path, res.confidence_path):
+        assert _cog_errors(p) == [], p
+    assert not [p for p in res.labels_path.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.qgis
+def test_processing_polygons_loaded_and_styled(provider, qgis_iface, major_tom_dir: Path, tiny_bundle: Path,
+                                               tmp_path: Path) -> None:
+    """rsclip:classify with POLYGONS and MMU_HA: the GeoPackage is written, loaded by QGIS and styled by
+    class with the class map's colours (the post-processor); without POLYGONS no GeoPackage is written."""
+    import processing
+    from plugin_support import s2_crop
+    from qgis.core import QgsProject
+
+    from rs_clip_plugin.styling import is_rsclip_output
+
+    crop = s2_crop(major_tom_dir, tmp_path / "s2_crop.tif")
+    gpkg = tmp_path / "polys.gpkg"
+    res = processing.runAndLoadResults(
+        "rsclip:classify",
+        {"INPUT": str(crop), "CLASSES": "forest;water;town", "BUNDLE": str(tiny_bundle), "PROVIDER": 1,
+         "OUTPUT": str(tmp_path / "classes.tif"), "POLYGONS": str(gpkg), "MMU_HA": 0.5},
+    )
+    assert Path(res["POLYGONS"]) == gpkg and gpkg.is_file()
+    summary = json.loads(Path(res["SUMMARY"]).read_text())
+    assert summary["polygons"]["mmu_pixels"] == 50 and summary["files"]["polygons"] == str(gpkg)
+    lyr = next(lyr for lyr in QgsProject.instance().mapLayers().values()
+               if Path(lyr.source().split("|")[0]).name == "polys.gpkg")
+    assert lyr.isValid() and lyr.featureCount() == summary["polygons"]["polygons"]
+    assert lyr.renderer().type() == "categorizedSymbol" and lyr.renderer().classAttribute() == "class"
+    colours = {c["name"]: c["color"] for c in summary["classes"]}
+    cats = {c.value(): c.symbol().color().name() for c in lyr.renderer().categories()}
+    assert cats == colours and is_rsclip_output(lyr)
+    out2 = tmp_path / "nopoly"
+    out2.mkdir()
+    processing.run("rsclip:classify", {"INPUT": str(crop), "CLASSES": "forest;water;town", "BUNDLE": str(tiny_bundle),
+                                       "PROVIDER": 1, "OUTPUT": str(out2 / "classes.tif")})
+    assert not list(out2.glob("*.gpkg"))
