@@ -187,3 +187,17 @@ def style_hits(layer: QgsVectorLayer) -> None:
         pal.fieldName = "rank"
         layer.setLabeling(QgsVectorLayerSimpleLabeling(pal))
         layer.setLabelsEnabled(True)
+
+
+def style_polygons(layer: QgsVectorLayer, summary: dict) -> None:
+    """classes.gpkg: a categorized renderer on ``class`` with the label map's colours (palette_classes), so
+    the polygons and the class map share one legend."""
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsRendererCategory
+
+    mark_output(layer, "polygons")
+    cats = []
+    for _value, name, colour in palette_classes(summary):
+        symbol = QgsFillSymbol.createSimple({"color": colour, "outline_color": "#404040", "outline_width": "0.1"})
+        cats.append(QgsRendererCategory(name, symbol, name))
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class", cats))
+    layer.triggerRepaint()

@@ -7,8 +7,11 @@ confidence (max probability). Output, on the input's working grid restricted to 
 - ``labels.tif``: uint8, classes 1..K, K+1 = unknown (below ``threshold``; only when one is given), 0 = no
   data (the nodata value, transparent); colour
   table, category names (``labels.tif.aux.xml`` when osgeo is present) and name tags (see writers.py);
-- ``confidence.tif``: float32 max softmax probability, NaN where no label;
-- ``labels.qml``: QGIS paletted style; ``summary.json``: area per class, provider, timings, tiling.
+- ``confidence.tif``: float32 max softmax probability, NaN where no label (both Cloud-Optimised GeoTIFFs with
+  overviews: writers.make_cog);
+- ``labels.qml``: QGIS paletted style; ``summary.json``: area per class, provider, timings, tiling;
+- ``classes.gpkg`` (only with ``polygons=True``): the label map as polygons per class with area and mean
+  confidence, speckles under ``mmu_ha`` merged into their largest neighbour (engine/polygons.py).
 
 Outputs are written strip by strip into a staging folder on ``out_dir``'s file system and published as one
 unit when everything succeeded (engine/atomic.py: OutputFolder); on an error or a cancel nothing of the run
@@ -53,6 +56,7 @@ from .tiling import LogitAccumulator, TileGrid
 from .writers import (
     AUX_SUFFIX,
     geotiff_profile,
+    make_cog,
     open_geotiff,
     set_category_names,
     write_class_legend,
@@ -64,7 +68,8 @@ LABELS = "labels.tif"
 CONFIDENCE = "confidence.tif"
 QML = "labels.qml"
 SUMMARY = "summary.json"
-OUTPUT_FILES = (LABELS, LABELS + AUX_SUFFIX, CONFIDENCE, QML, SUMMARY)
+POLYGONS = "classes.gpkg"
+OUTPUT_FILES = (LABELS, LABELS + AUX_SUFFIX, CONFIDENCE, QML, SUMMARY, POLYGONS)
 # Authalic Earth radius (m): the sphere with the WGS84 ellipsoid's area, for areas on geographic grids.
 EARTH_RADIUS_M = 6_371_007.2
 # Averaged logits of one output strip (K planes); softmax needs about two more of the same size.
@@ -184,6 +189,14 @@ class ClassifyJob:
     lang: str = "en"
     threshold: Optional[float] = None
     options: JobOptions = field(default_factory=JobOptions)
+    # classes.gpkg: the label map polygonised, regions under mmu_ha hectares merged into a neighbour (0 = off).
+    polygons: bool = False
+    mmu_ha: float = 0.0
+
+    def __post_init__(self) -> None:
+        mmu = self.mmu_ha
+        if not (isinstance(mmu, (int, float)) and np.isfinite(mmu) and mmu >= 0):
+            raise InputError(f"{{mmu_ha}} must be an area in hectares >= 0 (0 = off), got {mmu}; e.g. 0.5")
 
 
 def classify_raster(
@@ -199,6 +212,8 @@ def classify_raster(
     run: Optional[RunOptions] = None,
     progress: Optional[Progress] = None,
     overwrite: bool = False,
+    polygons: bool = False,
+    mmu_ha: float = 0.0,
     **options: Any,
 ) -> ClassifyResult:
     """Label every pixel of a raster with one of ``classes`` (see the module docstring for the outputs).
@@ -207,7 +222,8 @@ def classify_raster(
     individual keywords (``sensor=``, ``overlap=``, ``provider=``, ``workers=``, ...) are still accepted.
     ``out_dir`` is the final folder (or, for QGIS Processing, a mapping of the file names above to paths of
     their own): the files are staged on its file system and published as one unit (engine/atomic.py), so on
-    an error or a cancel nothing of this run is left there.
+    an error or a cancel nothing of this run is left there. ``polygons`` adds classes.gpkg, with regions
+    smaller than ``mmu_ha`` hectares merged into their largest neighbour.
     """
     t_start = time.perf_counter()
     progress = progress or Progress()
@@ -219,7 +235,7 @@ def classify_raster(
         b = as_bundle(bundle)
         check_language(b, lang)
         progress.check()
-        job = ClassifyJob(specs, b, lang, threshold, opts)
+        job = ClassifyJob(specs, b, lang, threshold, opts, bool(polygons), mmu_ha)
         res = classify_into(source_path, job, out.path, out.destination, progress, t_start)
         progress.check()
         out.publish()
@@ -279,6 +295,15 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
         if job.threshold is not None:
             entries.append((len(specs) + 1, UNKNOWN_COLOUR, UNKNOWN))
         write_qml(tmp / QML, entries)
+        poly = None
+        if job.polygons:
+            from .polygons import polygonise
+
+            progress.update(0.99, "polygonising")
+            h, w = grid.out_shape
+            poly = polygonise(tmp / LABELS, tmp / CONFIDENCE, tmp / POLYGONS,
+                              [NODATA, *names, *([UNKNOWN] if job.threshold is not None else [])],
+                              pixel_areas_m2(grid, Window(0, 0, w, h)), job.mmu_ha)
         t_write = time.perf_counter() - t0
         summary = _summary(source, job, session, grid, stats, colours, counts, spec, mode, {
             "text_s": t_text,
@@ -288,9 +313,12 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
             "inference_s": stats.inference_s,
             "write_s": t_write,
         }, t_start)
-        final = {n: final_path(final_dir, n) for n in (LABELS, CONFIDENCE, QML, SUMMARY)}
+        final = {n: final_path(final_dir, n) for n in (LABELS, CONFIDENCE, QML, SUMMARY, POLYGONS)}
         summary["files"] = {k: str(final[n]) for k, n in
                             (("labels", LABELS), ("confidence", CONFIDENCE), ("qml", QML), ("summary", SUMMARY))}
+        if poly is not None:
+            summary["files"]["polygons"] = str(final[POLYGONS])
+        summary["polygons"] = poly
         write_json(tmp / SUMMARY, summary)
     finally:
         acc.close()
@@ -336,6 +364,9 @@ def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: Tile
                 area += weighted[: k + 2]
                 nodata_area += float(weighted[k + 2])
             progress.update((n + 1) / len(strips), "writing")
+    # Cloud-Optimised GeoTIFFs with overviews, so a full-tile map opens fast: mode keeps labels categorical.
+    make_cog(tmp / LABELS, "mode")
+    make_cog(tmp / CONFIDENCE, "average")
     set_category_names(tmp / LABELS, names)
     return {"pixels": pixels, "area_m2": area if has_area else None, "nodata_px": nodata_px,
             "nodata_m2": nodata_area if has_area else None}

@@ -10,8 +10,10 @@ results are written here by hand, following OGC 12-128r15:
 - ``gpkg_contents`` and ``gpkg_geometry_columns`` describing the one feature table;
 - geometries as "GP" blobs: the standard header (version 0, little-endian, xy envelope) then ISO WKB.
 
-No spatial index (the R-tree extension needs SQL functions plain sqlite3 lacks); readers build one when
-they need it. The file is written to a temporary name and renamed into place, so a reader never sees
+A spatial index per layer: the ``gpkg_rtree_index`` extension (an SQLite R*Tree ``rtree_<table>_geom`` filled
+here from the envelopes, registered in ``gpkg_extensions``, with the spec's triggers; the triggers call
+ST_* functions that plain sqlite3 lacks, so they are created after the rows are in; GDAL/QGIS, which
+define those functions, keep the index current on later edits). The file is written to a temporary name and renamed into place, so a reader never sees
 half a GeoPackage.
 """
 
@@ -129,6 +131,32 @@ CREATE TABLE gpkg_geometry_columns (
   CONSTRAINT uk_gc_table_name UNIQUE (table_name),
   CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
   CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id));
+CREATE TABLE gpkg_extensions (
+  table_name TEXT, column_name TEXT, extension_name TEXT NOT NULL, definition TEXT NOT NULL, scope TEXT NOT NULL,
+  CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name));
+"""
+
+# The spec's (GeoPackage 1.2, annex F.3) R-tree maintenance triggers for table {t}, geometry column geom.
+_RTREE_TRIGGERS = """
+CREATE TRIGGER "rtree_{t}_geom_insert" AFTER INSERT ON "{t}" WHEN (new.geom NOT NULL AND NOT ST_IsEmpty(NEW.geom))
+BEGIN INSERT OR REPLACE INTO "rtree_{t}_geom" VALUES (NEW.fid, ST_MinX(NEW.geom), ST_MaxX(NEW.geom),
+  ST_MinY(NEW.geom), ST_MaxY(NEW.geom)); END;
+CREATE TRIGGER "rtree_{t}_geom_update1" AFTER UPDATE OF geom ON "{t}" WHEN OLD.fid = NEW.fid AND
+  (NEW.geom NOTNULL AND NOT ST_IsEmpty(NEW.geom))
+BEGIN INSERT OR REPLACE INTO "rtree_{t}_geom" VALUES (NEW.fid, ST_MinX(NEW.geom), ST_MaxX(NEW.geom),
+  ST_MinY(NEW.geom), ST_MaxY(NEW.geom)); END;
+CREATE TRIGGER "rtree_{t}_geom_update2" AFTER UPDATE OF geom ON "{t}" WHEN OLD.fid = NEW.fid AND
+  (NEW.geom ISNULL OR ST_IsEmpty(NEW.geom))
+BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD.fid; END;
+CREATE TRIGGER "rtree_{t}_geom_update3" AFTER UPDATE ON "{t}" WHEN OLD.fid != NEW.fid AND
+  (NEW.geom NOTNULL AND NOT ST_IsEmpty(NEW.geom))
+BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD.fid; INSERT OR REPLACE INTO "rtree_{t}_geom" VALUES (NEW.fid,
+  ST_MinX(NEW.geom), ST_MaxX(NEW.geom), ST_MinY(NEW.geom), ST_MaxY(NEW.geom)); END;
+CREATE TRIGGER "rtree_{t}_geom_update4" AFTER UPDATE ON "{t}" WHEN OLD.fid != NEW.fid AND
+  (NEW.geom ISNULL OR ST_IsEmpty(NEW.geom))
+BEGIN DELETE FROM "rtree_{t}_geom" WHERE id IN (OLD.fid, NEW.fid); END;
+CREATE TRIGGER "rtree_{t}_geom_delete" AFTER DELETE ON "{t}" WHEN old.geom NOT NULL
+BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD.fid; END;
 """
 
 _WGS84_WKT = (
@@ -232,6 +260,19 @@ def _write(con: sqlite3.Connection, layers: Sequence[Layer]) -> None:
                 for f in layer.features
             ],
         )
+        _add_rtree(con, layer.name)
+
+
+def _add_rtree(con: sqlite3.Connection, table: str) -> None:
+    """The layer's spatial index (gpkg_rtree_index), filled from the rows' envelopes (bytes 8..40 of each blob:
+    minx, maxx, miny, maxy, as gpkg_geometry writes them)."""
+    rt = f"rtree_{table}_geom"
+    con.execute(f'CREATE VIRTUAL TABLE "{rt}" USING rtree(id, minx, maxx, miny, maxy)')
+    rows = ((fid, *struct.unpack_from("<4d", blob, 8)) for fid, blob in con.execute(f'SELECT fid, geom FROM "{table}"'))
+    con.executemany(f'INSERT INTO "{rt}" VALUES (?, ?, ?, ?, ?)', list(rows))
+    con.execute("INSERT INTO gpkg_extensions VALUES (?, 'geom', 'gpkg_rtree_index', "
+                "'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')", (table,))
+    con.executescript(_RTREE_TRIGGERS.format(t=table))
 
 
 def _coerce(value: FieldValue, ftype: type) -> FieldValue:

@@ -70,6 +70,50 @@ def open_geotiff(path: Path, profile: dict):
     return dst
 
 
+def overview_factors(width: int, height: int, block: int = _BLOCK) -> list[int]:
+    """2, 4, 8, ... until the smallest overview fits in one block (GDAL's COG driver stops at the same point)."""
+    factors, f = [], 2
+    while max(width, height) / (f // 2) > block:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+def make_cog(path: Path, resampling: str) -> Path:
+    """Turn the tiled GeoTIFF at ``path`` (written window by window, closed) into a Cloud-Optimised GeoTIFF.
+
+    GDAL's COG driver cannot be written window by window, so: build the overviews on the written file
+    (``resampling``: 'mode' for labels, 'average' for scores; GDAL skips nodata), then copy it with
+    COPY_SRC_OVERVIEWS=YES, which puts the overviews' and the image's tiles in the COG order (ghost header,
+    overviews first). Both steps work block by block (bounded memory); the copy keeps the colour table,
+    nodata, band description and tags. Category names (the .aux.xml) are set afterwards on the result."""
+    from rasterio.enums import Resampling
+    from rasterio.shutil import copy as rio_copy
+
+    path = Path(path)
+    work = path.with_name(f".{path.name}.tiled.tif")
+    os.replace(path, work)
+    try:
+        with rasterio.open(work, "r+") as ds:
+            factors = overview_factors(ds.width, ds.height)
+            if factors:
+                ds.build_overviews(factors, Resampling[resampling])
+            profile = ds.profile
+        opts = {"COPY_SRC_OVERVIEWS": "YES", "COMPRESS": profile.get("compress", "deflate"), "BIGTIFF": "IF_SAFER"}
+        if profile.get("tiled"):
+            opts.update(TILED="YES", BLOCKXSIZE=profile["blockxsize"], BLOCKYSIZE=profile["blockysize"])
+        if profile.get("predictor"):
+            opts["PREDICTOR"] = profile["predictor"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            rio_copy(work, path, driver="GTiff", **opts)
+    finally:
+        work.unlink(missing_ok=True)
+        work.with_name(work.name + ".ovr").unlink(missing_ok=True)
+        work.with_name(work.name + AUX_SUFFIX).unlink(missing_ok=True)
+    return path
+
+
 def write_class_legend(dst, names: Sequence[str], colours: Sequence[str], band: int = 1) -> None:
     """Colour table and name tags on an open uint8 dataset; names[0]/colours[0] are value 0 (nodata/unknown)."""
     cmap = {0: (*hex_to_rgb(colours[0]), 0)}  # value 0 is nodata: transparent

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
@@ -14,10 +15,11 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
 )
 
 from ..presets import PRESETS, preset_classes
-from ..styling import style_confidence, style_labels
+from ..styling import style_confidence, style_labels, style_polygons
 from .base import RSClipAlgorithm
 from .common import (
     engine_call,
@@ -39,13 +41,17 @@ class ClassifyAlgorithm(RSClipAlgorithm):
     OVERWRITE = "OVERWRITE"
     CONFIDENCE = "CONFIDENCE"
     SUMMARY = "SUMMARY"
+    POLYGONS = "POLYGONS"
+    MMU_HA = "MMU_HA"
     DISPLAY = "Classify raster by prompt"
     HELP = (
         "Labels every pixel of a raster with one of the classes you type, by comparing image tiles with the "
         "class names through the model bundle's aligned image and text encoders (zero-shot).\n\n"
         "CLASSES: classes separated by ';' (synonyms as 'forest|woodland'), or a preset. Pixels whose best "
         "probability is below THRESHOLD become 'unknown' (the value after the last class; 0 is no data). OUTPUT is a uint8 label raster with a "
-        "colour table and a .qml style beside it; CONFIDENCE holds the probability of the chosen class."
+        "colour table and a .qml style beside it; CONFIDENCE holds the probability of the chosen class. "
+        "POLYGONS (optional GeoPackage) holds the class map as polygons with class, area_ha and mean_confidence; "
+        "regions smaller than MMU_HA hectares are merged into their largest neighbour first."
     )
 
     def initAlgorithm(self, config=None):
@@ -81,10 +87,25 @@ class ClassifyAlgorithm(RSClipAlgorithm):
                 self.SUMMARY, self.tr("Area table (JSON)"), fileFilter="JSON (*.json)", optional=True, createByDefault=False
             )
         )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MMU_HA,
+                self.tr("Polygons: minimum mapping unit (ha, 0 = off)"),
+                type=QgsProcessingParameterNumber.Double,
+                defaultValue=0.0,
+                minValue=0.0,
+            )
+        )
+        polygons = QgsProcessingParameterVectorDestination(
+            self.POLYGONS, self.tr("Class polygons"), QgsProcessing.TypeVectorPolygon, optional=True,
+            createByDefault=False,
+        )
+        polygons.setSupportsNonFileBasedOutput(False)  # the engine writes the GeoPackage itself
+        self.addParameter(polygons)
         self.addOutput(QgsProcessingOutputString(self.EXECUTION_PROVIDER, self.tr("Execution provider used")))
 
     def processAlgorithm(self, parameters, context, feedback):
-        from ..engine.classify import CONFIDENCE, LABELS, QML, SUMMARY, classify_raster
+        from ..engine.classify import CONFIDENCE, LABELS, POLYGONS, QML, SUMMARY, classify_raster
         from ..engine.writers import AUX_SUFFIX
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -109,6 +130,10 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         conf_param = self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context)
         summary_param = self.parameterAsFileOutput(parameters, self.SUMMARY, context)
         overwrite = self.parameterAsBool(parameters, self.OVERWRITE, context)
+        poly_param = self.parameterAsOutputLayer(parameters, self.POLYGONS, context)
+        poly = Path(poly_param.split("|")[0]) if poly_param else None
+        if poly is not None and poly.suffix.lower() != ".gpkg":
+            raise QgsProcessingException(f"POLYGONS {poly}: the polygons are written as a GeoPackage; give a .gpkg path")
         if output.suffix.lower() not in (".tif", ".tiff"):
             raise QgsProcessingException(f"OUTPUT {output}: the class map is written as GeoTIFF; give a .tif path")
 
@@ -119,9 +144,12 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         targets = {LABELS: output, LABELS + AUX_SUFFIX: Path(str(output) + AUX_SUFFIX),
                    QML: output.with_suffix(".qml"),  # QGIS styles the layer from it on load
                    CONFIDENCE: conf, SUMMARY: summ}
+        if poly is not None:
+            targets[POLYGONS] = poly
         result = engine_call(classify_raster, source, classes, targets, bundle=bundle, lang=lang, threshold=threshold,
                              **self.job_options(parameters, context, extent).kwargs(),
-                             progress=feedback_progress(feedback), overwrite=overwrite)
+                             progress=feedback_progress(feedback), overwrite=overwrite,
+                             polygons=poly is not None, mmu_ha=self.parameterAsDouble(parameters, self.MMU_HA, context))
         outputs = {self.OUTPUT: str(output), self.CONFIDENCE: str(conf), self.SUMMARY: str(summ)}
         for warning in result.summary.get("warnings", []):
             feedback.pushWarning(warning)
@@ -129,6 +157,9 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         qml = output.with_suffix(".qml")
         StylePostProcessor.attach(context, str(output), lambda lyr: style_labels(lyr, summary, qml))
         StylePostProcessor.attach(context, str(conf) if conf_param else "", style_confidence)
+        if poly is not None:
+            outputs[self.POLYGONS] = str(poly)
+            StylePostProcessor.attach(context, poly_param, lambda lyr: style_polygons(lyr, summary))
         provider = str(result.summary.get("provider", ""))
         feedback.pushInfo(f"Execution provider: {provider}")
         for c in result.summary.get("classes", []):

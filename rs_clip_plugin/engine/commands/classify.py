@@ -29,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["auto", *LABEL_MODES], default="auto",
                    help="dense: a label per pixel from the encoder's patch outputs (SegEarth-OV); tile: one label "
                    "per tile, averaged over overlaps; auto (default): dense when the bundle's encoder has dense outputs")
+    p.add_argument("--polygons", action="store_true",
+                   help="also write classes.gpkg: the label map as polygons per class, with area_ha and mean_confidence")
+    p.add_argument("--mmu-ha", type=float, default=0.0,
+                   help="with --polygons: merge regions smaller than this many hectares into their largest "
+                   "neighbour (minimum mapping unit; default 0 = off)")
     add_bundle_args(p)
     add_raster_args(p, modality=False)
     add_provider_args(p)
@@ -48,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         bundle=args.bundle,
         lang=args.lang,
         threshold=args.threshold,
+        polygons=args.polygons,
+        mmu_ha=args.mmu_ha,
         **job_options(args).kwargs(),
         progress=ConsoleProgress("classify"),
         overwrite=args.overwrite,
@@ -73,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     t = s["tiling"]
     lines.append(f"  tiles: {t['tiles']} ({t['skipped_nodata']} skipped, no data); {s['timings']['total_s']:.1f} s")
     lines += [f"  warning: {w}" for w in s.get("warnings", [])]
+    if s.get("polygons"):
+        pg = s["polygons"]
+        lines.append(f"  polygons: {pg['polygons']} in {s['files']['polygons']} (minimum mapping unit {pg['mmu_ha']} ha = "
+                     f"{pg['mmu_pixels']} px, {pg['sieved_pixels']} px merged)")
     lines.append(f"  wrote {res.labels_path}, {res.confidence_path.name}, {res.qml_path.name}, {res.summary_path.name}")
     emit(args, result, "\n".join(lines))
     return 0
