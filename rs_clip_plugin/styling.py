@@ -142,6 +142,21 @@ def add_classification_layers(
     group.addLayer(confidence)
     confidence.setOpacity(1.0)
     group.findLayer(confidence.id()).setItemVisibilityChecked(False)
+    polygons_path = (result.summary.get("files") or {}).get("polygons")
+    if polygons_path:  # classes.gpkg: on top, in the class map's colours (the user's, when they chose some)
+        polygons = QgsVectorLayer(f"{polygons_path}|layername=classes", f"{title} – polygons", "ogr")
+        if not polygons.isValid():
+            polygons = QgsVectorLayer(str(polygons_path), f"{title} – polygons", "ogr")
+        if not polygons.isValid():
+            raise RuntimeError(f"QGIS cannot open the polygons {polygons_path}; see the RS-CLIP log")
+        summary = dict(result.summary)
+        if colours:
+            summary["classes"] = [{**c, "color": colours.get(c.get("name"), c.get("color"))}
+                                  for c in result.summary.get("classes", [])]
+        style_polygons(polygons, summary)
+        project.addMapLayer(polygons, False)
+        group.insertLayer(0, polygons)
+        group.findLayer(polygons.id()).setItemVisibilityChecked(False)  # the class map shows the same; a click away
     return labels, confidence
 
 

@@ -135,6 +135,12 @@ def test_classify_task_adds_styled_layers(qgis_iface, layer, store, tiny_bundle,
     assert wait_for(task), dlg.message_label.text()
 
     added = _new_layers(before)
+    # classes.gpkg (on by default in the dialog): the polygons with names, in the chosen colours.
+    polygons = next(lyr for lyr in added if lyr.name().endswith("polygons"))
+    assert isinstance(polygons, QgsVectorLayer) and polygons.featureCount() > 0
+    assert {f["class"] for f in polygons.getFeatures()} <= {"forest", "river", "town"}
+    assert polygons.renderer().type() == "categorizedSymbol"
+    assert {c.value(): c.symbol().color().name() for c in polygons.renderer().categories()}["river"] == "#0000ff"
     labels = next(lyr for lyr in added if lyr.name().endswith("classes"))
     conf = next(lyr for lyr in added if lyr.name().endswith("confidence"))
     renderer = labels.renderer()

@@ -62,7 +62,7 @@ FIELDS = {
     "sensor": "Sensor", "modality": "Sensor", "bands": "Band mapping", "bundle": "Model bundle",
     "lang": "Language", "classes": "Classes", "threshold": "Threshold", "tile_size_m": "Tile size",
     "overlap": "Overlap", "extent": "Extent", "out": "Output folder", "overwrite": "Output folder",
-    "s2_offset": "Band mapping", "sar_units": "Sensor", "precision": "Precision", "mode": "Mode",
+    "s2_offset": "Band mapping", "sar_units": "Sensor", "precision": "Precision", "mode": "Mode", "mmu_ha": "Polygons",
 }
 
 
@@ -181,6 +181,20 @@ class ClassifyDialog(QDialog):
         self.overlap_spin.setRange(0, 0.9)
         self.overlap_spin.setSingleStep(0.25)
         opts.addRow("Overlap", self.overlap_spin)
+        row = QHBoxLayout()
+        self.polygons_check = QCheckBox("classes.gpkg, merging patches under")
+        self.polygons_check.setObjectName("rsclip_polygons_check")
+        self.polygons_check.setChecked(True)  # analysts want the vector layer with names and areas
+        self.mmu_spin = QDoubleSpinBox()
+        self.mmu_spin.setObjectName("rsclip_mmu_spin")
+        self.mmu_spin.setRange(0, 10000)
+        self.mmu_spin.setDecimals(2)
+        self.mmu_spin.setSuffix(" ha")
+        self.mmu_spin.setSpecialValueText("no minimum")
+        row.addWidget(self.polygons_check)
+        row.addWidget(self.mmu_spin)
+        row.addStretch(1)
+        opts.addRow("Polygons", row)
         self.mode_combo = QComboBox()
         self.mode_combo.setObjectName("rsclip_mode_combo")
         self.mode_combo.addItems(MODES)
@@ -404,6 +418,8 @@ class ClassifyDialog(QDialog):
             raster=raster,
             tiling=tiling,
             run=run,
+            polygons=self.polygons_check.isChecked(),
+            mmu_ha=self.mmu_spin.value(),
         )
         source = layer.source().split("|")[0]
         names = [n for n, _ in classes]
