@@ -95,3 +95,14 @@ def s2_vrt(scene: Path, out: Path, bands: tuple[str, ...] = ("B04", "B03", "B02"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(xml))
     return out
+
+
+def scene_extent(scene: Path, size_m: float = 1280.0, dx: float = 3003.0, dy: float = 2007.0) -> tuple[float, ...]:
+    """A square extent (xmin, ymin, xmax, ymax) of ``size_m`` inside the Major-TOM scene, ``dx``/``dy`` from its
+    top-left corner: a small, fast area of a real raster."""
+    import rasterio
+
+    with rasterio.open(scene / "B04.tif") as ds:
+        b = ds.bounds
+    return (b.left + dx, b.top - dy - size_m, b.left + dx + size_m, b.top - dy)
+

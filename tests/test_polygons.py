@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from plugin_support import scene_extent
 from rasterio.transform import from_origin
 
 from rs_clip_plugin.engine.bundle import load_bundle
@@ -25,10 +26,7 @@ def bundle(tiny_bundle: Path):
     return load_bundle(tiny_bundle)
 
 
-def _crop(major_tom_dir: Path, size_m: float = 1280.0, dx: float = 3003.0, dy: float = 2007.0) -> tuple[float, ...]:
-    with rasterio.open(major_tom_dir / "B04.tif") as ds:
-        b = ds.bounds
-    return (b.left + dx, b.top - dy - size_m, b.left + dx + size_m, b.top - dy)
+_crop = scene_extent
 
 
 def _rows(gpkg: Path) -> list[dict]:

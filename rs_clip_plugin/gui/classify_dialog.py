@@ -72,6 +72,22 @@ def table_height(table: QTableWidget, rows: int) -> int:
     return header + rows * table.verticalHeader().defaultSectionSize() + 2 * table.frameWidth()
 
 
+def check_and_spin(form: QFormLayout, label: str, text: str, check_name: str, spin_name: str,
+                   bounds: tuple[float, float], value: float) -> tuple[QCheckBox, QDoubleSpinBox]:
+    """A form row of an option switched on by a check box and sized by a number beside it."""
+    check, spin = QCheckBox(text), QDoubleSpinBox()
+    check.setObjectName(check_name)
+    spin.setObjectName(spin_name)
+    spin.setRange(*bounds)
+    spin.setValue(value)
+    row = QHBoxLayout()
+    row.addWidget(check)
+    row.addWidget(spin)
+    row.addStretch(1)
+    form.addRow(label, row)
+    return check, spin
+
+
 class ClassifyDialog(QDialog):
     def __init__(self, iface=None, store: Optional[ModelStore] = None, parent=None) -> None:
         super().__init__(parent or (iface.mainWindow() if iface else None))
@@ -181,20 +197,13 @@ class ClassifyDialog(QDialog):
         self.overlap_spin.setRange(0, 0.9)
         self.overlap_spin.setSingleStep(0.25)
         opts.addRow("Overlap", self.overlap_spin)
-        row = QHBoxLayout()
-        self.polygons_check = QCheckBox("classes.gpkg, merging patches under")
-        self.polygons_check.setObjectName("rsclip_polygons_check")
+        self.polygons_check, self.mmu_spin = check_and_spin(
+            opts, "Polygons", "classes.gpkg, merging patches under", "rsclip_polygons_check", "rsclip_mmu_spin",
+            (0, 10000), 0.0)
         self.polygons_check.setChecked(True)  # analysts want the vector layer with names and areas
-        self.mmu_spin = QDoubleSpinBox()
-        self.mmu_spin.setObjectName("rsclip_mmu_spin")
-        self.mmu_spin.setRange(0, 10000)
         self.mmu_spin.setDecimals(2)
         self.mmu_spin.setSuffix(" ha")
         self.mmu_spin.setSpecialValueText("no minimum")
-        row.addWidget(self.polygons_check)
-        row.addWidget(self.mmu_spin)
-        row.addStretch(1)
-        opts.addRow("Polygons", row)
         self.mode_combo = QComboBox()
         self.mode_combo.setObjectName("rsclip_mode_combo")
         self.mode_combo.addItems(MODES)
@@ -207,18 +216,9 @@ class ClassifyDialog(QDialog):
         self.precision_combo.setToolTip("auto: int8 on the CPU when the bundle recorded that int8 agrees with fp32, "
                                         "fp16 on a GPU, else fp32")
         opts.addRow("Precision", self.precision_combo)
-        row = QHBoxLayout()
-        self.threshold_check = QCheckBox("'unknown' below")
-        self.threshold_check.setObjectName("rsclip_threshold_check")
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setObjectName("rsclip_threshold_spin")
-        self.threshold_spin.setRange(0, 1)
+        self.threshold_check, self.threshold_spin = check_and_spin(
+            opts, "Threshold", "'unknown' below", "rsclip_threshold_check", "rsclip_threshold_spin", (0, 1), 0.3)
         self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setValue(0.3)
-        row.addWidget(self.threshold_check)
-        row.addWidget(self.threshold_spin)
-        row.addStretch(1)
-        opts.addRow("Threshold", row)
         self.out_widget = QgsFileWidget()
         self.out_widget.setObjectName("rsclip_output_folder")
         self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)

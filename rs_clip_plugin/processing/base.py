@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingParameterEnum,
@@ -61,6 +63,15 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self):
         return type(self)()
 
+    def add_number(self, name: str, label: str, *, default: float, minimum: float,
+                   maximum: Optional[float] = None) -> None:
+        """A floating-point parameter with its bounds (the one way the algorithms declare them)."""
+        param = QgsProcessingParameterNumber(name, label, type=QgsProcessingParameterNumber.Double,
+                                             defaultValue=default, minValue=minimum)
+        if maximum is not None:
+            param.setMaximum(maximum)
+        self.addParameter(param)
+
     # -- shared parameters ----------------------------------------------------------------------------
     def add_bundle_params(self) -> None:
         self.addParameter(
@@ -89,25 +100,8 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
                 self.MODALITY, self.tr("Encoder (modality)"), options=MODALITIES, defaultValue=0, optional=True
             )
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.TILE_SIZE_M,
-                self.tr("Tile size in metres (0 = the bundle's)"),
-                type=QgsProcessingParameterNumber.Double,
-                defaultValue=0.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.OVERLAP,
-                self.tr("Tile overlap (fraction)"),
-                type=QgsProcessingParameterNumber.Double,
-                defaultValue=0.0,
-                minValue=0.0,
-                maxValue=0.9,
-            )
-        )
+        self.add_number(self.TILE_SIZE_M, self.tr("Tile size in metres (0 = the bundle's)"), default=0.0, minimum=0.0)
+        self.add_number(self.OVERLAP, self.tr("Tile overlap (fraction)"), default=0.0, minimum=0.0, maximum=0.9)
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (empty = whole layer)"), optional=True))
 
     def provider_arg(self, parameters, context) -> str:

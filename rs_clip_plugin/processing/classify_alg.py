@@ -11,7 +11,6 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -63,16 +62,7 @@ class ClassifyAlgorithm(RSClipAlgorithm):
             QgsProcessingParameterEnum(self.PRESET, self.tr("Class preset"), options=PRESET_OPTIONS, defaultValue=0)
         )
         self.addParameter(QgsProcessingParameterString(self.LANG, self.tr("Language of the class names"), defaultValue="en"))
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.THRESHOLD,
-                self.tr("'unknown' below this probability (0 = off)"),
-                type=QgsProcessingParameterNumber.Double,
-                defaultValue=0.0,
-                minValue=0.0,
-                maxValue=1.0,
-            )
-        )
+        self.add_number(self.THRESHOLD, self.tr("'unknown' below this probability (0 = off)"), default=0.0, minimum=0.0, maximum=1.0)
         self.add_tiling_params()
         self.add_bundle_params()
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite outputs"), defaultValue=True))
@@ -87,15 +77,7 @@ class ClassifyAlgorithm(RSClipAlgorithm):
                 self.SUMMARY, self.tr("Area table (JSON)"), fileFilter="JSON (*.json)", optional=True, createByDefault=False
             )
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.MMU_HA,
-                self.tr("Polygons: minimum mapping unit (ha, 0 = off)"),
-                type=QgsProcessingParameterNumber.Double,
-                defaultValue=0.0,
-                minValue=0.0,
-            )
-        )
+        self.add_number(self.MMU_HA, self.tr("Polygons: minimum mapping unit (ha, 0 = off)"), default=0.0, minimum=0.0)
         polygons = QgsProcessingParameterVectorDestination(
             self.POLYGONS, self.tr("Class polygons"), QgsProcessing.TypeVectorPolygon, optional=True,
             createByDefault=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..bands import MODALITIES
 from ..progress import ConsoleProgress
 from .common import add_bundle_args, add_provider_args, parse_bands, parse_extent, parse_point
 
@@ -16,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c = a.add_parser("create", help="a new, empty archive folder for a bundle")
     c.add_argument("dir", type=Path)
     add_bundle_args(c)
-    c.add_argument("--modality", help="encoder for every scene (default: each scene's own)")
+    c.add_argument("--modality", choices=MODALITIES, help="encoder for every scene (default: each scene's own)")
     c.add_argument("--tile-size-m", type=float, help="tile size on the ground in metres (default: the bundle's)")
     c.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction in [0, 1) (default 0)")
     c.add_argument("--index", choices=("flat", "hnsw", "ivfpq"), help="ANN index kind (default: chosen by size)")
@@ -53,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--nms-iou", type=float, default=0.3, help="overlap (IoU) above which a lower-scored tile is dropped")
     s.add_argument("--out", type=Path, help="also write hits.gpkg here")
     s.add_argument("--overwrite", action="store_true", help="replace hits.gpkg in --out")
-    s.add_argument("--provider", default="auto", help="ONNX Runtime device for the query encoder")
+    add_provider_args(s, batch_size=False, precision=False)  # the query encoder's device, as every command's
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(func=run_search)
 
