@@ -56,8 +56,9 @@ def test_loaded_results_are_styled(provider, qgis_iface, crop, tiny_bundle, tmp_
         {"INPUT": str(crop), "CLASSES": "forest;water;town", "BUNDLE": str(tiny_bundle), "PROVIDER": 1,
          "OUTPUT": str(tmp_path / "classes.tif"), "CONFIDENCE": str(tmp_path / "confidence.tif")},
     )
-    layers = {Path(lyr.source()).name: lyr for lyr in QgsProject.instance().mapLayers().values()}
-    labels, confidence = layers["classes.tif"], layers["confidence.tif"]
+    # This run's layers by their full paths (an earlier test may have loaded a classes.tif of its own).
+    layers = {Path(lyr.source()): lyr for lyr in QgsProject.instance().mapLayers().values()}
+    labels, confidence = layers[tmp_path / "classes.tif"], layers[tmp_path / "confidence.tif"]
     assert Path(res["OUTPUT"]).name == "classes.tif"
     assert labels.renderer().type() == "paletted"
     # Exactly the classes, named: not a 256-entry 0..255 legend with black beyond the last class.
@@ -68,7 +69,7 @@ def test_loaded_results_are_styled(provider, qgis_iface, crop, tiny_bundle, tmp_
         "rsclip:heatmap", {"LAYERS": [str(crop)], "QUERY": "a river", "BUNDLE": str(tiny_bundle), "PROVIDER": 1,
                            "OUTPUT": str(tmp_path / "heat.tif")},
     )
-    heat = next(lyr for lyr in QgsProject.instance().mapLayers().values() if Path(lyr.source()).name == "heat.tif")
+    heat = next(lyr for lyr in QgsProject.instance().mapLayers().values() if Path(lyr.source()) == tmp_path / "heat.tif")
     assert heat.renderer().type() == "singlebandpseudocolor"
     assert heat.opacity() < 1.0
 

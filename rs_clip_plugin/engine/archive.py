@@ -455,6 +455,8 @@ class Archive:
             "modality": self.config.get("modality"), "n_scenes": len(shards), "n_vectors": meta.get("n_vectors", 0),
             "index": meta.get("kind"), "recall_at_10": meta.get("recall_at_10"), "ann_ms": meta.get("ann_ms"),
             "exact_ms": meta.get("exact_ms"), "recall_queries": meta.get("queries"),
+            # A flat index is exact by construction: its recall is not a measurement, and says so.
+            "exact": bool(meta.get("exact")),
             "indexed_scenes": len(meta.get("scenes", [])),
         }
 

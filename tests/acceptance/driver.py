@@ -616,8 +616,14 @@ def search_all(d: dict) -> None:
     own = set(STATE.get("own_layers", []))
     own_listed = [n for n, lid in listed if lid in own]
     STATE["before_search"] = layer_ids()
-    for i in range(lw.count()):
-        lw.item(i).setCheckState(Qt.Checked)  # the analyst ticks every box
+    for i in range(lw.count()):  # the analyst clicks every box they can; greyed ones must not take a tick
+        item = lw.item(i)
+        lw.scrollToItem(item)
+        rect = lw.visualItemRect(item)
+        if item.checkState() != Qt.Checked:
+            QTest.mouseClick(lw.viewport(), Qt.LeftButton, Qt.NoModifier, QPoint(rect.left() + 10, rect.center().y()))
+        if not item.flags() & Qt.ItemIsUserCheckable:
+            check(item.checkState() != Qt.Checked, f"the greyed layer {item.text()!r} was ticked")
     QTest.qWait(100)
     w["query"].setFocus()
     w["query"].clear()

@@ -179,6 +179,10 @@ def test_classify_adds_paletted_layer_with_class_names(qgis_run: dict) -> None:
     _assert_ok(qgis_run, "02_classify_result_layer")
 
 
+def test_classify_all_bands_adds_paletted_layer(qgis_run: dict) -> None:
+    _assert_ok(qgis_run, "02b_classify_all_bands")
+
+
 def test_cancel_mid_run_adds_nothing(qgis_run: dict) -> None:
     _assert_ok(qgis_run, "03_classify_cancel")
 
