@@ -26,6 +26,7 @@ def test_bench_json_keys(tiny_bundle: Path, capsys) -> None:
     # precision, int8 vs fp32 and the honest peers (issue 12); no timing is asserted, only that each was measured
     assert r["precision"] == "int8"
     assert isinstance(r["int8_over_fp32"], float) and r["int8_over_fp32"] > 0 and r["int8_skipped"] == ""
+    assert r["ort_int8_threads"] >= 1 and r["ort_fp32_threads"] >= 1  # each side at its own best thread count
     rec = load_bundle(tiny_bundle).manifest.encoder("rgb").int8_agreement
     assert (r["int8_min_cosine"], r["int8_label_agreement"]) == (rec["min_cosine"], rec["label_agreement"])
     cands = r["thread_candidates"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rs_clip_plugin.engine.bundle import ONNX_META_PREFIX, BundleError, load_bundle, onnx_io
+from rs_clip_plugin.engine.bundle import ONNX_META_PREFIX, BundleError, load_bundle, onnx_graph_io
 from training.export.parity import (
     FP16_MIN_COSINE,
     FP32_MIN_COSINE,
@@ -55,11 +55,11 @@ def test_tiny_bundle_manifest_and_metadata(tiny_bundle: Path) -> None:
     assert (enc.bands, enc.units, enc.input_size, enc.tile_size_px, enc.gsd_m) == (["red", "green", "blue"], "unit", 64, 64, 10.0)
     assert m.prompt_templates["en"][0] == "a satellite image of {}."
     assert m.logit_scale == pytest.approx(1 / 0.07, rel=1e-4)  # open_clip's initial temperature, as a multiplier
-    _, meta = onnx_io(tiny_bundle / enc.onnx)
+    *_, meta = onnx_graph_io(tiny_bundle / enc.onnx)
     meta = {k[len(ONNX_META_PREFIX) :]: json.loads(v) for k, v in meta.items() if k.startswith(ONNX_META_PREFIX)}
     assert meta["role"] == "image" and meta["modality"] == "rgb" and meta["bands"] == ["red", "green", "blue"]
     assert meta["mean"] == pytest.approx(enc.mean) and meta["input_size"] == 64 and meta["embed_dim"] == 64
-    _, tmeta = onnx_io(tiny_bundle / m.text.onnx)
+    *_, tmeta = onnx_graph_io(tiny_bundle / m.text.onnx)
     assert json.loads(tmeta[f"{ONNX_META_PREFIX}tokenizer"])["kind"] == "clip-bpe"
     assert json.loads(tmeta[f"{ONNX_META_PREFIX}context_length"]) == 77
 

@@ -546,6 +546,9 @@ def create_archive(root: Union[str, os.PathLike], bundle: Union[str, os.PathLike
         raise ArchiveError(f"{{index_kind}} {index_kind!r}: one of {', '.join(ann.KINDS)} (or leave it out: chosen by size)")
     if modality is not None:
         b.manifest.encoder(modality)  # an unknown modality fails here, not on the first scene
+    from .options import TilingOptions
+
+    TilingOptions(modality=modality, tile_size_m=tile_size_m, overlap=overlap)  # checked once, before any scene
     if overwrite:
         for d in (SHARDS, ITEMS, INDEX):
             shutil.rmtree(root / d, ignore_errors=True)

@@ -386,6 +386,7 @@ def run_bench(
 
     progress.update(0.5, "int8 vs fp32")
     result.update(ort_fp32_images_per_s=None, ort_int8_images_per_s=None, int8_over_fp32=None, ort_int8_threads=None,
+                  ort_fp32_threads=None,
                   int8_min_cosine=None, int8_mean_cosine=None, int8_label_agreement=None, int8_skipped="")
     if session.is_gpu:
         result["int8_skipped"] = "int8 twins are for the CPU; this run is on a GPU"
@@ -397,7 +398,7 @@ def run_bench(
         t8, _ = ort_best(modality, "int8", batch)
         r8, r32, ratio8 = interleaved_rates(make8(t8), make32(t32), bs, TORCH_ROUNDS, 2 * min_seconds, min_calls)
         result.update(ort_fp32_images_per_s=round(r32, 2), ort_int8_images_per_s=round(r8, 2),
-                      int8_over_fp32=round(ratio8, 3), ort_int8_threads=t8)
+                      int8_over_fp32=round(ratio8, 3), ort_int8_threads=t8, ort_fp32_threads=t32)
         rec = spec.int8_agreement or {}
         result.update(int8_min_cosine=rec.get("min_cosine"), int8_mean_cosine=rec.get("mean_cosine"),
                       int8_label_agreement=rec.get("label_agreement"), int8_tiles=rec.get("tiles"))

@@ -554,12 +554,6 @@ def verify_files(root: Path, manifest: Manifest) -> None:
             )
 
 
-def onnx_io(path: Path) -> tuple[dict[str, tuple[str, list]], dict[str, str]]:
-    """Inputs (name -> (type, shape)) and custom metadata of an ONNX file, read through ONNX Runtime."""
-    inputs, _, meta = onnx_graph_io(path)
-    return inputs, meta
-
-
 def onnx_graph_io(path: Path) -> tuple[dict[str, tuple[str, list]], dict[str, tuple[str, list]], dict[str, str]]:
     """Inputs and outputs (name -> (type, shape), symbolic dimensions as strings) and custom metadata of an
     ONNX file, read from its graph through ONNX Runtime (no optimisation, nothing run)."""

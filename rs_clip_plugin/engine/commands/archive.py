@@ -35,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-items", type=int, default=10, help="at most this many items from the STAC search (default 10)")
     d.add_argument("--dask", help="local:N (N worker processes here) or a Dask scheduler address (tcp://host:8786)")
     d.add_argument("--retries", type=int, default=2, help="times a scene whose worker fails is retried (Dask)")
-    add_provider_args(d, batch_size=False)
+    # No --precision: every scene of one archive must embed alike (auto, the bundle's one rule), Dask workers too.
+    add_provider_args(d, batch_size=False, precision=False)
     d.add_argument("--json", action="store_true", help="print the result as JSON")
     d.set_defaults(func=run_add)
 

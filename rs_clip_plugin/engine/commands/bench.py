@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if r["int8_over_fp32"]:
         agree = r["int8_label_agreement"]
         lines.append(f"  int8 {r['ort_int8_images_per_s']:.1f} vs fp32 {r['ort_fp32_images_per_s']:.1f} images/s: "
-                     f"int8/fp32 = {r['int8_over_fp32']:.2f}; labels agree on "
+                     f"int8/fp32 = {r['int8_over_fp32']:.2f} (each at its best: {r['ort_int8_threads']} / "
+                     f"{r['ort_fp32_threads']} threads); labels agree on "
                      + (f"{100 * agree:.1f}% of {r['int8_tiles']} real tiles, min cosine {r['int8_min_cosine']}"
                         if agree is not None else "(not recorded at export)"))
     else:
