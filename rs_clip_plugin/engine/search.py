@@ -275,9 +275,11 @@ def _candidates(indexes: list[Index], scores: list[np.ndarray], per_source: int,
     return out
 
 
-def rank_distinct(indexes: list[Index], query: np.ndarray, top_k: int, nms_iou: float, out_wkt: str):
-    """Best ``top_k`` distinct places over all indexes: list of (source no., row, score, ring in out CRS)."""
-    scores = [idx.scores(query) for idx in indexes]
+def rank_distinct(indexes: list[Index], query: np.ndarray, top_k: int, nms_iou: float, out_wkt: str,
+                  scores: Optional[list[np.ndarray]] = None):
+    """Best ``top_k`` distinct places over all indexes: list of (source no., row, score, ring in out CRS).
+    ``scores`` (each index's scores for ``query``) when the caller has them already."""
+    scores = scores if scores is not None else [idx.scores(query) for idx in indexes]
     total = sum(len(i) for i in indexes)
     per_source = max(_MIN_CANDIDATES, _CANDIDATE_FACTOR * top_k)
     while True:
@@ -403,7 +405,9 @@ def search_into(sources: Sequence[Union[str, os.PathLike, Index]], q: np.ndarray
     progress.update(0.9, "ranking")
 
     out_wkt = indexes[0].crs_wkt
-    ranked = rank_distinct(indexes, q, job.top_k, job.nms_iou, out_wkt)
+    # One pass over each (memory-mapped) index: the ranking and the heat maps share the scores.
+    scores = [idx.scores(q) for idx in indexes]
+    ranked = rank_distinct(indexes, q, job.top_k, job.nms_iou, out_wkt, scores)
     hits = []
     features = []
     for rank, (s, row, score, ring) in enumerate(ranked, start=1):
@@ -427,7 +431,7 @@ def search_into(sources: Sequence[Union[str, os.PathLike, Index]], q: np.ndarray
             name = heatmap_name(i, len(indexes), idx.source_path)
             final = final_path(final_dir, name)
             if final is not None:  # a caller keeping only some heat maps (Processing: one) gets only those
-                _heatmap(idx, idx.scores(q), write_dir / name)
+                _heatmap(idx, scores[i], write_dir / name)
                 heat_paths.append(final)
     t_write = time.perf_counter()
     providers = sorted({str(i.meta.get("provider")) for i in indexes})
