@@ -36,14 +36,36 @@ def test_bench_json_keys(tiny_bundle: Path, capsys) -> None:
     assert {"1", "2"} <= set(r["tiles_per_s_by_workers"]) and all(v > 0 for v in r["tiles_per_s_by_workers"].values())
     assert isinstance(r["bare_peer_tiles_per_s"], float) and r["bare_peer_tiles_per_s"] > 0
     assert isinstance(r["pipeline_over_peer"], float)
+    # dense vs tile (issue 11): the same scene labelled both ways; tile mode without overlap is uniform per
+    # tile-sized block (but where the last tile row/column, shifted to end at the raster's edge, overlaps the one
+    # before it), the dense map's edges fall inside tiles
+    dvt = r["dense_vs_tile"]
+    assert dvt["skipped"] == "" and dvt["modality"] == "rgb" and dvt["dense_variant"] == "segearth"
+    assert dvt["tile"]["mode_ran"] == "tile" and dvt["dense"]["mode_ran"] == "dense"
+    assert dvt["tile"]["overlap"] == 0.0 and dvt["dense"]["blocks"] == dvt["tile"]["blocks"] == 17 * 17
+    assert dvt["tile"]["nonuniform_blocks"] <= 2 * 17 < dvt["dense"]["nonuniform_blocks"]
+    assert dvt["dense_over_tile"] > 0
 
 
 def test_large_scene_strip(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path) -> None:
     scene = make_large_scene(major_tom_dir, tmp_path / "scene", size=2200)
     assert len(list(scene.glob("B*.vrt"))) == 12
     r = run_bench(tiny_bundle, major_tom_dir, provider="cpu", min_seconds=0.1, min_calls=1, max_tiles=8, query_sizes=[100],
-                  torch_compare=False, large_scene=True, large_scene_rows=1)
+                  torch_compare=False, large_scene=True, large_scene_rows=1, dense_compare=False)
     s = r["large_scene"]
     assert (s["width"], s["height"], s["bands"]) == (10980, 10980, 12)
     assert s["tiles"] == 172 and isinstance(s["peak_rss_mb"], float)
-    assert r["pipeline_tiles"] == 8 and r["torch_skipped"] == "not requested"
+    assert r["pipeline_tiles"] == 8 and r["torch_skipped"] == "not requested" and r["dense_vs_tile"] is None
+
+
+def test_nonuniform_blocks_counts_mixed_blocks() -> None:
+    import numpy as np
+
+    from rs_clip_plugin.engine.bench import nonuniform_blocks
+
+    labels = np.ones((8, 12), np.uint8)
+    labels[0:4, 0:4] = 2          # a uniform block of another class: not mixed
+    labels[5, 9] = 3              # one pixel of another class inside the block (4:8, 8:12): mixed
+    labels[4:8, 0:4] = 0          # no data only: not counted
+    labels[0, 4] = 0              # no data beside one class: not mixed
+    assert nonuniform_blocks(labels, 4) == (1, 5)

@@ -29,6 +29,10 @@
   index's default storage) for each N, median of several repeats;
 - ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``), query matrices included;
   ``pipeline_peak_rss_mb`` the peak up to the end of the pipeline figure (encoder + reading);
+- ``dense_vs_tile`` (unless ``dense_compare=False``): ``dense_vs_tile``: the same raster labelled in tile and
+  in dense mode as whole ``classify`` jobs (fp32 both), their seconds and ``dense_over_tile``, and per map the
+  tile-sized blocks whose labels are not uniform (in tile mode without overlap only where the last tile row or
+  column overlaps the one before it);
 - ``large_scene`` (with ``large_scene=True``): a 10980 x 10980 px, 12-band Sentinel-2 scene made on the fly
   as VRTs that repeat the real Major-TOM band files, whose tiles (all of them, or a strip of ``rows``
   rows) are embedded as the labeller does; reports the tiles done and the peak RSS during it.
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import math
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -298,6 +303,7 @@ def run_bench(
     torch_compare: bool = True,
     large_scene: bool = False,
     large_scene_rows: Optional[int] = None,
+    dense_compare: bool = True,
     progress: Optional[Progress] = None,
 ) -> dict:
     """All figures as one dict (see the module docstring); every key is present, skipped parts say why."""
@@ -460,12 +466,92 @@ def run_bench(
     result["query_dim"] = b.manifest.embed_dim
     result["peak_rss_mb"] = peak_rss_mb()
 
+    result["dense_vs_tile"] = None
+    if dense_compare:
+        progress.update(0.75, "dense vs tile")
+        result["dense_vs_tile"] = dense_vs_tile(b, raster_path, provider=provider, rounds=2)
+
     result["large_scene"] = None
     if large_scene:
         progress.update(0.8, "large scene")
         result["large_scene"] = large_scene_in_subprocess(b, raster_path, provider, bs, large_scene_rows, precision)
     progress.update(1.0, "done")
     return result
+
+
+def nonuniform_blocks(labels: np.ndarray, block: int) -> tuple[int, int]:
+    """(blocks whose labelled pixels hold more than one label, blocks with any labelled pixel) over the
+    ``block`` x ``block`` squares of ``labels`` from its origin (0 = no data is ignored). In tile mode without
+    overlap every tile-sized block is uniform (except where the last tile row or column, shifted to end at the
+    raster's edge, overlaps the one before it); a label map whose edges fall inside tiles is not."""
+    h, w = labels.shape
+    mixed = total = 0
+    for r in range(0, h, block):
+        for c in range(0, w, block):
+            v = labels[r:r + block, c:c + block]
+            v = v[v > 0]
+            if v.size:
+                total += 1
+                mixed += int(v.min() != v.max())
+    return mixed, total
+
+
+def dense_vs_tile(bundle: Bundle | str | Path | None, raster: Path | str, classes: Optional[Sequence[str]] = None, *,
+                  provider: str = "auto", rounds: int = 3, keep: Optional[Path] = None,
+                  progress: Optional[Progress] = None) -> dict:
+    """Dense vs tile labelling of the same raster with the same bundle, classes, provider and precision (fp32:
+    dense mode runs the fp32 graph), as a user runs ``rsclip classify --mode``: whole jobs timed in alternating
+    rounds (best of ``rounds`` each, the first pair a warm-up), and the tile-sized blocks whose labels are not
+    uniform in each map (``nonuniform_blocks``). ``keep``: a folder that receives the two outputs
+    (``tile/``, ``dense/``) of the last round. Skipped with a reason when the chosen encoder has no dense outputs."""
+    from .classify import classify_raster
+    from .demo import eurosat_classes
+    from .options import RunOptions, TilingOptions
+    from .pipeline import choose_encoder
+    from .raster import open_source
+
+    progress = progress or Progress()
+    b = as_bundle(bundle)
+    with open_source(raster) as src:
+        spec = choose_encoder(b, src)
+    out: dict = {"modality": spec.modality, "skipped": "", "precision": "fp32"}
+    if not spec.dense:
+        out["skipped"] = f"the bundle's {spec.modality!r} encoder has no dense outputs (re-export it)"
+        return out
+    names = list(classes or eurosat_classes())
+    run = RunOptions(provider=provider, precision="fp32")
+    best: dict[str, float] = {}
+    summaries: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="rsclip-bench-dense-") as d:
+        for i in range(max(1, rounds) + 1):
+            for mode in ("tile", "dense"):
+                progress.check()
+                target = Path(d) / f"{mode}-{i}"
+                t = time.perf_counter()
+                res = classify_raster(raster, names, target, bundle=b, tiling=TilingOptions(mode=mode), run=run)
+                dt = time.perf_counter() - t
+                if i:  # round 0 warms both sessions and the file cache
+                    best[mode] = min(best.get(mode, math.inf), dt)
+                summaries[mode] = {"summary": res.summary, "labels": res.labels_path}
+            progress.update(i / (rounds + 1), f"dense vs tile, round {i + 1}")
+        import rasterio
+
+        for mode, s in summaries.items():
+            with rasterio.open(s["labels"]) as ds:
+                labels = ds.read(1)
+            mixed, blocks = nonuniform_blocks(labels, int(s["summary"]["tiling"]["tile_px"]))
+            out[mode] = {"seconds": round(best[mode], 3), "nonuniform_blocks": mixed, "blocks": blocks,
+                         "mode_ran": s["summary"]["mode"], "tile_px": s["summary"]["tiling"]["tile_px"],
+                         "overlap": s["summary"]["tiling"]["overlap"]}
+            if keep is not None:
+                dest = Path(keep) / mode
+                if dest.exists():
+                    shutil.rmtree(dest)
+                shutil.copytree(Path(s["labels"]).parent, dest)
+        out["classes"] = names
+        out["dense_variant"] = summaries["dense"]["summary"]["dense"]["variant"]
+        out["dense_over_tile"] = round(best["dense"] / best["tile"], 3) if best["tile"] > 0 else None
+    return out
 
 
 def _pipeline_pass(src, b: Bundle, modality: str, grid, session, bs: int) -> tuple[int, float, object]:

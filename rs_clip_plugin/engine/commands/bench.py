@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="minimum seconds per throughput figure (default 3)")
     p.add_argument("--query-sizes", default="10000,100000,1000000", help="N stored embeddings for query latency")
     p.add_argument("--no-torch", action="store_true", help="skip the open_clip torch comparison")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense vs tile labelling comparison")
     p.add_argument("--large-scene", action="store_true", help="also embed a 10980x10980 12-band VRT scene (slow)")
     p.add_argument("--large-scene-rows", type=int, help="only this many tile rows of the large scene")
     p.add_argument("--archive", type=int, metavar="N",
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         torch_compare=not args.no_torch,
         large_scene=args.large_scene,
         large_scene_rows=args.large_scene_rows,
+        dense_compare=not args.no_dense,
         progress=ConsoleProgress("bench"),
     )
     lines = [
@@ -89,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         lines.append(f"  ORT vs torch: skipped ({r['torch_skipped']})")
     lines.append("  query latency (" + f"{r['query_dim']}-d): " + ", ".join(f"{n}: {ms:.1f} ms" for n, ms in r["query_ms"].items()))
+    dvt = r["dense_vs_tile"]
+    if dvt and not dvt["skipped"]:
+        t, d = dvt["tile"], dvt["dense"]
+        lines.append(f"  classify dense {d['seconds']:.2f} s vs tile {t['seconds']:.2f} s ({dvt['modality']}, fp32): "
+                     f"dense/tile = {dvt['dense_over_tile']:.2f}; tile-sized blocks with more than one label: "
+                     f"dense {d['nonuniform_blocks']}/{d['blocks']}, tile {t['nonuniform_blocks']}/{t['blocks']}")
+    elif dvt:
+        lines.append(f"  dense vs tile: skipped ({dvt['skipped']})")
     if r["large_scene"]:
         s = r["large_scene"]
         lines.append(f"  large scene {s['width']}x{s['height']}x{s['bands']}: {s['tiles']} tiles in {s['seconds']} s, "
