@@ -64,6 +64,10 @@ def test_session_runs_reports_provider_and_is_shared(bundle) -> None:
     # A second session for the same encoder reuses the ONNX Runtime session (no second graph optimisation).
     s2 = EncoderSession(bundle, "rgb", provider="cpu", threads=1, precision="fp32")
     assert s2._ensure()[0] is s._ensure()[0]
+    # ... also when asked differently for the same graph: dense mode on auto runs the fp32 graph on a CPU
+    assert bundle.manifest.encoder("rgb").dense
+    dense = EncoderSession(bundle, "rgb", provider="cpu", threads=1, precision="auto", dense=True)
+    assert dense._ensure()[0] is s._ensure()[0] and dense.precision_used == "fp32"
     assert s.run(np.zeros((0, 3, 64, 64), np.float32)).shape == (0, bundle.manifest.embed_dim)
     # Batch rows are independent: embedding one tile alone gives the same vector as within the batch.
     np.testing.assert_allclose(s.embed(x[2:3])[0], emb[2], atol=1e-5)

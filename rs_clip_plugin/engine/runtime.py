@@ -349,7 +349,9 @@ class EncoderSession:
     def _ensure(self) -> tuple:
         if self._state is not None:
             return self._state
-        key = (self.bundle.digest, self.role, self.provider, self.threads, self.precision, self.dense)
+        # Keyed by the graph file that will run, not by what was asked: fp32 asked for tile mode and auto in
+        # dense mode (or a search after a classify) load the same graph once.
+        key = (self.bundle.digest, self.role, self.provider, self.threads, self._twins.get(self.planned_precision))
         with _sessions_lock:
             state = _sessions.get(key)
             if state is None:
