@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,7 +142,11 @@ def test_ann_kinds_recall_and_exact_rerank() -> None:
 
 
 def test_archive_index_is_extended_when_scenes_are_added(tiny_bundle: Path, served: tuple[Served, str],
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, monkeypatch) -> None:
+    from rs_clip_plugin.engine import archive as archive_mod
+
+    # Small row groups, so that the hits below come from several groups of each shard.
+    monkeypatch.setattr(archive_mod, "SHARD_ROW_GROUP", 7)
     srv, _ = served
     arc = create_archive(tmp_path / "arc", tiny_bundle, index_kind="hnsw")
     first = arc.add([srv.root / "S2_A.json"], provider="cpu").index
@@ -149,10 +154,29 @@ def test_archive_index_is_extended_when_scenes_are_added(tiny_bundle: Path, serv
     more = arc.add([srv.root / "S2_B.json", srv.root / "S2_C.json"], provider="cpu").index
     assert more["extended"] and more["kind"] == "hnsw" and more["scenes"][0] == first["scenes"][0]
     assert more["n_vectors"] > first["n_vectors"] and more["recall_at_10"] >= 0.9
+    # The first scene's rows were copied from the index, not read again: they equal a rebuild from the shards.
+    assert more["reused_vectors"] == first["n_vectors"]
+    extended = {n: np.load(arc.root / "index" / n) for n in ("vectors.npy", "rows.npy", "lonlat.npy", "time.npy")}
+    shutil.rmtree(arc.root / "index")
+    rebuilt = Archive.open(arc.root).sync_index(kind="flat")
+    assert rebuilt["reused_vectors"] == 0 and rebuilt["kind"] == "flat"
+    for n, arr in extended.items():
+        np.testing.assert_array_equal(np.load(arc.root / "index" / n), arr, err_msg=n)
+    assert not [p.name for p in arc.root.iterdir() if p.name.startswith(".")]  # no staging left beside the index
+    rebuilt = Archive.open(arc.root).sync_index(kind="hnsw")
     assert Archive.open(arc.root).info()["index"] == "hnsw"
     q = text_query_vector(tiny_bundle, "a river")
     exact_best = float(np.max(np.load(arc.root / "index/vectors.npy") @ q))
-    assert np.isclose(Archive.open(arc.root).search(q, top_k=1)[0].score, exact_best, atol=1e-5)
+    hits = Archive.open(arc.root).search(q, top_k=12)
+    assert np.isclose(hits[0].score, exact_best, atol=1e-5)
+    # Each hit is its shard's row, read from the row group that holds it.
+    shards = {p.name: pq.read_table(p).to_pylist() for p in Archive.open(arc.root).shards()}
+    assert all(pq.ParquetFile(arc.root / "shards" / name).num_row_groups > 1 for name in shards)
+    by_key = {(r["scene"], r["tile"]): r for rows in shards.values() for r in rows}
+    for h in hits:
+        r = by_key[h.scene, h.tile]
+        assert (h.datetime, h.source, h.lonlat) == (r["datetime"], r["source"], (r["xmin"], r["ymin"], r["xmax"], r["ymax"]))
+    assert len({h.scene for h in hits}) > 1
 
 
 def test_cli_archive_commands(tiny_bundle: Path, served: tuple[Served, str], tmp_path: Path, capsys) -> None:

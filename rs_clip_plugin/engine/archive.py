@@ -23,13 +23,11 @@ locally or as one Dask task per scene (:mod:`.archive_dask`); each process opens
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -41,7 +39,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import ann
-from .atomic import atomic_write_text, open_outputs, replace_dir
+from .atomic import atomic_write, atomic_write_text, open_outputs, staged_dir
 from .errors import InputError, OutputExistsError, RSClipError
 from .progress import Progress
 
@@ -50,6 +48,9 @@ ARCHIVE_FORMAT = 1
 SHARDS, ITEMS, INDEX = "shards", "items", "index"
 HITS_FILE, HITS_LAYER = "hits.gpkg", "hits"
 NO_TIME = np.iinfo(np.int64).min
+# Rows per Parquet row group of a shard: a search reads the groups that hold its hits (a few hundred KB at
+# 512-d), not the whole shard.
+SHARD_ROW_GROUP = 1024
 _STAMP = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})(?:T(\d{2}):?(\d{2}):?(\d{2}))?")
 
 
@@ -322,24 +323,27 @@ class Archive:
         counts = [pq.read_metadata(self.shard_dir / s).num_rows for s in order]
         n, dim = int(sum(counts)), int(self.config["embed_dim"])
         kind = kind or self.config.get("index_kind") or ann.choose_kind(n)
-        extend = bool(old) and old["kind"] == kind and kind != "flat" and (self.index_dir / "ann.faiss").is_file()
-        self.index_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".index.", dir=self.root))
-        try:
+        # The old scenes keep their place in ``order``: their rows of every per-vector array are copied from the
+        # current index instead of read again from their shards (unless a shard changed its row count).
+        reuse = bool(old) and list(old.get("counts", []))[: len(old_scenes)] == counts[: len(old_scenes)]
+        first_new = len(old_scenes) if reuse else 0
+        n_old = sum(counts[:first_new])
+        extend = reuse and old["kind"] == kind and kind != "flat" and (self.index_dir / "ann.faiss").is_file()
+        with staged_dir(self.index_dir) as tmp:
             vec = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float32, shape=(n, dim))
             rows = np.zeros((n, 2), np.int32)
             lonlat = np.zeros((n, 4), np.float64)
             times = np.full(n, NO_TIME, np.int64)
-            start = 0
-            first_new = len(old_scenes) if extend else 0
-            n_old = sum(counts[:first_new])
-            if extend:
+            if n_old:
                 vec[:n_old] = np.load(self.index_dir / "vectors.npy", mmap_mode="r")[:n_old]
+                for name, arr in (("rows.npy", rows), ("lonlat.npy", lonlat), ("time.npy", times)):
+                    arr[:n_old] = np.load(self.index_dir / name, mmap_mode="r")[:n_old]
+            start = n_old
             for i, (s, c) in enumerate(zip(order, counts)):
-                if i >= first_new:
-                    t = pq.read_table(self.shard_dir / s, columns=["embedding"])
-                    vec[start : start + c] = _embedding_matrix(t.column("embedding"), dim)
-                t = pq.read_table(self.shard_dir / s, columns=["tile", "xmin", "ymin", "xmax", "ymax", "datetime"])
+                if i < first_new:
+                    continue
+                t = pq.read_table(self.shard_dir / s, columns=["embedding", "tile", "xmin", "ymin", "xmax", "ymax", "datetime"])
+                vec[start : start + c] = _embedding_matrix(t.column("embedding"), dim)
                 rows[start : start + c, 0] = i
                 rows[start : start + c, 1] = t.column("tile").to_numpy()
                 lonlat[start : start + c] = np.stack([t.column(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax")], 1)
@@ -368,14 +372,10 @@ class Archive:
             else:
                 recall = ann.measure_recall(index, vec).as_dict()
             meta = {"kind": kind, "n_vectors": n, "dim": dim, "scenes": order, "counts": counts,
-                    "extended": extend, "build_s": round(build_s, 3), **recall,
+                    "extended": extend, "reused_vectors": n_old, "build_s": round(build_s, 3), **recall,
                     "built": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             del vec
             atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
-            replace_dir(tmp, self.index_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self._loaded = None
         return meta
 
@@ -434,18 +434,33 @@ class Archive:
                     break
                 want = min(n, want * 4)
         kept = nms(lonlat[cand], scores, nms_iou, limit=int(top_k))
-        return [self._hit(rank, int(cand[i]), float(scores[i]), meta, rows)
-                for rank, i in enumerate(kept, start=1)]
+        records = self._records(meta, [(int(rows[cand[i], 0]), int(rows[cand[i], 1])) for i in kept])
+        hits = []
+        for rank, (i, t) in enumerate(zip(kept, records), start=1):
+            hits.append(ArchiveHit(rank, float(scores[i]), t["scene"], t["datetime"], t["source"], int(t["tile"]),
+                                   (t["col"], t["row"], t["width"], t["height"]),
+                                   (t["xmin"], t["ymin"], t["xmax"], t["ymax"]), _ring_from_wkb(t["geometry"])))
+        return hits
 
-    def _hit(self, rank: int, vrow: int, score: float, meta: dict, rows: np.ndarray) -> ArchiveHit:
+    def _records(self, meta: dict, where: Sequence[tuple[int, int]]) -> list[dict]:
+        """The shard rows of the hits, given as (shard number, row): each shard opened once, and of it only the
+        row groups that hold a hit (SHARD_ROW_GROUP rows each), not the whole shard."""
         import pyarrow.parquet as pq
 
-        shard, r = int(rows[vrow, 0]), int(rows[vrow, 1])
         cols = ["scene", "datetime", "source", "tile", "col", "row", "width", "height", "xmin", "ymin", "xmax", "ymax", "geometry"]
-        t = pq.read_table(self.shard_dir / meta["scenes"][shard], columns=cols).slice(r, 1).to_pylist()[0]
-        ring = _ring_from_wkb(t["geometry"])
-        return ArchiveHit(rank, score, t["scene"], t["datetime"], t["source"], int(t["tile"]),
-                          (t["col"], t["row"], t["width"], t["height"]), (t["xmin"], t["ymin"], t["xmax"], t["ymax"]), ring)
+        out: dict[tuple[int, int], dict] = {}
+        for shard in sorted({s for s, _ in where}):
+            pf = pq.ParquetFile(self.shard_dir / meta["scenes"][shard])
+            starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+            groups: dict[int, object] = {}
+            for s, r in where:
+                if s != shard:
+                    continue
+                g = int(np.searchsorted(starts, r, side="right") - 1)
+                if g not in groups:
+                    groups[g] = pf.read_row_group(g, columns=cols)
+                out[s, r] = groups[g].slice(r - int(starts[g]), 1).to_pylist()[0]
+        return [out[w] for w in where]
 
     def info(self) -> dict:
         meta = self.index_meta() or {}
@@ -632,20 +647,12 @@ def embed_scene(task: SceneTask, config: dict, provider: str):
 
 
 def write_shard(table, path: Path) -> Path:
-    """Write to a temporary name in the same folder, then rename: a shard is complete or absent."""
+    """Written beside and renamed (atomic.atomic_write): a shard is complete or absent. Row groups of
+    SHARD_ROW_GROUP rows let a search read only the groups that hold its hits."""
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=SHARD_ROW_GROUP))
 
 
 def _lonlat_rings(win: np.ndarray, transform, crs) -> np.ndarray:
