@@ -18,7 +18,7 @@ all sources together (one ranked list), and writes ``hits.gpkg`` (and heat maps 
 GeoPackage layout: one layer ``hits`` in the CRS of the first source. Hits from sources in another CRS
 are reprojected (tile outlines densified, so they stay exact polygons); their native CRS is kept in the
 ``crs`` field. Fields: rank, score (cosine), source (raster path), tile (row in that raster's index), crs.
-Heat maps: one float32 GeoTIFF per source on that source's grid, the mean cosine similarity of the
+Heat maps: one float32 Cloud-Optimised GeoTIFF per source on that source's grid, the mean cosine similarity of the
 tiles covering each pixel (NaN = no tile): ``heatmap.tif`` for one source, ``heatmap_<n>_<name>.tif``
 for several.
 """
@@ -297,7 +297,7 @@ def _heatmap(idx: Index, scores: np.ndarray, path: Path) -> Path:
     from rasterio.windows import Window
 
     from .tiling import LogitAccumulator
-    from .writers import geotiff_profile, open_geotiff
+    from .writers import geotiff_profile, make_cog, open_geotiff
 
     grid = idx.grid
     h, w = grid.out_shape
@@ -312,7 +312,8 @@ def _heatmap(idx: Index, scores: np.ndarray, path: Path) -> Path:
                 dst.write(acc.averaged(win)[0], 1, window=win)
     finally:
         acc.close()
-    return path
+    # A Cloud-Optimised GeoTIFF with averaged overviews, like the class map: a scene-wide heat map opens fast.
+    return make_cog(path, "average")
 
 
 def heatmap_name(n: int, count: int, source: str) -> str:
