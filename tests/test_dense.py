@@ -23,6 +23,7 @@ from rs_clip_plugin.engine.bundle import (
     read_manifest,
     write_manifest,
 )
+from rs_clip_plugin.engine.classes import parse_classes
 from rs_clip_plugin.engine.classify import classify_raster, dense_tile_logits
 from rs_clip_plugin.engine.cli import main
 from rs_clip_plugin.engine.errors import InputError
@@ -30,7 +31,7 @@ from rs_clip_plugin.engine.options import TilingOptions
 from rs_clip_plugin.engine.pipeline import preprocess_tile
 from rs_clip_plugin.engine.raster import open_source
 from rs_clip_plugin.engine.runtime import EncoderSession
-from rs_clip_plugin.engine.text import class_embeddings
+from rs_clip_plugin.engine.text import prompt_head
 
 CLASSES = "forest|woodland;river;annual crop;town"
 TILE = 64  # the tiny bundle's tile (64 px at 10 m)
@@ -189,8 +190,11 @@ def test_dense_labels_vary_inside_tiles(tiny_bundle: Path, crop: Path, tmp_path:
     with open_source(crop) as src:
         x = preprocess_tile(src.read_for(spec, rasterio.windows.Window(0, 0, TILE, TILE)), spec)
     out = EncoderSession(b, "rgb", provider="cpu", dense=True).embed_dense(x[None])
-    logits = dense_tile_logits(out.patches[0], out.cls[0], class_embeddings(b, CLASSES), b.manifest.logit_scale,
-                               (8, 8), TILE, TILE)
+    # Dense mode merges synonyms by max: forest and woodland each get a vector, the class its better logit.
+    assert dense.summary["synonyms"] == "max" and tile.summary["synonyms"] == "mean"
+    head = prompt_head(b, parse_classes(CLASSES), synonyms="max")
+    assert head.vectors.shape[0] == 5 and head.n_columns == 4
+    logits = dense_tile_logits(out.patches[0], out.cls[0], head, b.manifest.logit_scale, (8, 8), TILE, TILE)
     assert np.array_equal(dense_labels[:TILE, :TILE], logits.argmax(axis=0) + 1)
 
 

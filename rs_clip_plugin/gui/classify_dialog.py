@@ -41,6 +41,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..engine.bands import MODALITIES
+from ..engine.classes import UNKNOWN
 from ..engine.options import RasterOptions, RunOptions, TilingOptions
 from ..engine.runtime import PRECISION_CHOICES
 from ..installed_bundles import ModelStore
@@ -467,7 +468,7 @@ class ClassifyDialog(QDialog):
         rows = list(summary.get("classes", []))
         unknown = summary.get("unknown") or {}
         if unknown.get("pixels"):
-            rows.append({"name": "unknown", **unknown})
+            rows.append({"name": UNKNOWN, **unknown})  # the summary names it ('background / unknown' with background)
         valid = float(summary.get("valid_pixels") or 0) or float(sum(int(c.get("pixels", 0)) for c in rows)) or 1.0
         self.area_table.setRowCount(0)
         for c in rows:
