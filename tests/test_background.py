@@ -121,15 +121,14 @@ def test_cli_background_and_synonyms(bundle, crop: Path, tmp_path: Path, capsys)
     rc = main(["classify", str(crop), "--classes", "forest|woodland;town", "--background", "river", "--out",
                str(tmp_path / "t"), "--bundle", str(bundle.root), "--provider", "cpu", "--mode", "tile"])
     text = capsys.readouterr().out
-    assert rc == 0 and "synonyms merged by mean" in text and "background prompts: river" in text
+    assert rc == 0 and "synonyms merged by max" in text and "background prompts: river" in text
     with pytest.raises(InputError, match="`synonyms` 'median' is not one of auto, mean, max"):
         classify_raster(crop, "a;b", tmp_path / "m", bundle=bundle, synonyms="median")
     assert not (tmp_path / "m").exists()
 
 
 def test_synonym_rule_and_head(bundle) -> None:
-    assert synonym_merge(None, "dense") == "max" and synonym_merge("auto", "tile") == "mean"
-    assert synonym_merge("mean", "dense") == "mean"
+    assert synonym_merge(None) == synonym_merge("auto") == "max" and synonym_merge("mean") == "mean"
     specs = parse_classes("forest|woodland|trees;river")
     mean = prompt_head(bundle, specs, synonyms="mean", background=parse_background("cloud|haze"))
     assert mean.vectors.shape[0] == mean.n_columns == 3
@@ -145,10 +144,9 @@ def test_synonym_rule_and_head(bundle) -> None:
 
 
 def test_synonyms_max_in_tile_mode_by_hand(bundle, crop: Path, tmp_path: Path) -> None:
-    """Tile mode with synonyms merged by max: each tile's class logit is the best of its synonyms' logits."""
+    """Tile mode with synonyms merged by max (the default): each tile's class logit is the best of its synonyms'."""
     classes = "forest|woodland|jungle;river|stream;annual crop|farmland"
-    res = classify_raster(crop, classes, tmp_path / "o", bundle=bundle, provider="cpu", mode="tile", synonyms="max",
-                          precision="fp32")
+    res = classify_raster(crop, classes, tmp_path / "o", bundle=bundle, provider="cpu", mode="tile", precision="fp32")
     assert res.summary["synonyms"] == "max"
     labels, conf = _read(res.labels_path), _read(res.confidence_path)
     spec = bundle.manifest.encoder("rgb")
@@ -164,6 +162,7 @@ def test_synonyms_max_in_tile_mode_by_hand(bundle, crop: Path, tmp_path: Path) -
     got = labels[::TILE, ::TILE].ravel()
     assert np.array_equal(got, p.argmax(1) + 1)
     assert np.allclose(conf[::TILE, ::TILE].ravel(), p.max(1), atol=1e-4)
-    mean = classify_raster(crop, classes, tmp_path / "m", bundle=bundle, provider="cpu", mode="tile", precision="fp32")
+    mean = classify_raster(crop, classes, tmp_path / "m", bundle=bundle, provider="cpu", mode="tile", precision="fp32",
+                           synonyms="mean")
     assert mean.summary["synonyms"] == "mean"
     assert not np.allclose(_read(mean.confidence_path), conf)  # the rule changes the result

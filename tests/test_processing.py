@@ -144,7 +144,7 @@ def test_classify_mode_background_and_synonyms(provider, crop, tiny_bundle, tmp_
          "OUTPUT": str(tmp_path / "tile.tif")},
     )
     s = json.loads(Path(res["SUMMARY"]).read_text())
-    assert s["mode"] == "tile" and s["synonyms"] == "mean" and s["background"] == []
+    assert s["mode"] == "tile" and s["synonyms"] == "max" and s["background"] == []
     with pytest.raises(QgsProcessingException, match="BACKGROUND prompt 'water' is also one of the classes"):
         processing.run("rsclip:classify", {"INPUT": str(crop), "CLASSES": "forest;water", "BACKGROUND": "water",
                                            "BUNDLE": str(tiny_bundle), "OUTPUT": str(tmp_path / "clash.tif")})

@@ -205,7 +205,7 @@ class ClassifyJob:
     polygons: bool = False
     mmu_ha: float = 0.0
     # Background prompts (extra logit columns; winning one makes a pixel K+1) and the synonym merge
-    # (None = by mode, text.synonym_merge).
+    # (None = text.synonym_merge's default).
     background: tuple[ClassSpec, ...] = ()
     synonyms: Optional[str] = None
 
@@ -256,7 +256,7 @@ def classify_raster(
     an error or a cancel nothing of this run is left there. ``polygons`` adds classes.gpkg, with regions
     smaller than ``mmu_ha`` hectares merged into their largest neighbour. ``background``: prompts
     ("cloud;shadow") whose winning pixels become background / unknown (K+1); ``synonyms``: 'mean', 'max' or
-    None/'auto' (max in dense mode, mean in tile mode).
+    None/'auto' (text.DEFAULT_SYNONYM_MERGE, max: measured better in both modes).
     """
     t_start = time.perf_counter()
     progress = progress or Progress()
@@ -294,7 +294,7 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
 
     mode = label_mode(spec, tiling.mode, b, run.precision)
     dense = mode == "dense"
-    merge = synonym_merge(job.synonyms, mode)
+    merge = synonym_merge(job.synonyms)
     t0 = time.perf_counter()
     text_session = EncoderSession(b, TEXT_ROLE, provider=run.provider)
     head = prompt_head(b, specs, job.lang, merge, job.background, session=text_session)

@@ -232,7 +232,7 @@ class ClassifyDialog(QDialog):
         self.synonyms_combo.setObjectName("rsclip_synonyms_combo")
         self.synonyms_combo.addItems(SYNONYMS)
         self.synonyms_combo.setToolTip("How a class's synonyms (forest|woodland) are merged: mean (one averaged "
-                                       "prompt) or max (the best-matching one); auto: max in dense mode, mean in tile mode")
+                                       "prompt) or max (the best-matching one); auto: max, measured better")
         opts.addRow("Synonyms", self.synonyms_combo)
         self.out_widget = QgsFileWidget()
         self.out_widget.setObjectName("rsclip_output_folder")

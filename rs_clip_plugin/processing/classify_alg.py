@@ -32,7 +32,7 @@ from .styles import StylePostProcessor
 
 PRESET_OPTIONS = ["(none: use CLASSES)", *PRESETS]
 MODE_OPTIONS = ["auto", *LABEL_MODES]  # the engine's TilingOptions.mode, 'auto' = dense when the encoder has it
-SYNONYM_OPTIONS = ["auto", *SYNONYM_MERGES]  # 'auto' = max in dense mode, mean in tile mode (text.synonym_merge)
+SYNONYM_OPTIONS = ["auto", *SYNONYM_MERGES]  # 'auto' = the engine's default (text.synonym_merge)
 
 
 class ClassifyAlgorithm(RSClipAlgorithm):
@@ -57,7 +57,7 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         "BACKGROUND: prompts such as 'cloud;shadow' that compete with the classes; pixels they win become "
         "'background / unknown' (the same value). MODE: dense labels every pixel from the encoder's patch outputs "
         "(when the bundle has them), tile gives one label per tile, auto picks dense when it can. SYNONYMS: how a "
-        "class's synonyms are merged, mean or max (auto: max in dense mode, mean in tile mode). OUTPUT is a uint8 label raster with a "
+        "class's synonyms are merged, mean or max (auto: max, measured better). OUTPUT is a uint8 label raster with a "
         "colour table and a .qml style beside it; CONFIDENCE holds the probability of the chosen class. "
         "POLYGONS (optional GeoPackage) holds the class map as polygons with class, area_ha and mean_confidence; "
         "regions smaller than MMU_HA hectares are merged into their largest neighbour first."

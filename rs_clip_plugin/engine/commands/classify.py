@@ -31,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "wins becomes 'background / unknown' (the value after the last class), as below --threshold")
     p.add_argument("--synonyms", choices=["auto", *SYNONYM_MERGES], default="auto",
                    help='how the synonyms of a class ("forest|woodland") are merged: mean (one averaged prompt '
-                   "vector) or max (the best-matching synonym per pixel, SegEarth-OV); auto (default): max in dense "
-                   "mode, mean in tile mode")
+                   "vector) or max (the best-matching synonym per pixel or tile, SegEarth-OV); auto (default): max, "
+                   "measured better in both modes")
     p.add_argument("--mode", choices=["auto", *LABEL_MODES], default="auto",
                    help="dense: a label per pixel from the encoder's patch outputs (SegEarth-OV); tile: one label "
                    "per tile, averaged over overlaps; auto (default): dense when the bundle's encoder has dense outputs")
