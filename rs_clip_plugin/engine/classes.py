@@ -4,8 +4,8 @@ Accepted forms (the same everywhere: CLI, plugin, Processing):
 - one string, classes separated by ";" or new lines: ``"forest|woodland; river; annual crop"``;
 - a list of strings (each may carry synonyms) or of ClassSpec;
 - a text file (a ``Path``, or a string naming an existing file), one class per line.
-``forest|woodland`` is one class named "forest" whose prompts also use "woodland" (prompt ensembling
-over synonyms x templates). Blank lines and lines starting with ``#`` are ignored.
+``forest|woodland`` is one class named "forest" whose prompts also use "woodland" (merged by max or mean:
+text.synonym_merge). Background prompts (``parse_background``) are written the same way. Blank lines and lines starting with ``#`` are ignored.
 """
 
 from __future__ import annotations
