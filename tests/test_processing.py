@@ -184,6 +184,23 @@ def test_index_search_heatmap(provider, crop, tiny_bundle, tmp_path) -> None:
     assert best.geometry().boundingBox().contains(c)  # the example's own tile is the most similar
 
 
+def test_heatmap_at_patch_resolution(provider, crop, tiny_bundle, tmp_path) -> None:
+    """DENSE_HEATMAP: the heat map scores patches (it varies inside a tile), tagged as such."""
+    import numpy as np
+    import processing
+    import rasterio
+
+    maps = {}
+    for dense in (False, True):
+        res = processing.run("rsclip:heatmap", {"LAYERS": [str(crop)], "QUERY": "a river", "BUNDLE": str(tiny_bundle),
+                                                "PROVIDER": 1, "DENSE_HEATMAP": dense,
+                                                "OUTPUT": str(tmp_path / f"heat_{dense}.tif")})
+        with rasterio.open(res["OUTPUT"]) as ds:
+            maps[dense] = (ds.read(1), ds.tags()["RSCLIP_HEATMAP"])
+    assert maps[False][1] == "tile" and maps[True][1] == "patch"
+    assert np.ptp(maps[False][0][:64, :64]) == 0 and np.ptp(maps[True][0][:64, :64]) > 0
+
+
 def test_qgis_process_script(crop, tiny_bundle, tmp_path) -> None:
     """The documented command line: scripts/qgis_process.sh run rsclip:classify -- INPUT=.. CLASSES=.. OUTPUT=.."""
     out = tmp_path / "qp" / "labels.tif"

@@ -135,5 +135,6 @@ PARAMETER_NAMES = {
     "provider": A.PROVIDER, "precision": A.PRECISION, "out": A.OUTPUT, "threshold": "THRESHOLD", "overwrite": "OVERWRITE", "top_k": "TOP_K",
     # classify's own parameters (processing/classify_alg.py)
     "mode": "MODE", "background": "BACKGROUND", "synonyms": "SYNONYMS", "mmu_ha": "MMU_HA",
+    "dense_heatmap": "DENSE_HEATMAP",  # rsclip:heatmap
 }
 
