@@ -64,8 +64,9 @@ def _group(project: QgsProject, name: str) -> QgsLayerTreeGroup:
 
 
 def palette_classes(summary: dict) -> list[tuple[int, str, str]]:
-    """(value, name, colour) per class of an engine summary, then 'unknown' (its own value, K+1) when a
-    threshold made some; value 0 is no data and not listed."""
+    """(value, name, colour) per class of an engine summary, then 'unknown' (its own value, K+1; called
+    'background / unknown' when background prompts were given) when a threshold or background prompts can
+    make it; value 0 is no data and not listed."""
     out = []
     for i, c in enumerate(summary.get("classes", [])):
         value = int(c.get("value", i + 1))
@@ -73,8 +74,10 @@ def palette_classes(summary: dict) -> list[tuple[int, str, str]]:
             continue
         out.append((value, str(c["name"]), str(c.get("color") or c.get("colour") or "#808080")))
     unknown = summary.get("unknown") or {}
-    if summary.get("threshold") is not None and unknown.get("value"):
-        out.append((int(unknown["value"]), "unknown", str(unknown.get("color") or "#b0b0b0")))
+    if (summary.get("threshold") is not None or summary.get("background")) and unknown.get("value"):
+        from .engine.classes import UNKNOWN, UNKNOWN_COLOUR
+
+        out.append((int(unknown["value"]), str(unknown.get("name") or UNKNOWN), str(unknown.get("color") or UNKNOWN_COLOUR)))
     return out
 
 

@@ -92,9 +92,10 @@ def test_classify_major_tom_crop(bundle, major_tom_dir: Path, tmp_path: Path) ->
 def test_overlap_averages_logits_of_covering_tiles(bundle, major_tom_dir: Path, tmp_path: Path) -> None:
     extent = _crop(major_tom_dir, size_m=1280.0, dx=5000.0, dy=5000.0)
     # fp32: recomputed below in other batches, and int8's dynamic activation scale is per batch.
-    # Tile mode: this checks the per-tile logit vectors (dense mode has its own tests in test_dense.py).
+    # Tile mode: this checks the per-tile logit vectors (dense mode has its own tests in test_dense.py); synonyms
+    # averaged (mean), as class_embeddings gives them below.
     res = classify_raster(major_tom_dir, CLASSES, tmp_path / "o", bundle=bundle, extent=extent, overlap=0.5,
-                          provider="cpu", batch_size=5, precision="fp32", mode="tile")
+                          provider="cpu", batch_size=5, precision="fp32", mode="tile", synonyms="mean")
     s = res.summary
     assert s["tiling"]["stride_px"] == 32 and s["tiling"]["tiles"] == 9  # 128 px: starts 0, 32, 64
     # Recompute by hand the pixel (row 40, col 40) of the output: tiles starting at 0 and 32 cover it in

@@ -23,6 +23,7 @@ from rs_clip_plugin.engine.bundle import (
     read_manifest,
     write_manifest,
 )
+from rs_clip_plugin.engine.classes import parse_classes
 from rs_clip_plugin.engine.classify import classify_raster, dense_tile_logits
 from rs_clip_plugin.engine.cli import main
 from rs_clip_plugin.engine.errors import InputError
@@ -30,7 +31,7 @@ from rs_clip_plugin.engine.options import TilingOptions
 from rs_clip_plugin.engine.pipeline import preprocess_tile
 from rs_clip_plugin.engine.raster import open_source
 from rs_clip_plugin.engine.runtime import EncoderSession
-from rs_clip_plugin.engine.text import class_embeddings
+from rs_clip_plugin.engine.text import prompt_head
 
 CLASSES = "forest|woodland;river;annual crop;town"
 TILE = 64  # the tiny bundle's tile (64 px at 10 m)
@@ -189,8 +190,11 @@ def test_dense_labels_vary_inside_tiles(tiny_bundle: Path, crop: Path, tmp_path:
     with open_source(crop) as src:
         x = preprocess_tile(src.read_for(spec, rasterio.windows.Window(0, 0, TILE, TILE)), spec)
     out = EncoderSession(b, "rgb", provider="cpu", dense=True).embed_dense(x[None])
-    logits = dense_tile_logits(out.patches[0], out.cls[0], class_embeddings(b, CLASSES), b.manifest.logit_scale,
-                               (8, 8), TILE, TILE)
+    # Synonyms are merged by max (the default): forest and woodland each get a vector, the class its better logit.
+    assert dense.summary["synonyms"] == tile.summary["synonyms"] == "max"
+    head = prompt_head(b, parse_classes(CLASSES), synonyms="max")
+    assert head.vectors.shape[0] == 5 and head.n_columns == 4
+    logits = dense_tile_logits(out.patches[0], out.cls[0], head, b.manifest.logit_scale, (8, 8), TILE, TILE)
     assert np.array_equal(dense_labels[:TILE, :TILE], logits.argmax(axis=0) + 1)
 
 
@@ -226,3 +230,64 @@ def test_mode_option_is_checked() -> None:
     assert TilingOptions(mode="auto").mode is None
     with pytest.raises(InputError, match="mode"):
         TilingOptions(mode="pixel")
+
+
+# -- search heat maps at patch resolution ---------------------------------------------------------------
+
+def test_index_with_patch_embeddings_and_patch_heatmap(tiny_bundle: Path, crop: Path, tmp_path: Path) -> None:
+    """build_index(dense_heatmap=True) stores per tile and patch p - 0.3 c (float16, verified like the other
+    arrays); search heat maps then score patches, upsampled bilinearly: they vary inside tiles, unlike per-tile
+    maps, and equal the patch scores of each tile by hand."""
+    from rs_clip_plugin.engine.classify import GLOBAL_BIAS_LAMBDA
+    from rs_clip_plugin.engine.index import PATCHES, IndexCacheError, build_index, open_index
+    from rs_clip_plugin.engine.pipeline import resize_hw
+    from rs_clip_plugin.engine.search import search, text_query_vector
+
+    b = load_bundle(tiny_bundle)
+    idx = build_index(crop, b, provider="cpu", dense_heatmap=True)
+    assert idx.patches is not None and idx.patches.shape == (9, 64, b.manifest.embed_dim)
+    assert idx.patches.dtype == np.float16 and idx.patch_grid == (8, 8)
+    assert idx.summary()["patches"] == {"grid": [8, 8], "bytes": (idx.root / PATCHES).stat().st_size}
+    assert idx.meta["precision_used"] == "fp32"
+    plain = build_index(crop, b, provider="cpu", precision="fp32")
+    assert plain.root != idx.root and plain.patches is None and plain.summary()["patches"] is None
+    # The pooled rows are the tile embeddings of the plain index (same fp32 graph), the patches p - 0.3 c.
+    assert np.allclose(idx.embeddings, plain.embeddings, atol=1e-5)
+    spec = b.manifest.encoder("rgb")
+    with open_source(crop) as src:
+        x = preprocess_tile(src.read_for(spec, rasterio.windows.Window(*idx.tiles[4])), spec)
+    out = EncoderSession(b, "rgb", provider="cpu", dense=True).embed_dense(x[None])
+    want = out.patches[0] - GLOBAL_BIAS_LAMBDA * out.cls[0]
+    assert np.allclose(np.asarray(idx.patches[4], np.float32), want, atol=2e-3)
+    assert build_index(crop, b, provider="cpu", dense_heatmap=True).reused
+
+    q = text_query_vector(b, "a river")
+    res = search([crop], q, tmp_path / "patch", bundle=b, heatmap=True, dense_heatmap=True, provider="cpu", top_k=2)
+    tile = search([crop], q, tmp_path / "tile", bundle=b, heatmap=True, provider="cpu", precision="fp32", top_k=2)
+    with rasterio.open(res.heatmap_path) as ds:
+        heat, tags = ds.read(1), ds.tags()
+    with rasterio.open(tile.heatmap_path) as ds:
+        flat, flat_tags = ds.read(1), ds.tags()
+    assert tags["RSCLIP_HEATMAP"] == "patch" and flat_tags["RSCLIP_HEATMAP"] == "tile"
+    assert _non_uniform_blocks(flat) == 0 and heat.shape == flat.shape == (3 * TILE, 3 * TILE)
+    c, r, w, h = (int(v) for v in idx.tiles[4])
+    by_hand = resize_hw((np.asarray(idx.patches[4], np.float32) @ q).reshape(1, 8, 8), h, w)[0]
+    assert np.allclose(heat[r : r + h, c : c + w], by_hand, atol=1e-5)
+    assert np.ptp(heat[r : r + h, c : c + w]) > 0  # varies inside the tile
+    assert [h.tile for h in res.hits] == [h.tile for h in tile.hits]  # the ranking is the tiles' own
+
+    # An altered patch file is never trusted: the index is rebuilt.
+    arr = np.load(idx.root / PATCHES, mmap_mode="r+")
+    arr[0, 0, 0] += 1
+    arr.flush()
+    del arr
+    with pytest.raises(IndexCacheError, match="altered"):
+        open_index(idx.root)
+    assert not build_index(crop, b, provider="cpu", dense_heatmap=True).reused
+
+
+def test_dense_heatmap_needs_dense_outputs(plain_bundle: Path, crop: Path, tmp_path: Path, capsys) -> None:
+    rc = main(["search", str(crop), "--query", "a river", "--heatmap", "--dense-heatmap", "--out", str(tmp_path / "s"),
+               "--bundle", str(plain_bundle), "--provider", "cpu"])
+    assert rc == 2 and "--dense-heatmap needs an encoder with dense outputs" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -472,6 +472,44 @@ def test_unknown_is_in_the_legend_and_the_area_table(qgis_iface, layer, store, t
     assert table[-1] == "unknown"
 
 
+def test_background_field_makes_background_unknown(qgis_iface, layer, crop, store, tiny_bundle, tmp_path) -> None:
+    """Typing background prompts in 'Background' (and picking 'max' in 'Synonyms'): the pixels they win are
+    'background / unknown', in the legend and the area table; a prompt that is also a class is refused in the
+    dialog's words."""
+    import numpy as np
+    import rasterio
+
+    from rs_clip_plugin.engine.classes import BACKGROUND_UNKNOWN
+    from rs_clip_plugin.engine.classify import classify_raster
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    candidates = ["forest", "water", "town", "annual crop"]
+    probe = classify_raster(crop, candidates, tmp_path / "probe", bundle=tiny_bundle, provider="cpu")
+    with rasterio.open(probe.labels_path) as ds:
+        values, counts = np.unique(ds.read(1), return_counts=True)
+    back = candidates[int(values[counts.argmax()]) - 1]  # wins pixels whatever the random weights
+    classes = [c for c in candidates if c != back]
+    dlg = ready_dialog(qgis_iface, store, layer, tiny_bundle, tmp_path / "out", classes)
+    QTest.keyClicks(dlg.background_edit, f"{back};a cloud")
+    dlg.synonyms_combo.setFocus()
+    QTest.keyClicks(dlg.synonyms_combo, "max")
+    assert dlg.synonyms_combo.currentText() == "max"
+    task = click_run(dlg)
+    assert task is not None and wait_for(task), dlg.message_label.text()
+    s = dlg.result.summary
+    assert s["background"] == [back, "a cloud"] and s["synonyms"] == "max"
+    assert [c.label for c in dlg.result_layers[0].renderer().classes()] == [*classes, BACKGROUND_UNKNOWN]
+    table = [dlg.area_table.item(r, 0).text() for r in range(dlg.area_table.rowCount())]
+    assert table[-1] == BACKGROUND_UNKNOWN and s["unknown"]["pixels"] > 0
+    dlg.background_edit.clear()
+    QTest.keyClicks(dlg.background_edit, classes[0])
+    task = click_run(dlg)
+    if task is not None:
+        assert not wait_for(task)
+    text = dlg.message_label.text()
+    assert "‘Background’" in text and "also one of the classes" in text and "--" not in text
+
+
 def test_search_dock_searches_an_archive(qgis_iface, crop, store, tiny_bundle, tmp_path) -> None:
     """'Search in: An archive folder': a text query over an archive's ANN index; hits name scene and date; a
     click loads the scene and zooms to the hit (issue 13, plugin part)."""

@@ -112,6 +112,44 @@ def test_classify_preset_and_errors(provider, crop, tiny_bundle, tmp_path) -> No
                                                     "eurosat_confidence.tif", "eurosat_summary.json"}
 
 
+def test_classify_mode_background_and_synonyms(provider, crop, tiny_bundle, tmp_path) -> None:
+    """MODE, BACKGROUND and SYNONYMS reach the engine: the Processing run writes what the engine writes with the
+    same options, the legend calls K+1 'background / unknown', and an engine error names BACKGROUND."""
+    import processing
+    import rasterio
+    from qgis.core import QgsProcessingException
+
+    from rs_clip_plugin.engine.classes import BACKGROUND_UNKNOWN
+    from rs_clip_plugin.engine.classify import classify_raster
+    from rs_clip_plugin.engine.writers import read_class_legend
+
+    out = tmp_path / "dense.tif"
+    res = processing.run(
+        "rsclip:classify",
+        {"INPUT": str(crop), "CLASSES": "forest|woodland;water;town", "BACKGROUND": "a cloud;shadow", "MODE": 1,
+         "SYNONYMS": 1, "BUNDLE": str(tiny_bundle), "PROVIDER": 1, "OUTPUT": str(out)},
+    )
+    s = json.loads(Path(res["SUMMARY"]).read_text())
+    assert s["mode"] == "dense" and s["synonyms"] == "mean" and s["background"] == ["a cloud", "shadow"]
+    assert read_class_legend(out)["names"] == ["no data", "forest", "water", "town", BACKGROUND_UNKNOWN]
+    same = classify_raster(crop, "forest|woodland;water;town", tmp_path / "engine", bundle=tiny_bundle,
+                           provider="cpu", mode="dense", synonyms="mean", background="a cloud;shadow")
+    with rasterio.open(out) as a, rasterio.open(same.labels_path) as b:
+        assert (a.read(1) == b.read(1)).all()
+    layer = QgsRasterLayer(str(out), "labels")
+    assert [c.label for c in layer.renderer().classes()][-1] == BACKGROUND_UNKNOWN
+    res = processing.run(
+        "rsclip:classify",
+        {"INPUT": str(crop), "CLASSES": "forest;water", "MODE": 2, "BUNDLE": str(tiny_bundle), "PROVIDER": 1,
+         "OUTPUT": str(tmp_path / "tile.tif")},
+    )
+    s = json.loads(Path(res["SUMMARY"]).read_text())
+    assert s["mode"] == "tile" and s["synonyms"] == "max" and s["background"] == []
+    with pytest.raises(QgsProcessingException, match="BACKGROUND prompt 'water' is also one of the classes"):
+        processing.run("rsclip:classify", {"INPUT": str(crop), "CLASSES": "forest;water", "BACKGROUND": "water",
+                                           "BUNDLE": str(tiny_bundle), "OUTPUT": str(tmp_path / "clash.tif")})
+
+
 def test_index_search_heatmap(provider, crop, tiny_bundle, tmp_path) -> None:
     import processing
 
@@ -144,6 +182,23 @@ def test_index_search_heatmap(provider, crop, tiny_bundle, tmp_path) -> None:
     )
     best = next(QgsVectorLayer(sim["OUTPUT"], "s", "ogr").getFeatures())
     assert best.geometry().boundingBox().contains(c)  # the example's own tile is the most similar
+
+
+def test_heatmap_at_patch_resolution(provider, crop, tiny_bundle, tmp_path) -> None:
+    """DENSE_HEATMAP: the heat map scores patches (it varies inside a tile), tagged as such."""
+    import numpy as np
+    import processing
+    import rasterio
+
+    maps = {}
+    for dense in (False, True):
+        res = processing.run("rsclip:heatmap", {"LAYERS": [str(crop)], "QUERY": "a river", "BUNDLE": str(tiny_bundle),
+                                                "PROVIDER": 1, "DENSE_HEATMAP": dense,
+                                                "OUTPUT": str(tmp_path / f"heat_{dense}.tif")})
+        with rasterio.open(res["OUTPUT"]) as ds:
+            maps[dense] = (ds.read(1), ds.tags()["RSCLIP_HEATMAP"])
+    assert maps[False][1] == "tile" and maps[True][1] == "patch"
+    assert np.ptp(maps[False][0][:64, :64]) == 0 and np.ptp(maps[True][0][:64, :64]) > 0
 
 
 def test_qgis_process_script(crop, tiny_bundle, tmp_path) -> None:

@@ -195,6 +195,25 @@ def test_heatmap_georeferencing(tiny_bundle: Path, major_tom_dir: Path, tmp_path
         assert np.nanmax(heat) == pytest.approx(res.hits[0].score, abs=1e-5)
 
 
+def test_heatmap_is_a_tagged_cog(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path) -> None:
+    """Heat maps are Cloud-Optimised GeoTIFFs with averaged overviews (as the class map), tagged as RS-CLIP
+    outputs so no front end offers them as search inputs."""
+    from osgeo import gdal
+
+    from rs_clip_plugin.engine.writers import OUTPUT_TAG
+
+    validate = pytest.importorskip("osgeo_utils.samples.validate_cloud_optimized_geotiff").validate
+    q = text_query_vector(tiny_bundle, "a town")
+    res = search([major_tom_dir], q, tmp_path / "out", bundle=tiny_bundle, top_k=3, extent=_extent(major_tom_dir, 5),
+                 heatmap=True)
+    with rasterio.open(res.heatmap_path) as hm:
+        assert (hm.width, hm.height) == (320, 320) and hm.overviews(1) == [2]
+        assert hm.tags()[OUTPUT_TAG] == "heatmap"
+    assert gdal.Open(str(res.heatmap_path)).GetMetadataItem("LAYOUT", "IMAGE_STRUCTURE") == "COG"
+    assert validate(str(res.heatmap_path), full_check=True)[1] == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["heatmap.tif", "hits.gpkg"]  # no leftovers
+
+
 # --- CLI ---------------------------------------------------------------------------------------------
 def test_cli_search_and_errors(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"

@@ -4,8 +4,8 @@ Accepted forms (the same everywhere: CLI, plugin, Processing):
 - one string, classes separated by ";" or new lines: ``"forest|woodland; river; annual crop"``;
 - a list of strings (each may carry synonyms) or of ClassSpec;
 - a text file (a ``Path``, or a string naming an existing file), one class per line.
-``forest|woodland`` is one class named "forest" whose prompts also use "woodland" (prompt ensembling
-over synonyms x templates). Blank lines and lines starting with ``#`` are ignored.
+``forest|woodland`` is one class named "forest" whose prompts also use "woodland" (merged by max or mean:
+text.synonym_merge). Background prompts (``parse_background``) are written the same way. Blank lines and lines starting with ``#`` are ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from typing import Union
 # In a uint8 label raster 0 is no data and K+1 is "unknown" (below the threshold), which leaves 254 classes.
 MAX_CLASSES = 254
 UNKNOWN = "unknown"
+# The same value K+1 when background prompts were given: a pixel won by a background prompt, or below the
+# threshold. The one wording of it for the legend, the .qml, the polygons, the area tables and the summary.
+BACKGROUND_UNKNOWN = "background / unknown"
 UNKNOWN_COLOUR = "#b0b0b0"  # a visible neutral grey: unknown is a result, shown in the legend, unlike no data
 NODATA = "no data"
 NODATA_COLOUR = "#000000"  # transparent in the colour table
@@ -104,6 +107,50 @@ def parse_classes(value: ClassesInput) -> list[ClassSpec]:
     if len(specs) > MAX_CLASSES:
         raise ValueError(f"{len(specs)} classes in {where}; a uint8 label map holds at most {MAX_CLASSES}")
     return specs
+
+
+def unknown_name(background: bool) -> str:
+    """What label value K+1 is called: 'unknown' (below the threshold), or 'background / unknown' when
+    background prompts can also win a pixel."""
+    return BACKGROUND_UNKNOWN if background else UNKNOWN
+
+
+BACKGROUND_HELP = 'pass background prompts as "cloud;shadow" (synonyms as "cloud|haze"), or leave them out'
+
+
+def parse_background(value: Union[str, Sequence[Union[str, ClassSpec]], None],
+                     classes: Sequence[ClassSpec] = ()) -> tuple[ClassSpec, ...]:
+    """Background prompts (SegEarth-OV): extra logit columns that, when they win a pixel, make it 'background /
+    unknown'. Written like classes (";"-separated, synonyms with "|"); None or blank text = none. A prompt that
+    is also one of ``classes`` is refused: the pixel could not be both."""
+    from .errors import InputError
+
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        entries: list = _entries_from_text(value)
+    elif isinstance(value, Iterable):
+        entries = []
+        for v in value:
+            if isinstance(v, ClassSpec):
+                entries.append(v)
+            elif isinstance(v, str):
+                entries.extend(_entries_from_text(v))
+            else:
+                raise InputError(f"{{background}} item {v!r} is not text; {BACKGROUND_HELP}")
+    else:
+        raise InputError(f"{{background}} must be text or a list, not {type(value).__name__}; {BACKGROUND_HELP}")
+    specs: list[ClassSpec] = []
+    for e in entries:
+        spec = e if isinstance(e, ClassSpec) else ClassSpec.parse(e)
+        if spec.name.casefold() not in {s.name.casefold() for s in specs}:
+            specs.append(spec)
+    taken = {p.casefold() for c in classes for p in c.phrases}
+    clash = [p for s in specs for p in s.phrases if p.casefold() in taken]
+    if clash:
+        raise InputError(f"{{background}} prompt {clash[0]!r} is also one of the classes; a pixel cannot be both: "
+                         "remove it from the background or from the classes")
+    return tuple(specs)
 
 
 # Colours a GIS analyst expects for common land-cover words (first match wins, matched on whole words).

@@ -2,10 +2,14 @@
 
 Per tile, logits = logit_scale * cos(tile embedding, class embedding); per pixel, the logits of every tile
 covering it are averaged (overlap smooths tile edges), then softmax gives the label (argmax) and its
-confidence (max probability). Output, on the input's working grid restricted to the extent:
+confidence (max probability). The logit columns are the K classes then the background prompts (SegEarth-OV):
+a pixel a background prompt wins, or whose confidence is below ``threshold``, gets K+1. A class with synonyms
+is one vector (mean) or the max of one logit per synonym (text.synonym_merge is the rule, text.PromptHead the
+mechanism; merged per tile, before overlaps are averaged, so memory stays K + background planes).
+Output, on the input's working grid restricted to the extent:
 
-- ``labels.tif``: uint8, classes 1..K, K+1 = unknown (below ``threshold``; only when one is given), 0 = no
-  data (the nodata value, transparent); colour
+- ``labels.tif``: uint8, classes 1..K, K+1 = unknown (below ``threshold``) or background / unknown (with
+  ``background``; classes.unknown_name; only when either is given), 0 = no data (the nodata value, transparent); colour
   table, category names (``labels.tif.aux.xml`` when osgeo is present) and name tags (see writers.py);
 - ``confidence.tif``: float32 max softmax probability, NaN where no label (both Cloud-Optimised GeoTIFFs with
   overviews: writers.make_cog);
@@ -37,21 +41,22 @@ from .bundle import Bundle, EncoderSpec
 from .classes import (
     NODATA,
     NODATA_COLOUR,
-    UNKNOWN,
     UNKNOWN_COLOUR,
     ClassesInput,
     ClassSpec,
     class_colours,
+    parse_background,
     parse_classes,
+    unknown_name,
 )
 from .default_bundle import as_bundle
 from .errors import InputError, OutputExistsError  # noqa: F401  (OutputExistsError: re-exported, long-standing)
-from .options import JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
+from .options import SYNONYM_MERGES, JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
 from .pipeline import TileStats, embed_tiles, plan_tiles, resize_hw
 from .progress import Progress
 from .raster import RasterSource
 from .runtime import TEXT_ROLE, DenseEmbeddings, EncoderSession
-from .text import check_language, class_embeddings, templates_for
+from .text import PromptHead, check_language, prompt_head, synonym_merge, templates_for
 from .tiling import LogitAccumulator, TileGrid
 from .writers import (
     AUX_SUFFIX,
@@ -94,13 +99,16 @@ def label_mode(spec: EncoderSpec, requested: Optional[str], bundle: Bundle, prec
     return requested
 
 
-def dense_tile_logits(patches: np.ndarray, cls: np.ndarray, class_vecs: np.ndarray, scale: float,
+def dense_tile_logits(patches: np.ndarray, cls: np.ndarray, head: Union[PromptHead, np.ndarray], scale: float,
                       grid: tuple[int, int], height: int, width: int) -> np.ndarray:
-    """(K, height, width) logits of one tile from its normalised patch [P, D] and dense class-token [D]
-    embeddings: scale * (p.t - GLOBAL_BIAS_LAMBDA * c.t) per patch, upsampled bilinearly to the tile's pixels."""
+    """(C, height, width) logits of one tile from its normalised patch [P, D] and dense class-token [D]
+    embeddings: scale * (p.t - GLOBAL_BIAS_LAMBDA * c.t) per patch and prompt vector, merged per column
+    (PromptHead.merge; plain class vectors [K, D] are one column each), upsampled bilinearly to the tile's pixels."""
+    head = head if isinstance(head, PromptHead) else PromptHead.of(head)
     gh, gw = grid
-    per_patch = patches @ class_vecs.T - np.float32(GLOBAL_BIAS_LAMBDA) * (cls @ class_vecs.T)[None, :]
-    maps = (np.float32(scale) * per_patch).T.reshape(len(class_vecs), gh, gw)
+    vecs = head.vectors
+    per_patch = head.merge(patches @ vecs.T - np.float32(GLOBAL_BIAS_LAMBDA) * (cls @ vecs.T)[None, :])
+    maps = (np.float32(scale) * per_patch).T.reshape(head.n_columns, gh, gw)
     return resize_hw(np.ascontiguousarray(maps, dtype=np.float32), height, width)
 
 
@@ -155,9 +163,11 @@ def _nodata_mask(grid: TileGrid, stats: TileStats, strip: Window) -> Optional[np
     return mask
 
 
-def _softmax_label(logits: np.ndarray, threshold: Optional[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels uint8 1..K, K+1 below ``threshold``, 0 uncovered; confidence float32; covered mask) from
-    (K, h, w) averaged logits (NaN = no tile).
+def _softmax_label(logits: np.ndarray, threshold: Optional[float],
+                   n_classes: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels uint8 1..K, K+1 where a background column wins or below ``threshold``, 0 uncovered; confidence
+    float32; covered mask) from (C, h, w) averaged logits (NaN = no tile): the first ``n_classes`` (default
+    all) columns are the classes, the rest background prompts; the softmax runs over all C.
 
     Only the winning probability is needed: max softmax = 1 / sum_k exp(x_k - max_k x), accumulated plane by
     plane so no second (K, h, w) array is made.
@@ -173,8 +183,10 @@ def _softmax_label(logits: np.ndarray, threshold: Optional[float]) -> tuple[np.n
         np.exp(plane, out=plane)
         total += plane
     conf = np.reciprocal(total, out=total)
+    k = x.shape[0] if n_classes is None else n_classes
+    labels[labels > k] = k + 1  # a background prompt won: background / unknown, a value of its own
     if threshold is not None:
-        labels[conf < threshold] = x.shape[0] + 1  # unknown: a value of its own, in the legend
+        labels[conf < threshold] = k + 1  # unknown: a value of its own, in the legend
     labels[~covered] = 0
     conf[~covered] = np.nan
     return labels, conf, covered
@@ -192,11 +204,28 @@ class ClassifyJob:
     # classes.gpkg: the label map polygonised, regions under mmu_ha hectares merged into a neighbour (0 = off).
     polygons: bool = False
     mmu_ha: float = 0.0
+    # Background prompts (extra logit columns; winning one makes a pixel K+1) and the synonym merge
+    # (None = text.synonym_merge's default).
+    background: tuple[ClassSpec, ...] = ()
+    synonyms: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.synonyms == "auto":
+            object.__setattr__(self, "synonyms", None)
+        if self.synonyms not in (None, *SYNONYM_MERGES):
+            raise InputError(f"{{synonyms}} {self.synonyms!r} is not one of auto, {', '.join(SYNONYM_MERGES)}")
         mmu = self.mmu_ha
         if not (isinstance(mmu, (int, float)) and np.isfinite(mmu) and mmu >= 0):
             raise InputError(f"{{mmu_ha}} must be an area in hectares >= 0 (0 = off), got {mmu}; e.g. 0.5")
+
+    @property
+    def has_unknown(self) -> bool:
+        """Whether label value K+1 can occur (a threshold, or background prompts, were given)."""
+        return self.threshold is not None or bool(self.background)
+
+    @property
+    def unknown_name(self) -> str:
+        return unknown_name(bool(self.background))
 
 
 def classify_raster(
@@ -214,6 +243,8 @@ def classify_raster(
     overwrite: bool = False,
     polygons: bool = False,
     mmu_ha: float = 0.0,
+    background: Union[str, list, None] = None,
+    synonyms: Optional[str] = None,
     **options: Any,
 ) -> ClassifyResult:
     """Label every pixel of a raster with one of ``classes`` (see the module docstring for the outputs).
@@ -223,19 +254,22 @@ def classify_raster(
     ``out_dir`` is the final folder (or, for QGIS Processing, a mapping of the file names above to paths of
     their own): the files are staged on its file system and published as one unit (engine/atomic.py), so on
     an error or a cancel nothing of this run is left there. ``polygons`` adds classes.gpkg, with regions
-    smaller than ``mmu_ha`` hectares merged into their largest neighbour.
+    smaller than ``mmu_ha`` hectares merged into their largest neighbour. ``background``: prompts
+    ("cloud;shadow") whose winning pixels become background / unknown (K+1); ``synonyms``: 'mean', 'max' or
+    None/'auto' (text.DEFAULT_SYNONYM_MERGE, max: measured better in both modes).
     """
     t_start = time.perf_counter()
     progress = progress or Progress()
     opts = split_options(raster, tiling, run, options, where="classify_raster")
     specs = tuple(parse_classes(classes))
+    back = parse_background(background, specs)
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"{{threshold}} {threshold} is not a probability; give a value between 0 and 1")
     with open_outputs(out_dir, OUTPUT_FILES, overwrite=overwrite) as out:  # refuses a conflict before any work
         b = as_bundle(bundle)
         check_language(b, lang)
         progress.check()
-        job = ClassifyJob(specs, b, lang, threshold, opts, bool(polygons), mmu_ha)
+        job = ClassifyJob(specs, b, lang, threshold, opts, bool(polygons), mmu_ha, back, synonyms)
         res = classify_into(source_path, job, out.path, out.destination, progress, t_start)
         progress.check()
         out.publish()
@@ -258,16 +292,18 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
     b, specs, tiling, run = job.bundle, job.specs, job.options.tiling, job.options.run
     spec, grid = plan_tiles(b, source, tiling)
 
+    mode = label_mode(spec, tiling.mode, b, run.precision)
+    dense = mode == "dense"
+    merge = synonym_merge(job.synonyms)
     t0 = time.perf_counter()
     text_session = EncoderSession(b, TEXT_ROLE, provider=run.provider)
-    class_vecs = class_embeddings(b, list(specs), lang=job.lang, session=text_session)
+    head = prompt_head(b, specs, job.lang, merge, job.background, session=text_session)
     t_text = time.perf_counter() - t0
     progress.update(0.02, "class prompts encoded")
 
-    mode = label_mode(spec, tiling.mode, b, run.precision)
-    dense = mode == "dense"
     session = EncoderSession(b, spec.modality, provider=run.provider, precision=run.precision, dense=dense)
-    acc = LogitAccumulator(grid, len(specs), strip_rows=strip_rows_for(len(specs), grid.out_shape[1]))
+    n_cols = head.n_columns
+    acc = LogitAccumulator(grid, n_cols, strip_rows=strip_rows_for(n_cols, grid.out_shape[1]))
     stats = TileStats(keep_masks=True)
     scale = np.float32(b.manifest.logit_scale)
     try:
@@ -279,21 +315,21 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
                 # Per-pixel maps: the accumulator sums them (in RAM or a temporary memmap) and averages overlaps.
                 for j, i in enumerate(indices):
                     win = grid.windows[i]
-                    acc.add(win, dense_tile_logits(emb.patches[j], emb.cls[j], class_vecs, scale, spec.dense_grid,
+                    acc.add(win, dense_tile_logits(emb.patches[j], emb.cls[j], head, scale, spec.dense_grid,
                                                    int(win.height), int(win.width)))
                 continue
-            logits = scale * (emb @ class_vecs.T)
+            logits = scale * head.merge(emb @ head.vectors.T)
             for i, row in zip(indices, logits):
                 acc.add(grid.windows[i], row)
         t_tiles = time.perf_counter() - t0
         progress.check()
         t0 = time.perf_counter()
-        counts = _write_rasters(tmp, grid, acc, stats, specs, job.threshold, progress.sub(0.9, 0.99))
+        counts = _write_rasters(tmp, grid, acc, stats, job, progress.sub(0.9, 0.99))
         names = [s.name for s in specs]
         colours = class_colours(specs)
         entries = [(k + 1, colours[k], names[k]) for k in range(len(specs))]
-        if job.threshold is not None:
-            entries.append((len(specs) + 1, UNKNOWN_COLOUR, UNKNOWN))
+        if job.has_unknown:
+            entries.append((len(specs) + 1, UNKNOWN_COLOUR, job.unknown_name))
         write_qml(tmp / QML, entries)
         poly = None
         if job.polygons:
@@ -302,10 +338,10 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
             progress.update(0.99, "polygonising")
             h, w = grid.out_shape
             poly = polygonise(tmp / LABELS, tmp / CONFIDENCE, tmp / POLYGONS,
-                              [NODATA, *names, *([UNKNOWN] if job.threshold is not None else [])],
+                              [NODATA, *names, *([job.unknown_name] if job.has_unknown else [])],
                               pixel_areas_m2(grid, Window(0, 0, w, h)), job.mmu_ha)
         t_write = time.perf_counter() - t0
-        summary = _summary(source, job, session, grid, stats, colours, counts, spec, mode, {
+        summary = _summary(source, job, session, grid, stats, colours, counts, spec, mode, merge, {
             "text_s": t_text,
             "tiles_s": t_tiles,
             "read_s": stats.read_s,
@@ -325,13 +361,14 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
     return ClassifyResult(final[LABELS], final[CONFIDENCE], final[QML], final[SUMMARY], summary)
 
 
-def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: TileStats, specs, threshold,
+def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: TileStats, job: ClassifyJob,
                    progress: Progress) -> dict:
     h, w = grid.out_shape
+    specs, threshold = job.specs, job.threshold
     names = [NODATA, *(s.name for s in specs)]
     colours = [NODATA_COLOUR, *class_colours(specs)]
-    if threshold is not None:
-        names, colours = [*names, UNKNOWN], [*colours, UNKNOWN_COLOUR]
+    if job.has_unknown:
+        names, colours = [*names, job.unknown_name], [*colours, UNKNOWN_COLOUR]
     k = len(specs)
     pixels = np.zeros(k + 2, np.int64)  # per label value over valid pixels (k + 1 = unknown; 0 never valid)
     area = np.zeros(k + 2, np.float64)
@@ -345,7 +382,7 @@ def _write_rasters(tmp: Path, grid: TileGrid, acc: LogitAccumulator, stats: Tile
         strips = list(acc.strips())
         for n, strip in enumerate(strips):
             progress.check()
-            labels, conf, covered = _softmax_label(acc.averaged(strip), threshold)
+            labels, conf, covered = _softmax_label(acc.averaged(strip), threshold, k)
             nd = _nodata_mask(grid, stats, strip)
             valid = covered if nd is None else covered & ~nd
             labels[~valid] = 0
@@ -385,7 +422,7 @@ def no_data_warning(source: RasterSource, valid_px: int) -> Optional[str]:
 
 
 def _summary(source: RasterSource, job: ClassifyJob, session: EncoderSession, grid: TileGrid, stats: TileStats,
-             colours, counts, spec: EncoderSpec, mode: str, timings: dict, t_start) -> dict:
+             colours, counts, spec: EncoderSpec, mode: str, merge: str, timings: dict, t_start) -> dict:
     b, specs, tiling = job.bundle, job.specs, job.options.tiling
     pixels, area = counts["pixels"], counts["area_m2"]
     valid_px = int(pixels.sum())
@@ -422,8 +459,13 @@ def _summary(source: RasterSource, job: ClassifyJob, session: EncoderSession, gr
         "lang": job.lang,
         "prompt_templates": len(templates_for(b, job.lang)),
         "threshold": job.threshold,
+        # Background prompts (each a logit column; a pixel one wins is background / unknown), as typed.
+        "background": ["|".join(s.phrases) for s in job.background],
+        # How each class's synonyms were merged: 'mean' (one vector) or 'max' (max of one logit per synonym).
+        "synonyms": merge,
         "classes": classes,
-        "unknown": {"value": len(job.specs) + 1, "color": UNKNOWN_COLOUR, "pixels": int(pixels[-1]),
+        "unknown": {"value": len(job.specs) + 1, "name": job.unknown_name, "color": UNKNOWN_COLOUR,
+                    "pixels": int(pixels[-1]),
                     "area_ha": _ha(area[-1]) if area is not None else None},
         "nodata": {"value": 0, "pixels": counts["nodata_px"], "area_ha": _ha(counts["nodata_m2"])},
         "valid_pixels": valid_px,

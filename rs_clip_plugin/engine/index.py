@@ -5,6 +5,9 @@ One index per (raster, bundle content, encoder modality, tiling, radiometry opti
 
     embeddings.npy   [N, D] float32 (default) or float16, L2-normalised, one row per encoded tile
     tiles.npy        [N, 4] int32: window col, row, width, height on the raster's working grid
+    patches.npy      only with ``dense_heatmap``: [N, P, D] float16, per tile and patch p - 0.3 c (p the
+                     normalised patch embedding, c the dense class token: SegEarth-OV's bias alleviation,
+                     classify.GLOBAL_BIAS_LAMBDA), so a query's patch scores are one product (patches @ q)
     meta.json        provenance (below), written last
 
 ``key`` hashes the identity items (resolved source path, bundle digest, modality, tile/stride pixels,
@@ -24,6 +27,10 @@ file version per process, so repeated queries pay only for a stat. Builds go to 
 beside the index (engine/atomic.py: staged_dir) that is renamed into place when complete: a cancelled or
 failed build leaves nothing behind, and the folder of a killed build is removed by the next build.
 A cache that cannot be written (read-only, full) is an OutputError naming it and RSCLIP_CACHE.
+Patch embeddings cost P x D x 2 bytes per tile (tiny test bundle 8x8 patches x 64: 8 KiB, 32x its pooled
+row; ViT-B/32 at 224 px 7x7 x 512: 49 KiB; a full 10980 px Sentinel-2 tile at 64 px tiles, 29 929 tiles:
+245 MiB / 1.5 GiB), so they are opt-in: ``rsclip index/search --dense-heatmap``; heat maps then score
+patches (search._heatmap).
 Queries memory-map ``embeddings.npy`` and score it in chunks (bounded RAM). float32 is the default because
 numpy has no BLAS kernel for float16: scoring 1M x 64 takes ~40 ms in float32 but ~1 s in float16 on one
 core. float16 halves the disk for very large indexes; its chunks are upcast for scoring.
@@ -49,7 +56,7 @@ from affine import Affine
 from .atomic import atomic_write_text, staged_dir, write_failure
 from .bundle import Bundle, sha256_file
 from .default_bundle import as_bundle
-from .errors import OutputError
+from .errors import InputError, OutputError
 from .options import JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
 from .progress import Progress
 from .settings import cache_dir
@@ -58,6 +65,7 @@ from .sources import source_id
 INDEX_FORMAT = 1
 EMBEDDINGS = "embeddings.npy"
 TILES = "tiles.npy"
+PATCHES = "patches.npy"
 META = "meta.json"
 STORAGE_DTYPES = ("float16", "float32")
 # Rows per matrix-vector product when scoring a memory-mapped index: bounds RAM for 1M+ rows.
@@ -235,6 +243,8 @@ class Index:
     embeddings: np.ndarray
     tiles: np.ndarray
     reused: bool = False
+    # [N, P, D] float16 bias-alleviated patch embeddings (memory-mapped), when built with dense_heatmap.
+    patches: Optional[np.ndarray] = None
     _grid: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -311,6 +321,19 @@ class Index:
             raise ValueError(f"query vector has {q.shape[0]} dimensions but the index {self.root.name} has {self.dim}")
         return score_rows(self.embeddings, q)
 
+    @property
+    def patch_grid(self) -> Optional[tuple[int, int]]:
+        """(rows, cols) of the stored patch embeddings per tile; None when the index holds none."""
+        p = self.meta.get("patches")
+        return (int(p["grid"][0]), int(p["grid"][1])) if self.patches is not None and p else None
+
+    def patch_scores(self, query: np.ndarray, rows: slice) -> np.ndarray:
+        """[n, P] float32 patch scores (p - 0.3 c).q of the tiles in ``rows`` (float16 upcast for BLAS)."""
+        if self.patches is None:
+            raise ValueError(f"index {self.root.name} holds no patch embeddings; build it with dense_heatmap")
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        return np.asarray(self.patches[rows], dtype=np.float32) @ q
+
     def top_k(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and scores of the k best tiles, best first (argpartition, then a sort of k)."""
         return top_k(self.scores(query), k)
@@ -334,6 +357,9 @@ class Index:
             "seconds": m.get("seconds"),
             "created": m.get("created"),
             "reused": self.reused,
+            # Patch embeddings for heat maps at patch resolution: grid and bytes on disk, or None.
+            "patches": ({"grid": m["patches"]["grid"], "bytes": m["patches"]["bytes"]} if self.patches is not None
+                        else None),
         }
 
 
@@ -420,7 +446,28 @@ def open_index(root: Path, expect: Optional[dict] = None) -> Index:
     n = meta["n_tiles"]
     if emb.shape != (n, meta["dim"]) or tiles.shape != (n, 4) or emb.dtype != np.dtype(meta["dtype"]):
         raise IndexCacheError(f"{root}: array shapes {emb.shape}, {tiles.shape} do not match meta ({n} tiles)")
-    return Index(root, meta, emb, tiles)
+    return Index(root, meta, emb, tiles, patches=_open_patches(root, meta, n))
+
+
+def _open_patches(root: Path, meta: dict, n: int) -> Optional[np.ndarray]:
+    """The verified patch array of an index built with dense_heatmap (memory-mapped), else None."""
+    pm = meta.get("patches")
+    if pm is None:
+        return None
+    p = root / PATCHES
+    try:
+        grid, size, sha = [int(v) for v in pm["grid"]], int(pm["bytes"]), str(pm["sha256"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexCacheError(f"{root / META}: malformed 'patches' entry ({exc})") from exc
+    if not p.is_file() or p.stat().st_size != size or _sha256_cached(p) != sha:
+        raise IndexCacheError(f"{p}: missing, truncated or altered")
+    try:
+        arr = np.load(p, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise IndexCacheError(f"{p}: unreadable ({exc})") from exc
+    if arr.shape != (n, grid[0] * grid[1], meta["dim"]) or arr.dtype != np.float16:
+        raise IndexCacheError(f"{p}: shape {arr.shape} does not match meta ({n} tiles, grid {grid})")
+    return arr
 
 
 def build_index(
@@ -433,13 +480,15 @@ def build_index(
     progress: Optional[Progress] = None,
     force: bool = False,
     dtype: str = "float32",
+    dense_heatmap: bool = False,
     **options: Any,
 ) -> Index:
     """The index of ``source`` (a raster path or an open RasterSource) for ``bundle``; built only when needed.
 
     ``raster``/``tiling``/``run``: see engine/options.py (the earlier individual keywords are accepted too).
     A valid cached index with the same provenance is reused (``Index.reused``); a stale, corrupt or
-    missing one is (re)built atomically. ``force`` rebuilds regardless.
+    missing one is (re)built atomically. ``force`` rebuilds regardless. ``dense_heatmap`` also stores patch
+    embeddings (see the module docstring; needs an encoder with dense outputs, run as fp32).
     """
     from .pipeline import plan_tiles
     from .raster import RasterSource
@@ -455,9 +504,15 @@ def build_index(
         from .runtime import EncoderSession
 
         spec, grid = plan_tiles(bundle, src, opts.tiling)
-        # The precision the encoder will run at is part of the index's identity (the graph loads lazily, later).
-        precision = EncoderSession(bundle, spec.modality, provider=opts.run.provider,
-                                   precision=opts.run.precision).planned_precision
+        if dense_heatmap and not spec.dense:
+            raise InputError(
+                f"{{dense_heatmap}} needs an encoder with dense outputs, and the {spec.modality!r} encoder of bundle "
+                f"{bundle.manifest.name!r} has none; leave it off (heat maps per tile), or re-export the bundle "
+                "with rsclip-train export")
+        # The precision the encoder will run at is part of the index's identity (the graph loads lazily, later);
+        # a dense session runs the fp32 graph (EncoderSession refuses int8 with dense outputs, naming the fix).
+        precision = EncoderSession(bundle, spec.modality, provider=opts.run.provider, precision=opts.run.precision,
+                                   dense=bool(dense_heatmap)).planned_precision
         ow = grid.out_window
         identity = {
             "format": INDEX_FORMAT,
@@ -474,6 +529,8 @@ def build_index(
             "dtype": dtype,
             "precision": precision,
         }
+        if dense_heatmap:  # only then: indexes without patches keep the keys they always had
+            identity["dense_heatmap"] = True
         files = fingerprint(source_files(src))
         root = index_root() / _key(identity)
         if not force and (root / META).is_file():
@@ -507,16 +564,30 @@ def _build(root: Path, identity: dict, files: list, src, bundle: Bundle, spec, g
     # Built in a hidden sibling (stale ones of killed builds are removed first) and swapped in; another
     # process finishing the same build first is fine: its index is the same.
     with staged_dir(root, complete=lambda d: (d / META).is_file()) as tmp:
-        session = EncoderSession(bundle, spec.modality, provider=opts.run.provider, precision=opts.run.precision)
+        dense = bool(identity.get("dense_heatmap"))
+        session = EncoderSession(bundle, spec.modality, provider=opts.run.provider, precision=opts.run.precision,
+                                 dense=dense)
         n_grid, dim = len(grid), bundle.manifest.embed_dim
         full = np.lib.format.open_memmap(tmp / "all.npy", mode="w+", dtype=dtype, shape=(max(n_grid, 1), dim))
+        patches = None
+        if dense:
+            from .classify import GLOBAL_BIAS_LAMBDA
+
+            gh, gw = spec.dense_grid
+            # Written in tile order as they come; no-data tiles leave the tail unused (cut below, like the rows).
+            patches = np.lib.format.open_memmap(tmp / "all_patches.npy", mode="w+", dtype=np.float16,
+                                                shape=(max(n_grid, 1), gh * gw, dim))
         rows = np.zeros((n_grid, 4), np.int32)
         count = 0
         for tile_indices, emb in embed_tiles(src, bundle, spec.modality, grid, session=session, progress=progress,
-                                             batch_size=opts.run.batch_size, workers=opts.run.threads):
+                                             batch_size=opts.run.batch_size, workers=opts.run.threads,
+                                             encode=session.embed_dense if dense else None):
             progress.check()
             idx = np.asarray(tile_indices, dtype=np.int64).reshape(-1)
             m = idx.shape[0]
+            if patches is not None:
+                patches[count : count + m] = emb.patches - np.float32(GLOBAL_BIAS_LAMBDA) * emb.cls[:, None, :]
+                emb = emb.pooled
             full[count : count + m] = np.asarray(emb, dtype=np.float32)
             for j, ti in enumerate(idx):
                 w = grid.windows[int(ti)]
@@ -538,6 +609,18 @@ def _build(root: Path, identity: dict, files: list, src, bundle: Bundle, spec, g
             del out, full
             (tmp / "all.npy").unlink()
         np.save(tmp / TILES, rows[:count])
+        patch_meta = None
+        if patches is not None:
+            patches.flush()
+            out_p = np.lib.format.open_memmap(tmp / PATCHES, mode="w+", dtype=np.float16, shape=(count, *patches.shape[1:]))
+            for s in range(0, count, 4096):  # chunked copy of the filled part: RAM stays bounded
+                out_p[s : s + 4096] = patches[s : min(s + 4096, count)]
+            out_p.flush()
+            del out_p, patches
+            (tmp / "all_patches.npy").unlink()
+            patch_meta = {"grid": list(spec.dense_grid), "dtype": "float16", "bytes": (tmp / PATCHES).stat().st_size,
+                          "sha256": sha256_file(tmp / PATCHES), "bias_lambda": GLOBAL_BIAS_LAMBDA,
+                          "variant": spec.dense.get("variant")}
         t = grid.out_transform
         src_t = src.transform
         meta = {
@@ -564,6 +647,8 @@ def _build(root: Path, identity: dict, files: list, src, bundle: Bundle, spec, g
             "device_description": session.device_description,
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        if patch_meta is not None:
+            meta["patches"] = patch_meta
         atomic_write_text(tmp / META, json.dumps(meta, indent=2) + "\n")
     progress.update(1.0, f"indexed {count} tiles")
     idx = open_index(root)

@@ -22,6 +22,8 @@ from typing import Any, Optional
 from .errors import InputError
 
 LABEL_MODES = ("dense", "tile")
+# How a class's synonyms are merged (classify; text.synonym_merge is the rule).
+SYNONYM_MERGES = ("mean", "max")
 
 
 def _opt_tuple(v: Optional[Sequence[Any]], conv=str) -> Optional[tuple]:

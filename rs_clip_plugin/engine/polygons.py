@@ -7,8 +7,9 @@ area and mean confidence come from the pixels it covers: the polygons are burnt 
 raster (``rasterize``; shapes' polygons follow pixel edges, so this is exact) and confidence and pixel area
 are summed per id with one ``bincount``.
 
-Label value 0 (no data) is not polygonised; 'unknown' (below the threshold, value K+1) is its own class
-'unknown', so the layer covers everything that was labelled. The whole label raster is read at once
+Label value 0 (no data) is not polygonised; 'unknown' (below the threshold or won by a background prompt, value
+K+1) is its own class, named as the caller's legend names it (classes.unknown_name), so the layer covers
+everything that was labelled. The whole label raster is read at once
 (uint8 labels + int32 component ids + float32 confidence: 9 bytes a pixel, ~1.1 GB for a full 10980 px
 Sentinel-2 tile): GDAL's sieve and polygoniser need the whole band to join regions across any strip border.
 """

@@ -18,8 +18,10 @@ all sources together (one ranked list), and writes ``hits.gpkg`` (and heat maps 
 GeoPackage layout: one layer ``hits`` in the CRS of the first source. Hits from sources in another CRS
 are reprojected (tile outlines densified, so they stay exact polygons); their native CRS is kept in the
 ``crs`` field. Fields: rank, score (cosine), source (raster path), tile (row in that raster's index), crs.
-Heat maps: one float32 GeoTIFF per source on that source's grid, the mean cosine similarity of the
-tiles covering each pixel (NaN = no tile): ``heatmap.tif`` for one source, ``heatmap_<n>_<name>.tif``
+Heat maps: one float32 Cloud-Optimised GeoTIFF per source on that source's grid, the mean cosine similarity of the
+tiles covering each pixel (NaN = no tile), or, for an index built with ``dense_heatmap`` (patch embeddings
+stored, see index.py), each tile's patch scores (p - 0.3 c).q upsampled bilinearly to its pixels and averaged
+over overlaps (patch resolution, tagged RSCLIP_HEATMAP=patch): ``heatmap.tif`` for one source, ``heatmap_<n>_<name>.tif``
 for several.
 """
 
@@ -48,6 +50,8 @@ NEGATIVE_WEIGHT = 0.5
 HITS_FILE = "hits.gpkg"
 HITS_LAYER = "hits"
 HEATMAP_FILE = "heatmap.tif"
+# Tiles whose patch embeddings are scored at once for a patch-resolution heat map (4096 x 64 x 64 float32: 64 MiB).
+PATCH_CHUNK = 4096
 # The files a search writes (and, with overwrite, replaces) in its output folder; other files stay.
 OUTPUT_FILES = (HITS_FILE, HEATMAP_FILE, "heatmap_*.tif")
 # Candidates per source before NMS: generous so that K distinct places survive suppression.
@@ -293,26 +297,42 @@ def rank_distinct(indexes: list[Index], query: np.ndarray, top_k: int, nms_iou: 
         per_source *= 4  # suppression ate too many candidates: look deeper
 
 
-def _heatmap(idx: Index, scores: np.ndarray, path: Path) -> Path:
+def _heatmap(idx: Index, scores: np.ndarray, path: Path, query: Optional[np.ndarray] = None) -> Path:
+    """The heat map of one index: per tile its score, or, when the index holds patch embeddings and ``query``
+    is given, per patch (upsampled bilinearly to the tile's pixels); overlaps averaged."""
     from rasterio.windows import Window
 
+    from .pipeline import resize_hw
     from .tiling import LogitAccumulator
-    from .writers import geotiff_profile, open_geotiff
+    from .writers import geotiff_profile, make_cog, open_geotiff
 
     grid = idx.grid
     h, w = grid.out_shape
     acc = LogitAccumulator(grid, 1)
+    patch_grid = idx.patch_grid if query is not None else None
     try:
-        for (c, r, tw, th), s in zip(idx.tiles.tolist(), scores.tolist()):
-            acc.add(Window(c, r, tw, th), np.asarray([s], np.float32))
+        if patch_grid is None:
+            for (c, r, tw, th), s in zip(idx.tiles.tolist(), scores.tolist()):
+                acc.add(Window(c, r, tw, th), np.asarray([s], np.float32))
+        else:
+            gh, gw = patch_grid
+            for start in range(0, len(idx), PATCH_CHUNK):  # chunks of the memory-mapped patches: bounded RAM
+                stop = min(start + PATCH_CHUNK, len(idx))
+                ps = idx.patch_scores(query, slice(start, stop))
+                for j, (c, r, tw, th) in enumerate(idx.tiles[start:stop].tolist()):
+                    acc.add(Window(c, r, tw, th), resize_hw(ps[j].reshape(1, gh, gw), th, tw))
         profile = geotiff_profile(w, h, grid.out_transform, grid.crs, "float32", float("nan"))
         with open_geotiff(path, profile) as dst:
-            dst.update_tags(RSCLIP_LAYER="cosine similarity of the search query", SOURCE=idx.source_path)
+            what = ("patch score (p - 0.3 c).q of the search query" if patch_grid is not None
+                    else "cosine similarity of the search query")
+            dst.update_tags(RSCLIP_LAYER=what, SOURCE=idx.source_path,
+                            RSCLIP_HEATMAP="patch" if patch_grid is not None else "tile")
             for win in acc.strips():
                 dst.write(acc.averaged(win)[0], 1, window=win)
     finally:
         acc.close()
-    return path
+    # A Cloud-Optimised GeoTIFF with averaged overviews, like the class map: a scene-wide heat map opens fast.
+    return make_cog(path, "average")
 
 
 def heatmap_name(n: int, count: int, source: str) -> str:
@@ -332,6 +352,8 @@ class SearchJob:
     heatmap: bool = False
     query_info: dict = field(default_factory=dict)
     options: JobOptions = field(default_factory=JobOptions)
+    # Index rasters with patch embeddings (index.build_index dense_heatmap): heat maps at patch resolution.
+    dense_heatmap: bool = False
 
 
 def search(
@@ -349,6 +371,7 @@ def search(
     progress: Optional[Progress] = None,
     overwrite: bool = False,
     query_info: Optional[dict] = None,
+    dense_heatmap: bool = False,
     **options: Any,
 ) -> SearchResult:
     """Rank the tiles of all ``sources`` (indexed on demand) against ``query_vector``; write hits.gpkg.
@@ -359,6 +382,7 @@ def search(
     files are staged on its file system and published as one unit (engine/atomic.py); on any error nothing
     of the run is left there. ``raster``/``tiling``/``run`` (engine/options.py; the earlier individual keywords are accepted
     too) apply to every source given as a path; ``tiling.modality=None`` lets each source use its own encoder.
+    ``dense_heatmap``: sources given as paths are indexed with patch embeddings, and heat maps score patches.
     """
     progress = progress or Progress()
     opts = split_options(raster, tiling, run, options, where="search")
@@ -370,7 +394,7 @@ def search(
     q = _normalise(query_vector, "search")
     if q.shape[0] != b.manifest.embed_dim:
         raise ValueError(f"the query vector has {q.shape[0]} dimensions but bundle {b.manifest.name!r} embeds in {b.manifest.embed_dim}")
-    job = SearchJob(b, int(top_k), nms_iou, heatmap, dict(query_info or {}), opts)
+    job = SearchJob(b, int(top_k), nms_iou, heatmap, dict(query_info or {}), opts, bool(dense_heatmap))
     with open_outputs(out_dir, OUTPUT_FILES, overwrite=overwrite) as out:  # refuses a conflict before any work
         res = search_into(sources, q, job, out.path, out.destination, progress)
         progress.check()
@@ -397,7 +421,8 @@ def search_into(sources: Sequence[Union[str, os.PathLike, Index]], q: np.ndarray
             indexes.append(s)
         else:
             o = job.options
-            indexes.append(build_index(s, b, raster=o.raster, tiling=o.tiling, run=o.run, progress=sub))
+            indexes.append(build_index(s, b, raster=o.raster, tiling=o.tiling, run=o.run, progress=sub,
+                                       dense_heatmap=job.dense_heatmap))
         if indexes[-1].dim != b.manifest.embed_dim:
             raise ValueError(f"index {indexes[-1].root} was built with another bundle ({indexes[-1].dim}-d); rebuild it")
     precision_used = check_one_precision(indexes)
@@ -431,7 +456,7 @@ def search_into(sources: Sequence[Union[str, os.PathLike, Index]], q: np.ndarray
             name = heatmap_name(i, len(indexes), idx.source_path)
             final = final_path(final_dir, name)
             if final is not None:  # a caller keeping only some heat maps (Processing: one) gets only those
-                _heatmap(idx, scores[i], write_dir / name)
+                _heatmap(idx, scores[i], write_dir / name, q)
                 heat_paths.append(final)
     t_write = time.perf_counter()
     providers = sorted({str(i.meta.get("provider")) for i in indexes})

@@ -1,13 +1,16 @@
 """Class prompts -> text embeddings (CLIP prompt ensembling), in any language the bundle supports.
 
 A class's embedding is the mean over (its synonyms x the bundle's prompt templates) of L2-normalised
-text embeddings, normalised again: the zero-shot head of CLIP and of Paper A.
+text embeddings, normalised again: the zero-shot head of CLIP and of Paper A. For labelling, a
+:class:`PromptHead` may instead keep one embedding per synonym and merge their logits by max (SegEarth-OV),
+and carries background prompts as further logit columns (see :func:`prompt_head`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
 
@@ -15,9 +18,11 @@ import numpy as np
 
 from .bundle import Bundle, BundleError
 from .classes import ClassesInput, ClassSpec, parse_classes
+from .options import SYNONYM_MERGES
 from .runtime import TEXT_ROLE, EncoderSession, l2_normalise
 
-__all__ = ["ClassSpec", "class_embeddings", "embed_texts", "parse_classes", "prompts_for", "templates_for"]
+__all__ = ["ClassSpec", "PromptHead", "class_embeddings", "embed_texts", "parse_classes", "prompt_head", "prompts_for",
+           "synonym_merge", "templates_for"]
 
 # Text encoders are small next to image ones; a moderate batch keeps peak memory low for long class lists.
 TEXT_BATCH = 64
@@ -117,6 +122,71 @@ def spec_embeddings(
     np.add.at(sums, np.asarray(owners), emb.astype(np.float64))
     counts = np.bincount(owners, minlength=len(specs))[:, None]
     return l2_normalise((sums / counts).astype(np.float32))
+
+
+# Measured (scripts/synonyms_eval.py: EuroSAT RGB, 100 real 64 px tiles, 10 classes with 2-4 synonyms each, the
+# default bundle's rgb encoder): tile accuracy mean 0.12, max 0.22 (class names alone 0.21); dense pixel accuracy
+# mean 0.08, max 0.16 (names alone 0.22). A mean vector drifts towards no wording in particular; max keeps the
+# best-matching one, so it is the default in both modes (SegEarth-OV merges by max too).
+DEFAULT_SYNONYM_MERGE = "max"
+
+
+def synonym_merge(requested: Optional[str]) -> str:
+    """How a class's synonyms are merged: the one asked for, else DEFAULT_SYNONYM_MERGE (the one rule)."""
+    if requested in (None, "auto"):
+        return DEFAULT_SYNONYM_MERGE
+    if requested not in SYNONYM_MERGES:
+        raise ValueError(f"synonyms must be one of auto, {', '.join(SYNONYM_MERGES)}, not {requested!r}")
+    return requested
+
+
+@dataclass(frozen=True)
+class PromptHead:
+    """The text side of zero-shot labelling: ``vectors`` [M, D] (normalised) and, per vector, the logit
+    column it feeds (``columns`` [M], ascending); ``n_columns`` = classes + background prompts. With synonyms
+    merged by mean there is one vector per column; by max, one per synonym, and a column's logit is the max
+    of its vectors' logits (:meth:`merge`)."""
+
+    vectors: np.ndarray
+    columns: np.ndarray
+    n_columns: int
+
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> PromptHead:
+        """One vector per column (class embeddings as class_embeddings gives them)."""
+        v = np.asarray(vectors, np.float32)
+        return cls(v, np.arange(len(v)), len(v))
+
+    def merge(self, raw: np.ndarray) -> np.ndarray:
+        """Per-vector logits [..., M] -> per-column logits [..., n_columns] (max over each column's vectors)."""
+        if len(self.columns) == self.n_columns:
+            return raw
+        starts = np.flatnonzero(np.r_[True, np.diff(self.columns) != 0])
+        return np.maximum.reduceat(raw, starts, axis=-1)
+
+
+def prompt_head(
+    bundle: Bundle,
+    specs: Sequence[ClassSpec],
+    lang: str = "en",
+    synonyms: str = "mean",
+    background: Sequence[ClassSpec] = (),
+    session: Optional[EncoderSession] = None,
+    provider: str = "auto",
+) -> PromptHead:
+    """The PromptHead of ``specs`` then ``background`` (each background prompt a column of its own, embedded
+    like a class with the bundle's templates): synonyms x templates averaged per column (``synonyms`` 'mean'),
+    or templates averaged per synonym with the column's logit the max over them ('max'). One text run."""
+    if synonyms not in SYNONYM_MERGES:
+        raise ValueError(f"synonyms must be one of {', '.join(SYNONYM_MERGES)}, not {synonyms!r}")
+    units: list[tuple[int, ClassSpec]] = []
+    for col, spec in enumerate((*specs, *background)):
+        if synonyms == "max":
+            units += [(col, ClassSpec(p)) for p in spec.phrases]
+        else:
+            units.append((col, spec))
+    vectors = spec_embeddings(bundle, [u for _, u in units], lang, session=session, provider=provider)
+    return PromptHead(vectors, np.asarray([c for c, _ in units]), len(specs) + len(background))
 
 
 # Function words that mark a language in a short search query ("um rio", "ein Hafen"). Words shared by

@@ -41,7 +41,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..engine.bands import MODALITIES
-from ..engine.options import RasterOptions, RunOptions, TilingOptions
+from ..engine.classes import UNKNOWN
+from ..engine.options import LABEL_MODES, SYNONYM_MERGES, RasterOptions, RunOptions, TilingOptions
 from ..engine.runtime import PRECISION_CHOICES
 from ..installed_bundles import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
@@ -53,7 +54,8 @@ from .tasks import EngineTask, log, start
 
 SENSORS = ["auto", *MODALITIES]  # from the band tables: one list for the engine, the CLI, Processing and here
 EXTENTS = ["Whole layer", "Current map canvas", "Selected features"]
-MODES = ["auto", "dense", "tile"]
+MODES = ["auto", *LABEL_MODES]
+SYNONYMS = ["auto", *SYNONYM_MERGES]
 PRECISIONS = list(PRECISION_CHOICES)
 MIN_CLASS_ROWS = 6
 AREA_ROWS = 5  # rows of the area table shown before it scrolls
@@ -63,6 +65,7 @@ FIELDS = {
     "lang": "Language", "classes": "Classes", "threshold": "Threshold", "tile_size_m": "Tile size",
     "overlap": "Overlap", "extent": "Extent", "out": "Output folder", "overwrite": "Output folder",
     "s2_offset": "Band mapping", "sar_units": "Sensor", "precision": "Precision", "mode": "Mode", "mmu_ha": "Polygons",
+    "background": "Background", "synonyms": "Synonyms",
 }
 
 
@@ -219,6 +222,18 @@ class ClassifyDialog(QDialog):
         self.threshold_check, self.threshold_spin = check_and_spin(
             opts, "Threshold", "'unknown' below", "rsclip_threshold_check", "rsclip_threshold_spin", (0, 1), 0.3)
         self.threshold_spin.setSingleStep(0.05)
+        self.background_edit = QLineEdit()
+        self.background_edit.setObjectName("rsclip_background_edit")
+        self.background_edit.setPlaceholderText("optional, e.g. cloud;shadow")
+        self.background_edit.setToolTip("Prompts that compete with the classes; the pixels they win become "
+                                        "'background / unknown', like those below the threshold (SegEarth-OV)")
+        opts.addRow("Background", self.background_edit)
+        self.synonyms_combo = QComboBox()
+        self.synonyms_combo.setObjectName("rsclip_synonyms_combo")
+        self.synonyms_combo.addItems(SYNONYMS)
+        self.synonyms_combo.setToolTip("How a class's synonyms (forest|woodland) are merged: mean (one averaged "
+                                       "prompt) or max (the best-matching one); auto: max, measured better")
+        opts.addRow("Synonyms", self.synonyms_combo)
         self.out_widget = QgsFileWidget()
         self.out_widget.setObjectName("rsclip_output_folder")
         self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
@@ -420,6 +435,8 @@ class ClassifyDialog(QDialog):
             run=run,
             polygons=self.polygons_check.isChecked(),
             mmu_ha=self.mmu_spin.value(),
+            background=self.background_edit.text().strip() or None,
+            synonyms=self.synonyms_combo.currentText(),
         )
         source = layer.source().split("|")[0]
         names = [n for n, _ in classes]
@@ -467,7 +484,7 @@ class ClassifyDialog(QDialog):
         rows = list(summary.get("classes", []))
         unknown = summary.get("unknown") or {}
         if unknown.get("pixels"):
-            rows.append({"name": "unknown", **unknown})
+            rows.append({"name": UNKNOWN, **unknown})  # the summary names it ('background / unknown' with background)
         valid = float(summary.get("valid_pixels") or 0) or float(sum(int(c.get("pixels", 0)) for c in rows)) or 1.0
         self.area_table.setRowCount(0)
         for c in rows:

@@ -115,12 +115,13 @@ class RSClipAlgorithm(QgsProcessingAlgorithm):
         v = self.parameterAsDouble(parameters, self.TILE_SIZE_M, context)
         return v if v > 0 else None
 
-    def job_options(self, parameters, context, extent=None):
-        """The engine's option objects (engine/options.py), built once from this algorithm's parameters."""
+    def job_options(self, parameters, context, extent=None, mode=None):
+        """The engine's option objects (engine/options.py), built once from this algorithm's parameters
+        (``mode``: classify's labelling mode, None = auto)."""
         from ..engine.options import JobOptions, RunOptions, TilingOptions
 
         tiling = TilingOptions(modality=self.modality_arg(parameters, context), tile_size_m=self.tile_arg(parameters, context),
-                               overlap=self.parameterAsDouble(parameters, self.OVERLAP, context), extent=extent)
+                               overlap=self.parameterAsDouble(parameters, self.OVERLAP, context), extent=extent, mode=mode)
         precision = PRECISION_CHOICES[self.parameterAsEnum(parameters, self.PRECISION, context)]
         return JobOptions(tiling=tiling, run=RunOptions(provider=self.provider_arg(parameters, context),
                                                         precision=precision))
@@ -132,5 +133,8 @@ PARAMETER_NAMES = {
     "sensor": A.MODALITY, "modality": A.MODALITY, "bands": f"the band descriptions of {A.INPUT} (or a VRT naming them)",
     "tile_size_m": A.TILE_SIZE_M, "overlap": A.OVERLAP, "extent": A.EXTENT, "bundle": A.BUNDLE, "lang": A.LANG,
     "provider": A.PROVIDER, "precision": A.PRECISION, "out": A.OUTPUT, "threshold": "THRESHOLD", "overwrite": "OVERWRITE", "top_k": "TOP_K",
+    # classify's own parameters (processing/classify_alg.py)
+    "mode": "MODE", "background": "BACKGROUND", "synonyms": "SYNONYMS", "mmu_ha": "MMU_HA",
+    "dense_heatmap": "DENSE_HEATMAP",  # rsclip:heatmap
 }
 

@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
+from ..engine.options import LABEL_MODES, SYNONYM_MERGES
 from ..presets import PRESETS, preset_classes
 from ..styling import style_confidence, style_labels, style_polygons
 from .base import RSClipAlgorithm
@@ -30,6 +31,8 @@ from .common import (
 from .styles import StylePostProcessor
 
 PRESET_OPTIONS = ["(none: use CLASSES)", *PRESETS]
+MODE_OPTIONS = ["auto", *LABEL_MODES]  # the engine's TilingOptions.mode, 'auto' = dense when the encoder has it
+SYNONYM_OPTIONS = ["auto", *SYNONYM_MERGES]  # 'auto' = the engine's default (text.synonym_merge)
 
 
 class ClassifyAlgorithm(RSClipAlgorithm):
@@ -42,12 +45,19 @@ class ClassifyAlgorithm(RSClipAlgorithm):
     SUMMARY = "SUMMARY"
     POLYGONS = "POLYGONS"
     MMU_HA = "MMU_HA"
+    MODE = "MODE"
+    BACKGROUND = "BACKGROUND"
+    SYNONYMS = "SYNONYMS"
     DISPLAY = "Classify raster by prompt"
     HELP = (
         "Labels every pixel of a raster with one of the classes you type, by comparing image tiles with the "
         "class names through the model bundle's aligned image and text encoders (zero-shot).\n\n"
         "CLASSES: classes separated by ';' (synonyms as 'forest|woodland'), or a preset. Pixels whose best "
-        "probability is below THRESHOLD become 'unknown' (the value after the last class; 0 is no data). OUTPUT is a uint8 label raster with a "
+        "probability is below THRESHOLD become 'unknown' (the value after the last class; 0 is no data). "
+        "BACKGROUND: prompts such as 'cloud;shadow' that compete with the classes; pixels they win become "
+        "'background / unknown' (the same value). MODE: dense labels every pixel from the encoder's patch outputs "
+        "(when the bundle has them), tile gives one label per tile, auto picks dense when it can. SYNONYMS: how a "
+        "class's synonyms are merged, mean or max (auto: max, measured better). OUTPUT is a uint8 label raster with a "
         "colour table and a .qml style beside it; CONFIDENCE holds the probability of the chosen class. "
         "POLYGONS (optional GeoPackage) holds the class map as polygons with class, area_ha and mean_confidence; "
         "regions smaller than MMU_HA hectares are merged into their largest neighbour first."
@@ -63,6 +73,14 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         )
         self.addParameter(QgsProcessingParameterString(self.LANG, self.tr("Language of the class names"), defaultValue="en"))
         self.add_number(self.THRESHOLD, self.tr("'unknown' below this probability (0 = off)"), default=0.0, minimum=0.0, maximum=1.0)
+        self.addParameter(QgsProcessingParameterString(
+            self.BACKGROUND, self.tr("Background prompts (';'-separated; pixels they win become 'background / unknown')"),
+            defaultValue="", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.MODE, self.tr("Labelling mode (dense: per pixel from patch outputs; tile: per tile)"),
+            options=MODE_OPTIONS, defaultValue=0, optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.SYNONYMS, self.tr("Merge synonyms by"), options=SYNONYM_OPTIONS, defaultValue=0, optional=True))
         self.add_tiling_params()
         self.add_bundle_params()
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite outputs"), defaultValue=True))
@@ -105,6 +123,9 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         else:
             raise QgsProcessingException('CLASSES is empty: type classes as "forest;water;town" or choose a PRESET')
         threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) or None
+        background = self.parameterAsString(parameters, self.BACKGROUND, context).strip() or None
+        mode = MODE_OPTIONS[self.parameterAsEnum(parameters, self.MODE, context)]
+        synonyms = SYNONYM_OPTIONS[self.parameterAsEnum(parameters, self.SYNONYMS, context)]
         extent = extent_tuple(self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())) if parameters.get(
             self.EXTENT
         ) else None
@@ -129,7 +150,8 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         if poly is not None:
             targets[POLYGONS] = poly
         result = engine_call(classify_raster, source, classes, targets, bundle=bundle, lang=lang, threshold=threshold,
-                             **self.job_options(parameters, context, extent).kwargs(),
+                             background=background, synonyms=synonyms,
+                             **self.job_options(parameters, context, extent, mode).kwargs(),
                              progress=feedback_progress(feedback), overwrite=overwrite,
                              polygons=poly is not None, mmu_ha=self.parameterAsDouble(parameters, self.MMU_HA, context))
         outputs = {self.OUTPUT: str(output), self.CONFIDENCE: str(conf), self.SUMMARY: str(summ)}
@@ -143,8 +165,10 @@ class ClassifyAlgorithm(RSClipAlgorithm):
             outputs[self.POLYGONS] = str(poly)
             StylePostProcessor.attach(context, poly_param, lambda lyr: style_polygons(lyr, summary))
         provider = str(result.summary.get("provider", ""))
-        feedback.pushInfo(f"Execution provider: {provider}")
-        for c in result.summary.get("classes", []):
+        feedback.pushInfo(f"Execution provider: {provider}; {summary.get('mode')} mode, synonyms merged by "
+                          f"{summary.get('synonyms')}")
+        unknown = summary.get("unknown") or {}
+        for c in [*summary.get("classes", []), *([unknown] if unknown.get("pixels") else [])]:
             area = c.get("area_ha")  # None when the raster has no CRS (no ground area)
             size = f"{area:.1f} ha" if area is not None else f"{c.get('pixels', 0)} px"
             feedback.pushInfo(f"  {c.get('name')}: {size}")

@@ -8,6 +8,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterPoint,
@@ -70,7 +71,8 @@ class _SearchBase(RSClipAlgorithm):
         lang = self.parameterAsString(parameters, self.LANG, context).strip() or "en"
         return engine_call(text_query_vector, bundle, text, negative=negative, lang=lang)
 
-    def run_search(self, parameters, context, feedback, output: Path, top_k: int, heatmap: bool):
+    def run_search(self, parameters, context, feedback, output: Path, top_k: int, heatmap: bool,
+                   dense_heatmap: bool = False):
         """Search and write the hits (or the first raster's heat map) to ``output``, the path Processing chose:
         the engine stages it on that file system and moves it there when complete."""
         from ..engine.search import HITS_FILE, heatmap_name, search
@@ -84,7 +86,7 @@ class _SearchBase(RSClipAlgorithm):
         name = heatmap_name(0, len(sources), str(sources[0])) if heatmap else HITS_FILE
         result = engine_call(
             search, sources, qvec, {name: output}, bundle=bundle, top_k=top_k, heatmap=heatmap,
-            progress=feedback_progress(feedback), overwrite=True,
+            progress=feedback_progress(feedback), overwrite=True, dense_heatmap=dense_heatmap,
         )
         provider = str(getattr(result, "provider", "") or "")
         feedback.pushInfo(f"Execution provider: {provider}")
@@ -122,13 +124,19 @@ class SearchAlgorithm(_SearchBase):
 class HeatmapAlgorithm(_SearchBase):
     NAME = "heatmap"
     DISPLAY = "Similarity heat map"
+    DENSE_HEATMAP = "DENSE_HEATMAP"
     HELP = (
         "Writes the similarity of every tile of the chosen rasters to a text query or an example place as a "
-        "float32 raster (higher = more similar): where on the map does the query match?"
+        "float32 raster (higher = more similar): where on the map does the query match? DENSE_HEATMAP (bundles "
+        "whose encoder has dense outputs) indexes patch embeddings too and scores every patch, so the map "
+        "follows shapes inside a tile."
     )
 
     def initAlgorithm(self, config=None):
         self.add_query_params()
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.DENSE_HEATMAP, self.tr("Patch resolution (index patch embeddings; encoders with dense outputs)"),
+            defaultValue=False))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Heat map")))
         self.addOutput(QgsProcessingOutputString(self.EXECUTION_PROVIDER, self.tr("Execution provider used")))
 
@@ -136,6 +144,7 @@ class HeatmapAlgorithm(_SearchBase):
         output = Path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
         if output.suffix.lower() not in (".tif", ".tiff"):
             raise QgsProcessingException(f"OUTPUT {output}: the heat map is written as GeoTIFF; give a .tif path")
-        _, provider = self.run_search(parameters, context, feedback, output, top_k=1, heatmap=True)
+        _, provider = self.run_search(parameters, context, feedback, output, top_k=1, heatmap=True,
+                                      dense_heatmap=self.parameterAsBool(parameters, self.DENSE_HEATMAP, context))
         StylePostProcessor.attach(context, str(output), style_heatmap)
         return {self.OUTPUT: str(output), self.EXECUTION_PROVIDER: provider}

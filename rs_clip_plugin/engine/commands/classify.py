@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..options import LABEL_MODES
+from ..options import LABEL_MODES, SYNONYM_MERGES
 from ..progress import ConsoleProgress
 from .common import (
     RASTER_HELP,
@@ -26,6 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--lang", default="en", help="language of the class names (one the bundle supports; default en)")
     p.add_argument("--threshold", type=float, help="pixels whose confidence is below this (0-1) become 'unknown'")
+    p.add_argument("--background", metavar="TEXT[;TEXT]",
+                   help='background prompts, e.g. "cloud;shadow": extra columns of the softmax; a pixel one of them '
+                   "wins becomes 'background / unknown' (the value after the last class), as below --threshold")
+    p.add_argument("--synonyms", choices=["auto", *SYNONYM_MERGES], default="auto",
+                   help='how the synonyms of a class ("forest|woodland") are merged: mean (one averaged prompt '
+                   "vector) or max (the best-matching synonym per pixel or tile, SegEarth-OV); auto (default): max, "
+                   "measured better in both modes")
     p.add_argument("--mode", choices=["auto", *LABEL_MODES], default="auto",
                    help="dense: a label per pixel from the encoder's patch outputs (SegEarth-OV); tile: one label "
                    "per tile, averaged over overlaps; auto (default): dense when the bundle's encoder has dense outputs")
@@ -55,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         polygons=args.polygons,
         mmu_ha=args.mmu_ha,
+        background=args.background,
+        synonyms=args.synonyms,
         **job_options(args).kwargs(),
         progress=ConsoleProgress("classify"),
         overwrite=args.overwrite,
@@ -69,14 +78,18 @@ def run(args: argparse.Namespace) -> int:
     }
     lines = [f"labelled {s['grid']['width']}x{s['grid']['height']} px of {s['source']} with {s['bundle']['name']} "
              f"({s['modality']} encoder) on {s.get('device_description') or s['provider']}, {s['precision']}, "
-             f"{s['mode']} mode"]
+             f"{s['mode']} mode, synonyms merged by {s['synonyms']}"]
     if s.get("provider_fallback"):
         lines.append(f"  note: {s['provider_fallback']}")
     for c in s["classes"]:
         area = f"{c['area_ha']:.1f} ha" if c["area_ha"] is not None else f"{c['pixels']} px"
         lines.append(f"  {c['value']:3d} {c['name']:30s} {area:>14s}  {100 * c['fraction']:5.1f}%")
-    if s["unknown"]["pixels"]:
-        lines.append(f"  {s['unknown']['value']:>3d} {'unknown (below threshold)':30s} {s['unknown']['pixels']:>11d} px")
+    if s["background"]:
+        lines.append(f"  background prompts: {'; '.join(s['background'])}")
+    u = s["unknown"]
+    if u["pixels"]:
+        area = f"{u['area_ha']:.1f} ha" if u["area_ha"] is not None else f"{u['pixels']} px"
+        lines.append(f"  {u['value']:3d} {u['name']:30s} {area:>14s}")
     t = s["tiling"]
     lines.append(f"  tiles: {t['tiles']} ({t['skipped_nodata']} skipped, no data); {s['timings']['total_s']:.1f} s")
     lines += [f"  warning: {w}" for w in s.get("warnings", [])]

@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nms-iou", type=float, default=0.3, help="overlap (IoU) above which a lower-scored tile is dropped")
     p.add_argument("--out", required=True, type=Path, help="output folder (hits.gpkg, heatmap*.tif)")
     p.add_argument("--heatmap", action="store_true", help="also write per-raster similarity heat maps (float32 GeoTIFF)")
+    p.add_argument("--dense-heatmap", action="store_true",
+                   help="index with patch embeddings (encoders with dense outputs; about P x D x 2 bytes per tile) "
+                   "so heat maps score patches, not whole tiles")
     add_bundle_args(p)
     add_raster_args(p, what="the searched rasters", extent=False)
     add_provider_args(p, batch_size=False)
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         progress=ConsoleProgress("search"),
         overwrite=args.overwrite,
         query_info=info,
+        dense_heatmap=args.dense_heatmap,
     )
     # The device each index was built on, in words (an index reused from an earlier run keeps its own).
     devices = sorted({i.get("device_description") or str(i.get("provider")) for i in res.indexes}) or [res.provider]
