@@ -37,9 +37,14 @@ def major_tom_dir(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real bundle exported from the tiny open_clip configuration (random weights, real graphs)."""
+    """A real bundle exported from the tiny open_clip configuration (random weights, real graphs). Seeded:
+    tests that look at labels (polygons merged under a minimum mapping unit, dense edges) see the same model
+    in every session."""
+    import torch
+
     from training.export.exporter import export_model
 
+    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("bundles") / "rsclip-tiny"
     export_model("rsclip-tiny", out_dir=out)
     return out
@@ -47,8 +52,11 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_multilingual_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
     from training.export.exporter import export_model
 
+    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("bundles") / "rsclip-tiny-multilingual"
     export_model("rsclip-tiny-multilingual", out_dir=out)
     return out
