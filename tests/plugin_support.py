@@ -32,10 +32,12 @@ def s2_crop(scene: Path, out: Path, size: int = 192, col: int = 300, row: int = 
     return out
 
 
-def stack_bands(band_files: dict[str, Path], out: Path) -> Path:
-    """One multi-band GeoTIFF (descriptions name the bands) on the grid of the first file, resampled bilinearly.
+def stack_bands(band_files: dict[str, Path], out: Path, window=None) -> Path:
+    """One multi-band GeoTIFF (descriptions name the bands) on the grid of the first file (or of its
+    ``window``, a rasterio Window), resampled bilinearly.
 
-    The SSL4EO-S12 samples keep each band in its own file at its native resolution; a QGIS layer is one file.
+    The SSL4EO-S12 and Major-TOM samples keep each band in its own file at its native resolution; a QGIS layer
+    is one file.
     """
     import numpy as np
     import rasterio
@@ -46,6 +48,9 @@ def stack_bands(band_files: dict[str, Path], out: Path) -> Path:
     with rasterio.open(band_files[names[0]]) as ref:
         profile = ref.profile.copy()
         grid = dict(crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height)
+        if window is not None:
+            grid.update(transform=ref.window_transform(window), width=int(window.width), height=int(window.height))
+            profile.update(transform=grid["transform"], width=grid["width"], height=grid["height"])
     arrays = []
     for name in names:
         with rasterio.open(band_files[name]) as ds, WarpedVRT(ds, resampling=Resampling.bilinear, **grid) as vrt:
@@ -59,6 +64,15 @@ def stack_bands(band_files: dict[str, Path], out: Path) -> Path:
         for i, name in enumerate(names, start=1):
             dst.set_band_description(i, name)
     return out
+
+
+def s2_l2a_crop(scene: Path, out: Path, size: int = 192, col: int = 300, row: int = 500) -> Path:
+    """All twelve L2A bands of the Major-TOM scene on its 10 m grid, cropped to ``size`` px at (col, row): a
+    12-band GeoTIFF the engine reads as s2-l2a (descriptions name the bands)."""
+    from rasterio.windows import Window
+
+    bands = sorted((p.stem for p in scene.glob("B*.tif")), key=lambda b: (b != "B02", b))  # a 10 m band first
+    return stack_bands({b: scene / f"{b}.tif" for b in bands}, out, window=Window(col, row, size, size))
 
 
 def ssl4eo_s1_s2(data_dir: Path, out_dir: Path) -> tuple[Path, Path]:

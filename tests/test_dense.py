@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from plugin_support import s2_crop
+from plugin_support import s2_crop, s2_l2a_crop
 
 from rs_clip_plugin.engine.bundle import (
     DENSE_CLS_OUTPUT,
@@ -138,6 +138,240 @@ def test_non_vit_towers_get_no_dense_path() -> None:
     assert not supports_dense(NotClip())
     with pytest.raises(ValueError, match="no dense path"):
         DenseImageEncoder(NotClip())
+
+
+# -- students (Paper A's S2 / S1 encoders) ----------------------------------------------------------------
+
+# A small timm ViT of Paper A's family (vit_small_patch16_224), shrunk: 2 blocks, 48 wide, 8 px patches at 64 px.
+TIMM_KW = {"depth": 2, "embed_dim": 48, "num_heads": 3, "patch_size": 8}
+
+
+def _timm_student(bands: int, **kw):
+    from training.methods.modality_gap.students import TimmStudent
+
+    torch.manual_seed(1)
+    return TimmStudent("vit_small_patch16_224", bands, 64, 64, model_kwargs={**TIMM_KW, **kw}).eval()
+
+
+def _clip_student(tiny_model, bands):
+    from training.methods.modality_gap.students import ClipVisualStudent
+
+    return ClipVisualStudent(tiny_model.model.visual, bands, fill="mean").eval()
+
+
+def _timm_from_clip(tiny_model, bands):
+    """A timm ViT student carrying the weights of rsclip-tiny's visual tower (inflated to ``bands`` as a
+    ClipVisualStudent is): the same function written by the other library, so its dense path can be checked
+    against the open_clip one, and it labels a scene as a trained student would rather than as a fresh timm init
+    (whose near-uniform attention gives every patch the same token)."""
+    from functools import partial
+
+    from training.methods.modality_gap.students import TimmStudent
+
+    v = _clip_student(tiny_model, bands).visual
+    width = v.conv1.out_channels
+    st = TimmStudent("vit_small_patch16_224", len(bands), tiny_model.embed_dim, 64, model_kwargs={
+        "depth": len(v.transformer.resblocks), "embed_dim": width, "num_heads": v.transformer.resblocks[0].attn.num_heads,
+        "patch_size": v.conv1.kernel_size[0], "pre_norm": True, "norm_layer": partial(torch.nn.LayerNorm, eps=1e-5)})
+    bb = st.backbone
+    with torch.no_grad():
+        bb.patch_embed.proj.weight.copy_(v.conv1.weight)  # no bias: timm drops it with pre_norm, as CLIP has none
+        bb.cls_token.copy_(v.class_embedding.view(1, 1, -1))
+        bb.pos_embed.copy_(v.positional_embedding[None])
+        for dst, src in ((bb.norm_pre, v.ln_pre), (bb.norm, v.ln_post)):
+            dst.load_state_dict(src.state_dict())
+        for blk, res in zip(bb.blocks, v.transformer.resblocks):
+            blk.norm1.load_state_dict(res.ln_1.state_dict())
+            blk.norm2.load_state_dict(res.ln_2.state_dict())
+            blk.attn.qkv.weight.copy_(res.attn.in_proj_weight)
+            blk.attn.qkv.bias.copy_(res.attn.in_proj_bias)
+            blk.attn.proj.load_state_dict(res.attn.out_proj.state_dict())
+            blk.mlp.fc1.load_state_dict(res.mlp.c_fc.state_dict())
+            blk.mlp.fc2.load_state_dict(res.mlp.c_proj.state_dict())
+        st.proj.weight.copy_(v.proj.T)
+        st.proj.bias.zero_()
+    return st.eval()
+
+
+@pytest.mark.parametrize("variant", DENSE_VARIANTS)
+def test_timm_path_equals_the_open_clip_path_on_the_same_weights(variant: str, tiny_model) -> None:
+    """One tower in two libraries: the timm dense path (fused qkv, its own scale, norm, proj) gives what the
+    open_clip one gives, for every variant."""
+    from rs_clip_plugin.engine.bands import S1_GRD_BANDS
+    from training.export.onnx_export import DenseImageEncoder, DenseTimmEncoder, dense_encoder
+
+    clip = dense_encoder(_clip_student(tiny_model, S1_GRD_BANDS), variant)
+    timm = dense_encoder(_timm_from_clip(tiny_model, S1_GRD_BANDS), variant)
+    assert isinstance(clip, DenseImageEncoder) and isinstance(timm, DenseTimmEncoder) and clip.grid == timm.grid
+    x = torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        for a, b in zip(clip(x), timm(x)):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4), (variant, (a - b).abs().max())
+
+
+@pytest.mark.parametrize("variant", DENSE_VARIANTS)
+def test_timm_student_every_variant_exports_with_parity(variant: str, tmp_path: Path) -> None:
+    from training.export.onnx_export import DenseTimmEncoder, dense_encoder, export_onnx
+    from training.export.parity import check_parity_outputs, random_images
+
+    student = _timm_student(13)
+    module = dense_encoder(student, variant)
+    assert isinstance(module, DenseTimmEncoder) and module.grid == (8, 8) and module.prefix == 1
+    x = random_images(3, 13, 64, seed=5)
+    path = export_onnx(module, x[:2], tmp_path / "s.onnx", "image", {}, outputs=module.outputs)
+    figures = check_parity_outputs(module, path, "image", x, module.outputs)
+    assert min(f["min_cosine"] for f in figures.values()) >= 0.9999
+    with torch.no_grad():
+        pooled, patches, cls = module(x)
+        # The pooled output is the student's own embedding (what tile mode and search use), untouched.
+        assert torch.allclose(pooled, student(x), atol=1e-6)
+    assert patches.shape == (3, 64, 64) and cls.shape == (3, 64)
+
+
+def test_timm_segearth_matches_the_formula_with_registers_qk_norm_and_layerscale() -> None:
+    """SegEarth-OV on a timm ViT written out independently: register tokens excluded from the patches, q/k
+    norms applied, LayerScale kept, no residual nor MLP, then the final norm and the student's proj."""
+    from training.export.onnx_export import dense_encoder
+
+    student = _timm_student(13, reg_tokens=2, qk_norm=True, init_values=0.5)
+    module = dense_encoder(student, "segearth")
+    assert module.prefix == 3 and module.grid == (8, 8)
+    bb = student.backbone
+    x = torch.randn(2, 13, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        _, patches, cls = module(x)
+        t = bb.blocks[0](bb._pos_embed(bb.patch_embed(x)))
+        last = bb.blocks[1]
+        a = last.attn
+        y = last.norm1(t)
+        q, k, v = a.qkv(y).reshape(2, -1, 3, 3, 16).permute(2, 0, 3, 1, 4)
+        q, k = a.q_norm(q), a.k_norm(k)
+        att = sum(torch.softmax(z @ z.transpose(-1, -2) / 16**0.5, dim=-1) for z in (q, k, v))
+        out = last.ls1(a.proj((att @ v).transpose(1, 2).reshape(2, -1, 48)))
+        ref = student.proj(bb.norm(out))
+    assert ref.shape[1] == 3 + 64
+    assert torch.allclose(patches, ref[:, 3:], atol=1e-5) and torch.allclose(cls, ref[:, 0], atol=1e-5)
+
+
+def test_clip_visual_student_is_dense_through_its_visual_tower(tiny_model, tmp_path: Path) -> None:
+    from rs_clip_plugin.engine.bands import S2_L1C_BANDS
+    from training.export.onnx_export import DenseImageEncoder, dense_encoder, export_onnx, supports_dense
+    from training.export.parity import check_parity_outputs, random_images
+
+    student = _clip_student(tiny_model, S2_L1C_BANDS)
+    assert supports_dense(student)
+    module = dense_encoder(student, "segearth")
+    assert isinstance(module, DenseImageEncoder) and module.grid == (8, 8)  # the grid of its own visual tower
+    x = random_images(3, 13, 64, seed=6)
+    path = export_onnx(module, x[:2], tmp_path / "s.onnx", "image", {}, outputs=module.outputs)
+    assert min(f["min_cosine"] for f in check_parity_outputs(module, path, "image", x, module.outputs).values()) >= 0.9999
+    with torch.no_grad():
+        assert torch.allclose(module(x)[0], student(x), atol=1e-6)
+
+
+def test_students_without_a_dense_path_are_refused_or_exported_pooled() -> None:
+    from training.export.exporter import student_module
+    from training.export.onnx_export import DenseTimmEncoder, dense_encoder, supports_dense
+
+    avg = _timm_student(13, global_pool="avg")
+    assert not supports_dense(avg)
+    with pytest.raises(ValueError, match=r"no dense path: .*'avg'.*class-token pooling"):
+        dense_encoder(avg, "segearth")
+    assert student_module(avg, "segearth") is avg  # the recipe's default: pooled only, tile mode, a warning
+    with pytest.raises(ValueError, match=r"has none: .*set export.dense to none"):
+        student_module(avg, "segearth", strict=True)
+    plain = _timm_student(13)
+    assert isinstance(student_module(plain, "naclip"), DenseTimmEncoder) and student_module(plain, None) is plain
+    with pytest.raises(ValueError, match="unknown dense variant"):
+        dense_encoder(plain, "segment-anything")
+
+
+def test_recipe_export_dense_setting() -> None:
+    from training.methods.modality_gap.recipe import export_dense_variant
+
+    assert export_dense_variant({}) == "segearth" and export_dense_variant({"dense": "sclip"}) == "sclip"
+    assert export_dense_variant({"dense": "none"}) is None and export_dense_variant({"dense": None}) is None
+    with pytest.raises(ValueError, match=r"export.dense is 'seg': use one of segearth"):
+        export_dense_variant({"dense": "seg"})
+
+
+@pytest.fixture(scope="module", params=["clip_visual", "timm"])
+def student_bundle(request, tiny_model, tmp_path_factory: pytest.TempPathFactory):
+    """rsclip-tiny's text + rgb and the recipe's encoder layout: one 13-band S2 student exported as s2-l1c and as
+    s2-l2a (12 bands + 'zero' for B10), and an S1 student; the S2 student is ``param``'s kind, the S1 one the
+    other, each wrapped for dense outputs as the recipe's export does. Returns (bundle, {modality: module})."""
+    from rs_clip_plugin.engine.bands import S1_GRD_BANDS, S2_L1C_BANDS
+    from rs_clip_plugin.engine.radiometry import default_transform
+    from training.data.composites import S2_L2A_AS_13
+    from training.export.exporter import ImageEncoderExport, export_model, rgb_encoder, student_module
+
+    def make(kind: str, bands) -> torch.nn.Module:
+        return (_clip_student if kind == "clip_visual" else _timm_from_clip)(tiny_model, bands)
+
+    other = "timm" if request.param == "clip_visual" else "clip_visual"
+    s2 = student_module(make(request.param, S2_L1C_BANDS), strict=True)
+    s1 = student_module(make(other, S1_GRD_BANDS), strict=True)
+
+    def enc(modality: str, module, bands) -> ImageEncoderExport:
+        units, transforms, mean, std = default_transform(modality, len(bands))
+        return ImageEncoderExport(modality, module, list(bands), units, transforms, mean, std, input_size=64)
+
+    out = tmp_path_factory.mktemp("bundles") / f"students-{request.param}"
+    report = export_model(tiny_model, out_dir=out, name=f"students-{request.param}", int8=False, image_encoders=[
+        rgb_encoder(tiny_model), enc("s2-l1c", s2, S2_L1C_BANDS), enc("s2-l2a", s2, S2_L2A_AS_13),
+        enc("s1-grd", s1, S1_GRD_BANDS)])
+    return out, {"s2-l1c": s2, "s2-l2a": s2, "s1-grd": s1}, report
+
+
+def test_student_bundle_manifest_and_parity(student_bundle) -> None:
+    out, _, report = student_bundle
+    m = load_bundle(out).manifest
+    parity = m.provenance["parity"]
+    assert report["parity"] == parity  # what `rsclip-train export --json` reports
+    for modality in ("s2-l1c", "s2-l2a", "s1-grd"):
+        assert m.encoder(modality).dense == {"variant": "segearth", "grid": [8, 8],
+                                             "outputs": {"patches": PATCH_OUTPUT, "cls": DENSE_CLS_OUTPUT}}
+        for suffix in ("", "_dense_patches", "_dense_cls"):
+            assert parity[f"image_{modality}{suffix}"]["min_cosine"] >= 0.9999, modality + suffix
+
+
+def test_student_dense_outputs_in_onnx_runtime_match_torch(student_bundle, major_tom_dir: Path, tmp_path: Path) -> None:
+    """The engine's session on real preprocessed Sentinel-2 pixels against the torch student."""
+    out, modules, _ = student_bundle
+    b = load_bundle(out)
+    spec = b.manifest.encoder("s2-l2a")
+    crop12 = s2_l2a_crop(major_tom_dir, tmp_path / "c.tif", size=2 * TILE)
+    with open_source(crop12) as src:
+        x = np.stack([preprocess_tile(src.read_for(spec, rasterio.windows.Window(c, r, TILE, TILE)), spec)
+                      for r in (0, TILE) for c in (0, TILE)])
+    got = EncoderSession(b, "s2-l2a", provider="cpu", dense=True).embed_dense(x)
+    with torch.no_grad():
+        pooled, patches, cls = (t.numpy() for t in modules["s2-l2a"](torch.from_numpy(x)))
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+    for ours, ref in ((got.pooled, pooled), (got.patches, patches), (got.cls, cls)):
+        assert (ours * unit(ref)).sum(-1).min() >= 0.9999
+
+
+def test_twelve_band_scene_gets_dense_labels_from_the_s2_student(student_bundle, major_tom_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """Issue 11's 'done when' on the students: a real 12-band L2A crop, auto mode, labels with edges inside tiles."""
+    out, _, _ = student_bundle
+    crop12 = s2_l2a_crop(major_tom_dir, tmp_path / "crop12.tif", size=3 * TILE)
+    dense = classify_raster(crop12, CLASSES, tmp_path / "dense", bundle=out, provider="cpu")
+    tile = classify_raster(crop12, CLASSES, tmp_path / "tile", bundle=out, provider="cpu", mode="tile")
+    summary = json.loads(dense.summary_path.read_text())
+    assert summary["mode"] == "dense" and summary["dense"]["grid"] == [8, 8]
+    assert dense.summary["modality"] == "s2-l2a"
+    with rasterio.open(dense.labels_path) as ds:
+        dense_labels = ds.read(1)
+    with rasterio.open(tile.labels_path) as ds:
+        tile_labels = ds.read(1)
+    assert dense_labels.shape == (3 * TILE, 3 * TILE) and dense_labels.min() >= 1
+    assert _non_uniform_blocks(tile_labels) == 0
+    assert _non_uniform_blocks(dense_labels) > 0
 
 
 # -- manifest and info ----------------------------------------------------------------------------------

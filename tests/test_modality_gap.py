@@ -247,6 +247,14 @@ def test_smoke_recipe_learns_and_exports(smoke_run: Path):
     b = load_bundle(m["bundle"])
     assert b.manifest.modalities == ["rgb", "s2-l1c", "s2-l2a", "s1-grd"]
     assert b.manifest.encoder("s2-l2a").bands[10] == "zero"
+    # Every encoder, the S2 / S1 students included, has dense outputs (export.dense: segearth) with parity.
+    parity = b.manifest.provenance["parity"]
+    assert m["export"]["parity"] == parity
+    for mod in b.manifest.modalities:
+        assert b.manifest.encoder(mod).dense["variant"] == "segearth", mod
+        assert b.manifest.encoder(mod).dense["grid"] == [8, 8], mod
+        for suffix in ("", "_dense_patches", "_dense_cls"):
+            assert parity[f"image_{mod}{suffix}"]["min_cosine"] >= 0.9999, mod + suffix
     assert b.manifest.provenance["metrics"]["alignment"]["s2"]["cos_after"] == m["alignment"]["s2"]["cos_after"]
     assert "not a usable remote-sensing model" in b.manifest.provenance["description"]
     assert (smoke_run / "patching.md").read_text().startswith("## Stage 1")

@@ -46,6 +46,9 @@ def test_import_patched_and_aligned_into_bundle(tmp_path: Path, capsys):
     assert rc == 0, capsys.readouterr().err
     b = load_bundle(out)
     assert b.manifest.modalities == ["rgb", "s2-l1c", "s2-l2a"]
+    # The imported ViT student gets the default dense outputs (16 px patches at 64 px: a 4 x 4 grid).
+    assert b.manifest.encoder("s2-l1c").dense["grid"] == [4, 4] and b.manifest.encoder("s2-l2a").dense
+    assert b.manifest.provenance["parity"]["image_s2-l1c_dense_patches"]["min_cosine"] >= 0.9999
     x = np.random.default_rng(0).random((2, 13, 64, 64), dtype=np.float32)
     with torch.no_grad():
         want = student(torch.from_numpy(x)).numpy()

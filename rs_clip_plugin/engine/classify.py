@@ -94,7 +94,7 @@ def label_mode(spec: EncoderSpec, requested: Optional[str], bundle: Bundle, prec
         raise InputError(
             f"{{mode}} dense needs an encoder with dense outputs, and the {spec.modality!r} encoder of bundle "
             f"{bundle.manifest.name!r} has none; use {{mode}} tile (or auto), or re-export the bundle with "
-            "rsclip-train export (an open_clip ViT gets dense outputs by default)"
+            "rsclip-train export or run (open_clip ViTs and the recipe's ViT students get dense outputs by default)"
         )
     return requested
 

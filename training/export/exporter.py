@@ -9,6 +9,7 @@ Two levels:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -43,17 +44,21 @@ from training.models.factory import LoadedModel, create_model
 from training.models.tiny import MULTILINGUAL_LANGUAGES, TINY_MULTILINGUAL
 
 from .onnx_export import (
-    DenseImageEncoder,
+    DenseEncoder,
     ImageEncoder,
     TextEncoder,
     convert_fp16,
     convert_int8,
+    dense_encoder,
+    dense_problem,
     export_onnx,
     read_metadata,
     supports_dense,
 )
 from .parity import FP16_MIN_COSINE, FP32_MIN_COSINE, check_parity, check_parity_outputs, random_images
 from .tokenizer_export import TokenizerInfo, write_tokenizer
+
+log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 TEXT_FILE = "text.onnx"
@@ -87,9 +92,9 @@ class ImageEncoderExport:
 
     @property
     def dense(self) -> Optional[dict[str, Any]]:
-        """The manifest's dense entry when the module has dense outputs (DenseImageEncoder), else None."""
+        """The manifest's dense entry when the module has dense outputs (a DenseEncoder), else None."""
         m = self.module
-        if not isinstance(m, DenseImageEncoder):
+        if not isinstance(m, DenseEncoder):
             return None
         return {"variant": m.variant, "grid": [int(g) for g in m.grid],
                 "outputs": {"patches": PATCH_OUTPUT, "cls": DENSE_CLS_OUTPUT}}
@@ -130,7 +135,7 @@ def rgb_encoder(loaded: LoadedModel, gsd_m: float = 10.0, tile_size_px: Optional
     ``dense``: the dense variant (DENSE_VARIANTS) whose patch outputs the graph also gets, when the tower can
     (supports_dense: an open_clip ViT); None for the pooled embedding alone."""
     units, transforms, _, _ = default_transform("rgb", 3)
-    module = (DenseImageEncoder(loaded.model, dense) if dense and supports_dense(loaded.model)
+    module = (dense_encoder(loaded.model, dense) if dense and supports_dense(loaded.model)
               else ImageEncoder(loaded.model))
     return ImageEncoderExport(
         modality="rgb",
@@ -144,6 +149,24 @@ def rgb_encoder(loaded: LoadedModel, gsd_m: float = 10.0, tile_size_px: Optional
         gsd_m=gsd_m,
         tile_size_px=tile_size_px,
     )
+
+
+def student_module(student: torch.nn.Module, dense: Optional[str] = DEFAULT_DENSE_VARIANT,
+                   strict: bool = False) -> torch.nn.Module:
+    """A student encoder (``ClipVisualStudent``, ``TimmStudent``) as a bundle's image module: wrapped with the
+    dense outputs of variant ``dense`` (``dense_encoder``) when it has a dense path, else as it is (pooled only).
+
+    ``strict``: a student without a dense path raises ValueError (naming why) instead of exporting pooled only."""
+    if not dense:
+        return student
+    problem = dense_problem(student)
+    if problem is None:
+        return dense_encoder(student, dense)
+    if strict:
+        raise ValueError(f"dense outputs ({dense!r}) asked for a {type(student).__name__} that has none: {problem}; "
+                         "set export.dense to none")
+    log.warning("exporting %s without dense outputs (tile mode only): %s", type(student).__name__, problem)
+    return student
 
 
 def default_languages(loaded: LoadedModel) -> list[str]:
@@ -441,6 +464,8 @@ def _export_one(
     ``key``, the others under ``key`` + ``_dense_patches`` / ``_dense_cls``."""
     module.eval()
     outputs = tuple(getattr(module, "outputs", (EMBEDDING_OUTPUT,)))
+    if isinstance(module, DenseEncoder):
+        _check_dense_grid(module, example)
     path = export_onnx(module, example[:2], work / fname, input_name, {**meta, "precision": "fp32"}, outputs=outputs)
 
     def check(graph: Path, suffix: str, min_cosine: float) -> None:
@@ -458,6 +483,17 @@ def _export_one(
     convert_fp16(path, work / half, meta)
     check(work / half, "_fp16", FP16_MIN_COSINE)
     return half
+
+
+def _check_dense_grid(module: DenseEncoder, example: torch.Tensor) -> None:
+    """The manifest's grid (from the model's configured input size) must be what the graph makes at the export
+    size: the engine reshapes the patch output by it."""
+    with torch.no_grad():
+        n = int(module(example[:1])[1].shape[1])
+    gh, gw = module.grid
+    if n != gh * gw:
+        raise ValueError(f"the dense encoder makes {n} patch tokens from {example.shape[-1]} px inputs, not its "
+                         f"{gh}x{gw} grid: build the model for the bundle's input size ({example.shape[-1]} px)")
 
 
 # Parity report keys of the outputs of a dense graph (the pooled one keeps the plain key, as before).

@@ -61,59 +61,83 @@ class ImageEncoder(torch.nn.Module):
 NACLIP_SIGMA = 5.0
 
 
-def supports_dense(clip_model: torch.nn.Module) -> bool:
-    """True when ``clip_model``'s visual tower is an open_clip ViT whose last block the dense path can
-    rewrite: class-token pooling, LayerNorm then projection, a plain self-attention block at the end."""
+def dense_problem(model: torch.nn.Module) -> Optional[str]:
+    """Why ``model`` has no dense path, or None when it has one. Two kinds have one:
+
+    - anything with an open_clip ViT as ``.visual`` (a CLIP model, or a ``ClipVisualStudent``): class-token
+      pooling, LayerNorm then projection, a plain self-attention block at the end;
+    - a ``TimmStudent``-shaped module (``.backbone`` a timm VisionTransformer, ``.proj`` a Linear into the joint
+      space): class-token pooling, a plain timm ``Block`` with ``Attention`` at the end."""
+    if hasattr(model, "backbone"):
+        return _timm_dense_problem(model)
     try:
         from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
     except ImportError:
-        return False
-    v = getattr(clip_model, "visual", None)
-    if not isinstance(v, VisionTransformer) or v.attn_pool is not None or v.proj is None:
-        return False
+        return "open_clip is not installed"
+    v = getattr(model, "visual", None)
+    if not isinstance(v, VisionTransformer):
+        return f"the visual tower is a {type(v).__name__}, not an open_clip ViT"
+    if v.attn_pool is not None or v.proj is None:
+        return "the ViT pools with attention or has no projection"
     if getattr(v, "pool_type", "tok") != "tok" or getattr(v, "final_ln_after_pool", False):
-        return False
+        return f"the ViT pools with {getattr(v, 'pool_type', '?')!r}: only class-token pooling ('tok') is supported"
     last = v.transformer.resblocks[-1]
-    return isinstance(last, ResidualAttentionBlock) and _swappable(last.attn) and v.transformer.batch_first
+    if not (isinstance(last, ResidualAttentionBlock) and _swappable(last.attn) and v.transformer.batch_first):
+        return "the ViT's last block is not a plain batch-first self-attention block"
+    return None
 
 
-def patch_grid(clip_model: torch.nn.Module) -> tuple[int, int]:
-    """(rows, cols) of patch tokens the visual tower makes from its input size."""
-    g = clip_model.visual.grid_size
+def _timm_dense_problem(student: torch.nn.Module) -> Optional[str]:
+    try:
+        from timm.layers import Attention
+        from timm.models.vision_transformer import Block, VisionTransformer
+    except ImportError:
+        return "timm is not installed"
+    bb = student.backbone
+    if not isinstance(bb, VisionTransformer):
+        return f"the student's backbone is a {type(bb).__name__}, not a timm VisionTransformer"
+    if not isinstance(getattr(student, "proj", None), torch.nn.Linear):
+        return "the student has no linear 'proj' head into the joint space"
+    if bb.global_pool != "token" or bb.attn_pool is not None or not bb.has_class_token:
+        return (f"the timm ViT pools with {bb.global_pool!r}: only class-token pooling ('token') is supported, "
+                "since the patch tokens follow the class token's path (create it with global_pool='token')")
+    last = bb.blocks[-1]
+    # Exact types: subclasses (ResPostBlock, ParallelScalingBlock, AttentionRope...) order or mix the maths otherwise.
+    if type(last) is not Block or type(last.attn) is not Attention:
+        return (f"the timm ViT's last block is a {type(last).__name__} with {type(last.attn).__name__}: "
+                "only a plain Block with Attention is supported")
+    return None
+
+
+def supports_dense(model: torch.nn.Module) -> bool:
+    """True when ``model`` has a dense path (see ``dense_problem``)."""
+    return dense_problem(model) is None
+
+
+def patch_grid(model: torch.nn.Module) -> tuple[int, int]:
+    """(rows, cols) of patch tokens the encoder makes from its input size."""
+    g = model.backbone.patch_embed.grid_size if hasattr(model, "backbone") else model.visual.grid_size
     return int(g[0]), int(g[1])
 
 
-def _gaussian_prior(grid: tuple[int, int], sigma: float) -> torch.Tensor:
-    """[N+1, N+1] additive attention logits: -d^2 / (2 sigma^2) between patches, 0 for the class token."""
+def _gaussian_prior(grid: tuple[int, int], sigma: float, prefix: int = 1) -> torch.Tensor:
+    """[P+N, P+N] additive attention logits: -d^2 / (2 sigma^2) between patches, 0 for the ``prefix`` tokens
+    (class token, and a timm ViT's register tokens) before them."""
     gh, gw = grid
     yy, xx = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
     pos = torch.stack([yy.flatten(), xx.flatten()], dim=1)
     d2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
-    out = torch.zeros(gh * gw + 1, gh * gw + 1)
-    out[1:, 1:] = -d2 / (2.0 * sigma * sigma)
+    out = torch.zeros(gh * gw + prefix, gh * gw + prefix)
+    out[prefix:, prefix:] = -d2 / (2.0 * sigma * sigma)
     return out
 
 
-def dense_attention(mha: torch.nn.Module, x: torch.Tensor, variant: str,
-                    prior: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The modified last-block attention of training-free dense CLIP, on LayerNorm'd tokens ``x`` [B, N, C].
+def variant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: str, scale: float,
+                      prior: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The one place of the dense variants' maths: per-head q, k, v [B, h, N, d] -> attended values [B, h, N, d].
 
     segearth (SegEarth-OV): softmax(qq^T) + softmax(kk^T) + softmax(vv^T) applied to v; clearclip: softmax(qq^T);
-    sclip: softmax(qq^T) + softmax(kk^T); naclip: softmax(kk^T + Gaussian neighbourhood); maskclip: v alone.
-    Residual and FFN are dropped by the caller. Shapes are static except the batch (as TraceableSelfAttention)."""
-    mha = getattr(mha, "mha", mha)  # unwrap TraceableSelfAttention while the exporter has it swapped in
-    n, c = int(x.shape[1]), int(x.shape[2])
-    h = mha.num_heads
-    d = c // h
-    w, b = mha.in_proj_weight, mha.in_proj_bias
-    f = torch.nn.functional
-
-    def heads(i: int) -> torch.Tensor:
-        y = f.linear(x, w[i * c : (i + 1) * c], None if b is None else b[i * c : (i + 1) * c])
-        return y.reshape(-1, n, h, d).transpose(1, 2)  # [B, h, N, d]
-
-    q, k, v = heads(0), heads(1), heads(2)
-    scale = float(d) ** -0.5
+    sclip: softmax(qq^T) + softmax(kk^T); naclip: softmax(kk^T + Gaussian neighbourhood ``prior``); maskclip: v."""
 
     def self_attn(t: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         s = torch.matmul(t * scale, t.transpose(-1, -2))
@@ -128,32 +152,78 @@ def dense_attention(mha: torch.nn.Module, x: torch.Tensor, variant: str,
     elif variant == "naclip":
         attn = self_attn(k, prior)
     elif variant == "maskclip":
-        attn = None
+        return v
     else:
         raise ValueError(f"unknown dense variant {variant!r}: use one of {', '.join(DENSE_VARIANTS)}")
-    out = v if attn is None else torch.matmul(attn, v)
+    return torch.matmul(attn, v)
+
+
+def dense_attention(mha: torch.nn.Module, x: torch.Tensor, variant: str,
+                    prior: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The modified last-block attention (``variant_attention``) of an open_clip block's nn.MultiheadAttention,
+    on LayerNorm'd tokens ``x`` [B, N, C]. Residual and FFN are dropped by the caller. Shapes are static except
+    the batch (as TraceableSelfAttention)."""
+    mha = getattr(mha, "mha", mha)  # unwrap TraceableSelfAttention while the exporter has it swapped in
+    n, c = int(x.shape[1]), int(x.shape[2])
+    h = mha.num_heads
+    d = c // h
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+
+    def heads(i: int) -> torch.Tensor:
+        y = torch.nn.functional.linear(x, w[i * c : (i + 1) * c], None if b is None else b[i * c : (i + 1) * c])
+        return y.reshape(-1, n, h, d).transpose(1, 2)  # [B, h, N, d]
+
+    out = variant_attention(heads(0), heads(1), heads(2), variant, float(d) ** -0.5, prior)
     return mha.out_proj(out.transpose(1, 2).reshape(-1, n, c))
 
 
-class DenseImageEncoder(torch.nn.Module):
-    """``encode_image`` (unnormalised, output ``embedding``) plus, in the same graph, the training-free dense
-    outputs: ``patch_embeddings`` [B, N, D] and ``dense_cls`` [B, D] in the joint space. The normal last block
-    and the modified one (``dense_attention``; residual and FFN dropped) share the input to that block; the
-    modified tokens go through ln_post and proj like the pooled token does."""
+def timm_dense_attention(attn: torch.nn.Module, x: torch.Tensor, variant: str,
+                         prior: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The modified last-block attention (``variant_attention``) of a timm ``Attention`` on its block's norm1'd
+    tokens ``x`` [B, N, C]: the fused qkv split per head, q/k norms (Identity unless qk_norm), the module's own
+    scale, then its output norm, gate and proj as in its forward. Residual and MLP are dropped by the caller."""
+    n = int(x.shape[1])
+    h, d = attn.num_heads, attn.head_dim
+    qkv = attn.qkv(x).reshape(-1, n, 3, h, d).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = variant_attention(q, k, v, variant, float(attn.scale), prior).transpose(1, 2).reshape(-1, n, h * d)
+    out = attn.norm(out)
+    gate = getattr(attn, "gate", None)
+    if gate is not None:
+        out = out * gate(x).sigmoid()
+    return attn.proj(out)
+
+
+class DenseEncoder(torch.nn.Module):
+    """Base of the dense encoders: pooled ``embedding`` plus ``patch_embeddings`` [B, N, D] and ``dense_cls``
+    [B, D] in the joint space, in one graph. ``variant`` and ``grid`` go into the manifest's ``dense`` entry."""
 
     outputs = (EMBEDDING_OUTPUT, PATCH_OUTPUT, DENSE_CLS_OUTPUT)
 
-    def __init__(self, clip_model: torch.nn.Module, variant: str = "segearth"):
+    def __init__(self, model: torch.nn.Module, variant: str, prefix: int = 1):
         super().__init__()
         if variant not in DENSE_VARIANTS:
             raise ValueError(f"unknown dense variant {variant!r}: use one of {', '.join(DENSE_VARIANTS)}")
-        if not supports_dense(clip_model):
-            raise ValueError("this visual tower has no dense path (an open_clip ViT with class-token pooling is needed)")
-        self.clip = clip_model
+        problem = dense_problem(model)
+        if problem:
+            raise ValueError(f"this image encoder has no dense path: {problem}; export it without dense outputs")
         self.variant = variant
-        self.grid = patch_grid(clip_model)
-        self.register_buffer("prior", _gaussian_prior(self.grid, NACLIP_SIGMA) if variant == "naclip" else None,
+        self.grid = patch_grid(model)
+        self.prefix = prefix  # tokens before the patches (class token first)
+        self.register_buffer("prior", _gaussian_prior(self.grid, NACLIP_SIGMA, prefix) if variant == "naclip" else None,
                              persistent=False)
+
+
+class DenseImageEncoder(DenseEncoder):
+    """``encode_image`` (unnormalised, output ``embedding``) of an open_clip ViT tower (``model.visual``: a CLIP
+    model or a ``ClipVisualStudent``) plus, in the same graph, the training-free dense outputs. The normal last
+    block and the modified one (``dense_attention``; residual and FFN dropped) share the input to that block;
+    the modified tokens go through ln_post and proj like the pooled token does."""
+
+    def __init__(self, clip_model: torch.nn.Module, variant: str = "segearth"):
+        super().__init__(clip_model, variant)
+        self.clip = clip_model
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         v = self.clip.visual
@@ -164,8 +234,40 @@ class DenseImageEncoder(torch.nn.Module):
         last = blocks[-1]
         pooled, _ = v._pool(last(x))
         pooled = pooled @ v.proj
-        dense = v.ln_post(dense_attention(last.attn, last.ln_1(x), self.variant, self.prior)) @ v.proj
+        dense = v.ln_post(last.ls_1(dense_attention(last.attn, last.ln_1(x), self.variant, self.prior))) @ v.proj
         return pooled, dense[:, 1:], dense[:, 0]
+
+
+class DenseTimmEncoder(DenseEncoder):
+    """A ``TimmStudent`` (timm ViT ``backbone`` + linear ``proj``) with the same dense outputs: its pooled
+    embedding as ``student(x)`` gives it, and the last block's attention rewritten (``timm_dense_attention``,
+    LayerScale kept, residual and MLP dropped) with every token through the backbone's final norm, head
+    (fc_norm, head: per-token, Identity for a class-token student) and ``proj``, as the class token's path.
+    Patch tokens exclude the prefix (class and register) tokens."""
+
+    def __init__(self, student: torch.nn.Module, variant: str = "segearth"):
+        super().__init__(student, variant, prefix=int(getattr(getattr(student, "backbone", None), "num_prefix_tokens", 1)))
+        self.student = student
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        bb = self.student.backbone
+        x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(image))))
+        for blk in bb.blocks[:-1]:
+            x = blk(x)
+        last = bb.blocks[-1]
+        pooled = self.student.proj(bb.forward_head(bb.norm(last(x))))
+
+        def head(t: torch.Tensor) -> torch.Tensor:  # forward_head after pooling, applied to every token
+            return self.student.proj(bb.head(bb.head_drop(bb.fc_norm(bb.norm(t)))))
+
+        dense = head(last.ls1(timm_dense_attention(last.attn, last.norm1(x), self.variant, self.prior)))
+        return pooled, dense[:, self.prefix :], dense[:, 0]
+
+
+def dense_encoder(model: torch.nn.Module, variant: str) -> DenseEncoder:
+    """The dense encoder for ``model``: a timm student or an open_clip ViT tower (see ``dense_problem``); raises
+    ValueError naming why when it has no dense path."""
+    return DenseTimmEncoder(model, variant) if hasattr(model, "backbone") else DenseImageEncoder(model, variant)
 
 
 class TraceableSelfAttention(torch.nn.Module):

@@ -116,7 +116,7 @@ def import_checkpoints(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """A bundle with the text encoder, the (patched) RGB encoder and, given ``aligned``, s2-l1c and s2-l2a encoders."""
-    from training.export.exporter import ImageEncoderExport, export_model, rgb_encoder
+    from training.export.exporter import ImageEncoderExport, export_model, rgb_encoder, student_module
     from training.models.factory import create_model
 
     lm = create_model(model, pretrained=pretrained)
@@ -124,7 +124,8 @@ def import_checkpoints(
         load_patched(lm.model, patched)
     encoders = [rgb_encoder(lm, gsd_m=gsd_m)]
     if aligned:
-        s2 = load_student(aligned, student, len(S2_L1C_BANDS), lm.embed_dim, student_size)
+        # with the default dense outputs when the student is a class-token timm ViT (Paper A's ViT-S/16 is)
+        s2 = student_module(load_student(aligned, student, len(S2_L1C_BANDS), lm.embed_dim, student_size))
         for modality, bands in (("s2-l1c", list(S2_L1C_BANDS)), ("s2-l2a", list(S2_L2A_AS_13))):
             units, transforms, mean, std = default_transform(modality, len(bands))
             encoders.append(ImageEncoderExport(modality, s2, bands, units, transforms, mean, std, student_size, gsd_m))

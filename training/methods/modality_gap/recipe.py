@@ -79,6 +79,7 @@ class _Recipe:
         # data.streaming: lazy datasets read by DataLoader workers (real-size runs); else in-memory tensors.
         self.data_cfg = dict(config.get("data") or {})
         self.streaming = bool(self.data_cfg.get("streaming", False))
+        self.dense = export_dense_variant(config.get("export") or {})  # checked now, not after training
 
     # -- set-up ------------------------------------------------------------------------------------
     def length(self, section: dict, n: int, what: str) -> int:
@@ -372,20 +373,25 @@ class _Recipe:
 
     # -- export ------------------------------------------------------------------------------------
     def export(self, s2_student: nn.Module, s1_student: nn.Module) -> None:
-        from training.export.exporter import ImageEncoderExport, export_model, rgb_encoder
+        """The bundle: rgb teacher and the S2 / S1 students, each with dense outputs (export.dense, default
+        segearth) in the same graph as its pooled embedding when it has a dense path."""
+        from training.export.exporter import ImageEncoderExport, export_model, rgb_encoder, student_module
 
         ex = self.cfg.get("export", {})
         gsd = float(ex.get("gsd_m", 10.0))
+        strict = "dense" in ex  # a variant the config names must be honoured; the default falls back with a warning
+        s2_module = student_module(s2_student.eval(), self.dense, strict=strict)  # one wrapper: both S2 levels
+        s1_module = student_module(s1_student.eval(), self.dense, strict=strict)
 
         def enc(modality: str, module: nn.Module, bands: list[str]) -> ImageEncoderExport:
             units, transforms, mean, std = default_transform(modality, len(bands))
             return ImageEncoderExport(modality, module.eval(), list(bands), units, transforms, mean, std, self.size, gsd)
 
         encoders = [
-            rgb_encoder(self.lm, gsd_m=gsd),
-            enc("s2-l1c", s2_student, list(S2_L1C_BANDS)),
-            enc("s2-l2a", s2_student, list(S2_L2A_AS_13)),
-            enc("s1-grd", s1_student, list(S1_GRD_BANDS)),
+            rgb_encoder(self.lm, gsd_m=gsd, dense=self.dense),
+            enc("s2-l1c", s2_module, list(S2_L1C_BANDS)),
+            enc("s2-l2a", s2_module, list(S2_L2A_AS_13)),
+            enc("s1-grd", s1_module, list(S1_GRD_BANDS)),
         ]
         provenance = {
             "method": "modality-gap (Paper A: patching + cross-modal alignment)",
@@ -429,6 +435,20 @@ class _Recipe:
             write_table(rows, self.out / "alignment", "Stage 2: student-teacher alignment (held-out mean cosine)")
         self.metrics["seconds"] = round(time.perf_counter() - t0, 2)
         return self.metrics
+
+
+def export_dense_variant(export_cfg: dict) -> Optional[str]:
+    """The recipe's ``export.dense``: a dense variant (default: the exporter's DEFAULT_DENSE_VARIANT), or None
+    for ``none`` / null / false (pooled embeddings only, tile mode)."""
+    from rs_clip_plugin.engine.bundle import DENSE_VARIANTS
+    from training.export.exporter import DEFAULT_DENSE_VARIANT
+
+    value = export_cfg.get("dense", DEFAULT_DENSE_VARIANT)
+    if value in (None, False, "none"):
+        return None
+    if value not in DENSE_VARIANTS:
+        raise ValueError(f"export.dense is {value!r}: use one of {', '.join(DENSE_VARIANTS)} or none")
+    return str(value)
 
 
 def run_recipe(config: dict, out_dir: Path, *, dry_run: bool = False) -> dict:
