@@ -700,8 +700,62 @@ def _upsample_jobs(jobs: Sequence[tuple[np.ndarray, np.ndarray]], k: int, offset
 def upsample_bilinear_valid(src: np.ndarray, k: int, offset: tuple[int, int], out: np.ndarray) -> np.ndarray:
     """``upsample_bilinear`` of one all-valid (hs, ws) band into ``out`` (h, w), in float32.
 
-    Whole-row gathers only: columns are interpolated on the transposed coarse band (k times smaller than the
-    output), rows on the result; per-element gathers and strided writes cost far more than these copies."""
+    By phase: the fine pixels i with (offset + i) % k == p all sit at the same fraction between two source
+    pixels, and those pixels advance by one as i advances by k, so each phase is ``lo + (hi - lo) * f`` on
+    plain slices of the band padded by its edge pixels (the clamped neighbour), written to every k-th pixel:
+    no index gathers and no transposes. Columns first (on hs rows), then rows. The fraction depends only on
+    the phase, so a pixel gets the same value whether it is read in a strip or in a tile."""
+    w = out.shape[1]
+    hs, ws = src.shape
+    pad = np.empty((hs + 2, ws + 2), np.float32)  # edge-replicated: the clamped neighbour at either side
+    pad[1:-1, 1:-1] = src
+    pad[0, 1:-1], pad[-1, 1:-1] = src[0], src[-1]
+    pad[:, 0], pad[:, -1] = pad[:, 1], pad[:, -2]
+    cols = np.empty((hs + 2, w), np.float32)
+    if not _lerp_phases(pad, cols, k, offset[1], axis=1):
+        return _upsample_gather(src, k, offset, out)
+    if not _lerp_phases(cols, out, k, offset[0], axis=0):
+        return _upsample_gather(src, k, offset, out)
+    return out
+
+
+@lru_cache(maxsize=64)
+def _phase_fractions(k: int) -> tuple[tuple[int, np.float32], ...]:
+    """Per phase p (fine pixel index % k): (floor of its position in source pixels, fraction as float32)."""
+    out = []
+    for p in range(k):
+        q = (p + 0.5) / k - 0.5
+        fl = int(np.floor(q))
+        out.append((fl, np.float32(q - fl)))
+    return tuple(out)
+
+
+def _lerp_phases(src: np.ndarray, out: np.ndarray, k: int, offset: int, axis: int) -> bool:
+    """Interpolate ``src`` (padded by one edge pixel each side along ``axis``) k times finer into ``out``
+    along ``axis``, fine pixel i at fine position offset + i from the first unpadded source pixel. False (and
+    nothing trustworthy written) when a neighbour would fall outside the padded source."""
+    n_out, n_src = out.shape[axis], src.shape[axis]
+    fr = _phase_fractions(k)
+    for i0 in range(min(k, n_out)):
+        g = offset + i0
+        p = g % k
+        fl, f = fr[p]
+        count = len(range(i0, n_out, k))
+        a = (g - p) // k + fl + 1  # +1: the padding
+        if a < 0 or a + 1 + count > n_src:
+            return False
+        if axis == 1:
+            lo, hi, dst = src[:, a : a + count], src[:, a + 1 : a + 1 + count], out[:, i0::k]
+        else:
+            lo, hi, dst = src[a : a + count], src[a + 1 : a + 1 + count], out[i0::k]
+        np.subtract(hi, lo, out=dst)
+        dst *= f
+        dst += lo
+    return True
+
+
+def _upsample_gather(src: np.ndarray, k: int, offset: tuple[int, int], out: np.ndarray) -> np.ndarray:
+    """``upsample_bilinear_valid`` by index gathers (clamped indices): for spans the phase path cannot serve."""
     h, w = out.shape
     hs, ws = src.shape
     y0, y1, fy = _lerp_axis(h, offset[0], k, hs)
