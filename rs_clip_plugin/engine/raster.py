@@ -455,25 +455,34 @@ class RasterSource:
             for k, i in enumerate(idx):
                 j = indexes[k] - 1
                 nodata = src.nodatavals[j] if native else np.nan
-                out[(rows[i], *dst)] = self._to_physical(raw[k], nodata, np.dtype(src.dtypes[j]),
-                                                         self._bands[names[i]])
+                self._to_physical(raw[k], nodata, np.dtype(src.dtypes[j]), self._bands[names[i]],
+                                  out=out[(rows[i], *dst)])
         for (factor, offset), jobs in coarse.items():
             _upsample_jobs(jobs, factor, offset)
 
-    def _to_physical(self, raw: np.ndarray, nodata: Optional[float], src_dtype: np.dtype, band: _Band) -> np.ndarray:
-        x = raw.astype(np.float32)
-        invalid = ~np.isfinite(x)
-        if nodata is not None and not np.isnan(nodata):
-            invalid |= raw == nodata
+    def _to_physical(self, raw: np.ndarray, nodata: Optional[float], src_dtype: np.dtype, band: _Band,
+                     out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Raw values of one band -> float32 physical units, NaN where there is no data; written into ``out``
+        (a strip's band) when given, in a few passes and no temporaries of the band's size but the mask."""
+        x = np.empty(raw.shape, np.float32) if out is None else out
+        invalid = raw == nodata if nodata is not None and not np.isnan(nodata) else None
         if self.sensor.startswith("s2"):
-            invalid |= raw == S2_NODATA_DN
-            x = s2_reflectance(raw, band.offset_dn)
-        elif self.sensor == "rgb":
-            if src_dtype == np.uint8:
-                x /= np.float32(255.0)
-            elif src_dtype == np.uint16:
-                x /= np.float32(65535.0)
-        x[invalid] = np.nan
+            if nodata != S2_NODATA_DN:
+                hit = raw == S2_NODATA_DN
+                invalid = hit if invalid is None else invalid | hit
+            s2_reflectance(raw, band.offset_dn, out=x)
+        else:
+            np.copyto(x, raw, casting="unsafe")
+            if self.sensor == "rgb":
+                if src_dtype == np.uint8:
+                    x /= np.float32(255.0)
+                elif src_dtype == np.uint16:
+                    x /= np.float32(65535.0)
+        if not np.issubdtype(raw.dtype, np.integer):  # NaN stays NaN; infinities (also from the cast) are no data
+            inf = ~np.isfinite(x)
+            invalid = inf if invalid is None else invalid | inf
+        if invalid is not None and invalid.any():
+            np.copyto(x, np.float32(np.nan), where=invalid)
         return x
 
     # --- encoder mapping --------------------------------------------------------------------------
