@@ -209,16 +209,15 @@ def reader_tiles_per_s(src, spec, grid, workers: int, bs: int, min_seconds: floa
     threads, each on its own raster handles; the raster's tiles repeated until ``min_seconds`` have passed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .pipeline import _prepare, _Readers
+    from .pipeline import _prepare, _Readers, work_units
     from .tiling import DEFAULT_MAX_NODATA
 
-    n = len(grid.windows)
-    batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+    batches = work_units(len(grid.windows), bs, spec)  # the units embed_tiles' readers prepare
     if not batches:
         return 0.0
     readers = _Readers(src, spec, share_source=False)
 
-    def one(indices: list[int]) -> int:
+    def one(indices: Sequence[int]) -> int:
         prep = _prepare(readers, grid, spec, indices, DEFAULT_MAX_NODATA, False)
         return len(prep.indices) + len(prep.skipped)
 
