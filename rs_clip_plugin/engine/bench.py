@@ -24,7 +24,8 @@
   ``ort_over_torch_batch1``: an image query's latency); else ``torch_skipped`` says why;
 - ``tiles_per_s_by_workers``: the reader alone (read, transform, resize; no encoder) with 1, 2, 4, ...
   worker threads up to the cores (at least 1 and 2), each with its own raster handles as embed_tiles runs
-  them; ``reader_workers`` the number embed_tiles used for the pipeline figure;
+  them; ``reader_workers`` the number embed_tiles used for the pipeline figure (``workers``, CLI ``--threads``;
+  default: ``auto_workers``);
 - ``query_ms``: matrix-vector + argpartition top-10 over N random normalised embeddings (float32, the
   index's default storage) for each N, median of several repeats;
 - ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``), query matrices included;
@@ -297,6 +298,7 @@ def run_bench(
     torch_compare: bool = True,
     large_scene: bool = False,
     large_scene_rows: Optional[int] = None,
+    workers: Optional[int] = None,
     progress: Optional[Progress] = None,
 ) -> dict:
     """All figures as one dict (see the module docstring); every key is present, skipped parts say why."""
@@ -330,13 +332,14 @@ def run_bench(
         if max_tiles is not None:
             grid.windows = grid.windows[: int(max_tiles)]
         # Cold: one pass as a user's first run sees it (worker start, file open, first block decompression).
-        first, first_s, _ = _pipeline_pass(src, b, modality, grid, session, bs)
+        workers = auto_workers(session.is_gpu) if workers is None else int(workers)
+        first, first_s, _ = _pipeline_pass(src, b, modality, grid, session, bs, workers)
         result["pipeline_first_pass_tiles_per_s"] = round(first / first_s, 2) if first_s > 0 else 0.0
         # Steady state, measured like the bare figure (warm, >= min_seconds): the raster's tiles repeated in
         # one run, so start-up is amortised as it is over a large scene.
         repeats = max(1, math.ceil(min_seconds * bare / max(len(grid.windows), 1)))
         grid.windows = grid.windows * repeats
-        done, dt, stats = _pipeline_pass(src, b, modality, grid, session, bs)
+        done, dt, stats = _pipeline_pass(src, b, modality, grid, session, bs, workers)
         # Bare again right after: the pipeline is compared with the mean of the encoder before and after it,
         # so a shared machine's drift over the run affects both sides alike.
         bare_after, _ = _rate(lambda: session.run(batch), bs, min_seconds, min_calls)
@@ -349,7 +352,7 @@ def run_bench(
         result["pipeline_over_bare"] = round(result["pipeline_tiles_per_s"] / bare, 3) if bare > 0 else 0.0
         result["pipeline_first_pass_over_bare"] = round(result["pipeline_first_pass_tiles_per_s"] / bare, 3) if bare > 0 else 0.0
         result["pipeline_stats"] = stats.as_dict()
-        result["reader_workers"] = auto_workers(session.is_gpu)
+        result["reader_workers"] = workers
         progress.update(0.35, "reader scaling")
         del grid.windows[len(grid.windows) // repeats:]  # one pass of the raster again
         result["tiles_per_s_by_workers"] = {
@@ -467,13 +470,14 @@ def run_bench(
     return result
 
 
-def _pipeline_pass(src, b: Bundle, modality: str, grid, session, bs: int) -> tuple[int, float, object]:
+def _pipeline_pass(src, b: Bundle, modality: str, grid, session, bs: int,
+                   workers: Optional[int] = None) -> tuple[int, float, object]:
     """(tiles embedded, seconds, TileStats) of one embed_tiles run, as the labeller drives it."""
     from .pipeline import TileStats, embed_tiles
 
     stats = TileStats()
     t0 = time.perf_counter()
-    for _ in embed_tiles(src, b, modality, grid, session=session, batch_size=bs, stats=stats):
+    for _ in embed_tiles(src, b, modality, grid, session=session, batch_size=bs, stats=stats, workers=workers):
         pass
     return stats.embedded, time.perf_counter() - t0, stats
 

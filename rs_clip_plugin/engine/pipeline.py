@@ -226,10 +226,11 @@ def block_groups(groups: Sequence[StripGroup], n_bands: int, max_bytes: int = ST
     return out
 
 
-def work_units(n: int, batch_size: int, spec: EncoderSpec, max_bytes: int = UNIT_MAX_BYTES) -> list[range]:
+def work_units(n: int, batch_size: int, spec: EncoderSpec, max_bytes: Optional[int] = None) -> list[range]:
     """Tile index ranges a reader prepares at a time: a whole number of encoder batches, as many as fit
     ``max_bytes`` of prepared encoder input (at least one batch). Larger than one batch so that a read spans
     several tile rows (see block_groups); bounded so the queue's memory stays small."""
+    max_bytes = UNIT_MAX_BYTES if max_bytes is None else max_bytes
     per_tile = 4 * len(spec.bands) * spec.input_size * spec.input_size
     size = batch_size * max(1, max_bytes // max(1, batch_size * per_tile))
     return [range(i, min(i + size, n)) for i in range(0, n, size)]

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         torch_compare=not args.no_torch,
         large_scene=args.large_scene,
         large_scene_rows=args.large_scene_rows,
+        workers=args.threads,
         progress=ConsoleProgress("bench"),
     )
     lines = [
