@@ -315,16 +315,18 @@ def read_tile_batch(
         apply_transform(data, spec.transforms, spec.mean, spec.std, inplace=True, nan_mask=nan_mask)
         del nan_mask
         gc0, gr0 = int(g.window.col_off), int(g.window.row_off)
+        any_nodata = bool(nodata_all.any())  # usually False: then no tile needs its own look
         for i in g.indices:
             w = windows[i]
             dc, dr = int(w.col_off) - gc0, int(w.row_off) - gr0
             cut = (slice(dr, dr + int(w.height)), slice(dc, dc + int(w.width)))
-            nodata = nodata_all[cut]
-            if should_skip(nodata, max_nodata):
-                skipped.append(i)
-                continue
-            if keep_masks and nodata.any():
-                masks[i] = nodata.copy()  # a copy: a view would keep the whole strip alive
+            if any_nodata:
+                nodata = nodata_all[cut]
+                if should_skip(nodata, max_nodata):
+                    skipped.append(i)
+                    continue
+                if keep_masks and nodata.any():
+                    masks[i] = nodata.copy()  # a copy: a view would keep the whole strip alive
             _resize_into(data[(slice(None), *cut)], s, batch[len(kept)])
             kept.append(i)
         del data, nodata_all  # release the strip before the next one is read
