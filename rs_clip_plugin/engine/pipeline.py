@@ -39,6 +39,7 @@ from .runtime import EncoderSession, physical_cores
 from .tiling import DEFAULT_MAX_NODATA, TileGrid, make_grid, should_skip, stride_for, tile_size_px_for
 
 __all__ = [
+    "BLOCK_MAX_BYTES",
     "STRIP_MAX_BYTES",
     "TileStats",
     "auto_workers",
@@ -56,6 +57,9 @@ __all__ = [
 
 # One strip (float32, all encoder bands) holds at most this much; wider runs of tiles are split.
 STRIP_MAX_BYTES = 64 << 20
+# A block of several tile rows (block_groups) holds at most this much: larger blocks gain no speed (each pass
+# over them goes to main memory) and would raise the peak memory.
+BLOCK_MAX_BYTES = 16 << 20
 # Prepared encoder input per reader work unit (see work_units): with the queue's depth, the read-ahead's memory.
 UNIT_MAX_BYTES = 16 << 20
 
@@ -204,11 +208,11 @@ def strip_groups(windows: Sequence[Window], indices: Sequence[int], n_bands: int
     return groups
 
 
-def block_groups(groups: Sequence[StripGroup], n_bands: int, max_bytes: int = STRIP_MAX_BYTES) -> list[StripGroup]:
+def block_groups(groups: Sequence[StripGroup], n_bands: int, max_bytes: int = BLOCK_MAX_BYTES) -> list[StripGroup]:
     """Merge consecutive strips (``strip_groups``) covering the same columns of adjacent or overlapping tile rows
     into one block read: each read costs a fixed ~1-2 ms of per-band calls (GDAL, conversion, interpolation)
     whatever its size, so fewer, larger reads make most of the reader's speed with small tiles. A block stays
-    under ``max_bytes`` (float32, all bands) like a strip."""
+    under ``max_bytes`` (float32, all bands); a strip already larger is read alone."""
     out: list[StripGroup] = []
     for g in groups:
         if out:
