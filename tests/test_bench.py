@@ -12,7 +12,7 @@ from rs_clip_plugin.engine.cli import main
 
 def test_bench_json_keys(tiny_bundle: Path, capsys) -> None:
     rc = main(["bench", "--bundle", str(tiny_bundle), "--seconds", "0.2", "--query-sizes", "1000,5000", "--provider", "cpu",
-               "--precision", "int8", "--json"])
+               "--precision", "int8", "--threads", "2", "--json"])
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     for key in ("bare_images_per_s", "pipeline_tiles_per_s", "pipeline_over_bare", "pipeline_peak_rss_mb", "peak_rss_mb"):
@@ -32,7 +32,8 @@ def test_bench_json_keys(tiny_bundle: Path, capsys) -> None:
     cands = r["thread_candidates"]
     assert cands[0] == 1 and r["ort_threads"] in cands and r["torch_threads"] in cands
     assert set(r["torch_images_per_s_by_threads"]) == set(r["ort_images_per_s_by_threads"]) == {str(t) for t in cands}
-    assert isinstance(r["reader_workers"], int) and r["reader_workers"] >= 1
+    assert r["reader_workers"] == 2  # --threads: the pipeline's reader threads
+    assert r["pipeline_rounds"] >= 3 and r["pipeline_stats"]["embedded"] == r["pipeline_tiles_timed"]
     assert {"1", "2"} <= set(r["tiles_per_s_by_workers"]) and all(v > 0 for v in r["tiles_per_s_by_workers"].values())
     assert isinstance(r["bare_peer_tiles_per_s"], float) and r["bare_peer_tiles_per_s"] > 0
     assert isinstance(r["pipeline_over_peer"], float)

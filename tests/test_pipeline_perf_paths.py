@@ -3,6 +3,8 @@ same encoder inputs and embeddings as the straightforward tile-by-tile path."""
 
 from __future__ import annotations
 
+import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +13,20 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from rs_clip_plugin.engine import pipeline, raster
 from rs_clip_plugin.engine.bands import S2_L2A_BANDS
 from rs_clip_plugin.engine.bundle import EncoderSpec, load_bundle
+from rs_clip_plugin.engine.errors import ReadError
 from rs_clip_plugin.engine.pipeline import (
     TileStats,
     auto_workers,
+    block_groups,
     embed_tiles,
     preprocess_tile,
     read_tile_batch,
     strip_groups,
 )
+from rs_clip_plugin.engine.progress import Cancelled, Progress
 from rs_clip_plugin.engine.radiometry import BandTransform, apply_transform, default_transform
 from rs_clip_plugin.engine.raster import open_source, upsample_bilinear, upsample_bilinear_valid
 from rs_clip_plugin.engine.runtime import EncoderSession
@@ -202,6 +208,22 @@ def test_upsample_bilinear_valid_equals_the_general_kernel(k, hs, ws, h, w, offs
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-7)
 
 
+@pytest.mark.parametrize(("k", "hs", "ws", "h", "w", "offset"), [
+    (2, 34, 274, 64, 544, (0, 0)), (2, 260, 546, 512, 1088, (1, 1)), (6, 12, 93, 64, 544, (3, 5)), (3, 1, 1, 2, 3, (1, 0)),
+])
+def test_phase_upsampling_is_bit_identical_to_index_gathers(k, hs, ws, h, w, offset) -> None:
+    """The phase path (slices of an edge-padded band) gives the gather path's float32 values exactly, and a
+    pixel's value does not depend on where the read starts (strip or tile: same phase, same fraction)."""
+    src = np.random.default_rng(k * hs).uniform(-1, 1, (hs, ws)).astype(np.float32)
+    got = upsample_bilinear_valid(src, k, offset, np.empty((h, w), np.float32))
+    np.testing.assert_array_equal(got, raster._upsample_gather(src, k, offset, np.empty((h, w), np.float32)))
+    # The same fine pixels read from a source span that starts one row later (as a tile read within a strip):
+    # identical values.
+    if hs > 2 and h > 2 * k:
+        part = upsample_bilinear_valid(src[1:], k, (offset[0] + k, offset[1]), np.empty((h - 2 * k, w), np.float32))
+        np.testing.assert_array_equal(part, got[2 * k :])
+
+
 def test_auto_workers() -> None:
     assert auto_workers(gpu=False, cores=2) == 1
     assert auto_workers(gpu=False, cores=16) == 2
@@ -277,3 +299,107 @@ def test_whole_factor_upsampling_equals_warper_on_real_bands(major_tom_dir: Path
             x, y = fast.read(win, names), warper.read(win, names)
             np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
             np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+
+
+# --- parallel readers (issue 12): same inputs in the same order for any reader count, clean stops ----------
+def _reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("rsclip-read")]
+
+
+def _inputs_by_workers(src, b, grid, session, workers: int, **kw) -> tuple[list[int], np.ndarray, TileStats]:
+    """Tile indices in the order embed_tiles yields them and the encoder inputs it prepared (``encode`` keeps them)."""
+    stats = TileStats(keep_masks=True)
+    order, inputs = [], []
+    for idx, x in embed_tiles(src, b, "s2-l2a", grid, session=session, batch_size=8, workers=workers, stats=stats,
+                              encode=lambda batch: batch.copy(), **kw):
+        order += idx
+        inputs.append(x)
+    return order, np.concatenate(inputs), stats
+
+
+def test_parallel_readers_prepare_bit_identical_inputs_in_grid_order(multimodal_bundle: Path, major_tom_dir: Path,
+                                                                      monkeypatch) -> None:
+    """12 bands with 20/60 m bands upsampled, overlapping tiles (multi-row blocks share rows), units of a few
+    batches: every reader count gives the same encoder inputs, bit for bit, yielded in grid order; equal to
+    tile-by-tile reads; and the embeddings of 1 and 3 readers are identical."""
+    monkeypatch.setattr(pipeline, "UNIT_MAX_BYTES", 3 * 8 * 4 * 12 * 64 * 64)  # 24-tile units: many per run
+    b = load_bundle(multimodal_bundle)
+    with open_source(major_tom_dir) as src:
+        spec = b.manifest.encoder("s2-l2a")
+        grid = make_grid(src, 64, stride_px=48)
+        grid.windows = grid.windows[:150]
+        session = EncoderSession(b, "s2-l2a", provider="cpu", threads=1, precision="fp32")
+        units = pipeline.work_units(len(grid.windows), 8, spec)
+        assert len(units) > 4 and all(len(u) % 8 == 0 for u in units[:-1])
+        ref_order, ref, _ = _inputs_by_workers(src, b, grid, session, 0)
+        assert ref_order == list(range(150))
+        for workers in (1, 2, 4):
+            order, got, stats = _inputs_by_workers(src, b, grid, session, workers)
+            assert order == ref_order and stats.embedded == 150 and stats.skipped == []
+            np.testing.assert_array_equal(got, ref)
+        _, tile_by_tile, _, _ = read_tile_batch(src.encoder_input(spec), grid.windows, range(150), spec, strips=False)
+        np.testing.assert_allclose(ref, tile_by_tile, rtol=0, atol=1e-6)
+        emb = {w: np.concatenate([e for _, e in embed_tiles(src, b, "s2-l2a", grid, session=session, batch_size=8,
+                                                              workers=w)]) for w in (1, 3)}
+        np.testing.assert_array_equal(emb[1], emb[3])
+    assert not _reader_threads()
+
+
+def test_block_groups_merge_adjacent_rows_of_the_same_columns_only() -> None:
+    tiles = [Window(c, r, 64, 64) for r in (0, 48, 96) for c in range(0, 192, 48)]  # 3 overlapping rows of 4
+    tiles.append(Window(0, 400, 64, 64))  # a row far below: not adjacent, read on its own
+    strips = strip_groups(tiles, range(len(tiles)), n_bands=12)
+    blocks = block_groups(strips, n_bands=12)
+    assert [g.indices for g in blocks] == [tuple(range(12)), (12,)]
+    assert blocks[0].window == Window(0, 0, 208, 160)
+    # Bounded like a strip: with room for two rows only, the third starts a new block.
+    bounded = block_groups(strips, n_bands=12, max_bytes=4 * 12 * 112 * 208)
+    assert [g.indices for g in bounded] == [tuple(range(8)), tuple(range(8, 12)), (12,)]
+    # Different column spans (a batch that starts mid-row) are not merged.
+    assert len(block_groups(strip_groups(tiles, range(2, 12), n_bands=12), n_bands=12)) == 2
+
+
+def test_cancel_mid_read_stops_the_readers(multimodal_bundle: Path, major_tom_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(pipeline, "UNIT_MAX_BYTES", 8 * 4 * 12 * 64 * 64)  # one batch per unit: many reads queued
+    b = load_bundle(multimodal_bundle)
+    with open_source(major_tom_dir) as src:
+        grid = make_grid(src, 64)
+        session = EncoderSession(b, "s2-l2a", provider="cpu", threads=1)
+        checks = {"n": 0}
+
+        def cancelled() -> bool:
+            checks["n"] += 1
+            return checks["n"] > 3
+
+        got = []
+        with pytest.raises(Cancelled):
+            for idx, _ in embed_tiles(src, b, "s2-l2a", grid, session=session, batch_size=8, workers=3,
+                                      progress=Progress(None, cancelled)):
+                got += idx
+        assert got == list(range(len(got))) and 0 < len(got) < len(grid.windows)
+    assert not _reader_threads()
+
+
+def test_a_failing_read_in_a_reader_thread_is_one_read_error(multimodal_bundle: Path, major_tom_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """A band file truncated after opening (a failing disk or download) fails in a worker thread: the caller gets
+    the engine's ReadError naming the file, in one line, and no reader thread is left behind."""
+    folder = tmp_path / "scene"
+    folder.mkdir()
+    for f in major_tom_dir.glob("B*.tif"):
+        shutil.copy(f, folder / f.name)
+    b = load_bundle(multimodal_bundle)
+    for workers in (0, 2):
+        with open_source(folder) as src:
+            grid = make_grid(src, 64)
+            session = EncoderSession(b, "s2-l2a", provider="cpu", threads=1)
+            broken = folder / "B08.tif"
+            if broken.stat().st_size > 10_000:
+                with open(broken, "r+b") as f:
+                    f.truncate(broken.stat().st_size // 3)
+            with pytest.raises(ReadError) as err:
+                for _ in embed_tiles(src, b, "s2-l2a", grid, session=session, batch_size=8, workers=workers):
+                    pass
+            msg = str(err.value)
+            assert "\n" not in msg and "B08.tif" in msg and "truncated or damaged" in msg
+        assert not _reader_threads()

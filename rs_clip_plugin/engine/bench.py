@@ -3,8 +3,9 @@
 - ``bare_images_per_s``: ``session.run`` in a loop on a preprocessed random batch (the encoder alone);
 - ``pipeline_tiles_per_s``: ``embed_tiles`` on a real raster (read, resample, transform, resize, encode),
   same session and batch size, in steady state like the bare figure: the raster's tiles repeated in one run
-  until it lasts ``min_seconds`` (``pipeline_passes``, ``pipeline_tiles_timed``); ``pipeline_over_bare`` is their ratio (1.0 = the
-  pipeline never starves the encoder). ``pipeline_first_pass_tiles_per_s`` (and ``..._over_bare``) is one
+  until it lasts ``min_seconds`` (``pipeline_passes``, ``pipeline_tiles_timed``), in ``PIPELINE_ROUNDS`` rounds
+  alternating with the bare encoder (``pipeline_rounds``; the rates are the rounds' medians);
+  ``pipeline_over_bare`` is the median of the rounds' ratios (1.0 = the pipeline never starves the encoder). ``pipeline_first_pass_tiles_per_s`` (and ``..._over_bare``) is one
   cold pass over the raster: worker start-up, file opening and first block decompression included;
 - ``bare_peer_tiles_per_s``: the loop a user would otherwise write (as Deepness users compare against): the
   raster's tiles pre-cut to GeoTIFF files, each opened with rasterio, normalised, resized and run through a
@@ -24,7 +25,8 @@
   ``ort_over_torch_batch1``: an image query's latency); else ``torch_skipped`` says why;
 - ``tiles_per_s_by_workers``: the reader alone (read, transform, resize; no encoder) with 1, 2, 4, ...
   worker threads up to the cores (at least 1 and 2), each with its own raster handles as embed_tiles runs
-  them; ``reader_workers`` the number embed_tiles used for the pipeline figure;
+  them; ``reader_workers`` the number embed_tiles used for the pipeline figure (``workers``, CLI ``--threads``;
+  default: ``auto_workers``);
 - ``query_ms``: matrix-vector + argpartition top-10 over N random normalised embeddings (float32, the
   index's default storage) for each N, median of several repeats;
 - ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``), query matrices included;
@@ -63,6 +65,8 @@ LARGE_SCENE_PX = 10980
 
 # ORT and torch are measured in this many alternating rounds (see interleaved_rates).
 TORCH_ROUNDS = 5
+# The pipeline and the bare encoder likewise (run_bench).
+PIPELINE_ROUNDS = 5
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB. Linux: VmHWM, which exec resets; ru_maxrss is not reset by
@@ -214,16 +218,15 @@ def reader_tiles_per_s(src, spec, grid, workers: int, bs: int, min_seconds: floa
     threads, each on its own raster handles; the raster's tiles repeated until ``min_seconds`` have passed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .pipeline import _prepare, _Readers
+    from .pipeline import _prepare, _Readers, work_units
     from .tiling import DEFAULT_MAX_NODATA
 
-    n = len(grid.windows)
-    batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+    batches = work_units(len(grid.windows), bs, spec)  # the units embed_tiles' readers prepare
     if not batches:
         return 0.0
     readers = _Readers(src, spec, share_source=False)
 
-    def one(indices: list[int]) -> int:
+    def one(indices: Sequence[int]) -> int:
         prep = _prepare(readers, grid, spec, indices, DEFAULT_MAX_NODATA, False)
         return len(prep.indices) + len(prep.skipped)
 
@@ -304,6 +307,7 @@ def run_bench(
     large_scene: bool = False,
     large_scene_rows: Optional[int] = None,
     dense_compare: bool = True,
+    workers: Optional[int] = None,
     progress: Optional[Progress] = None,
 ) -> dict:
     """All figures as one dict (see the module docstring); every key is present, skipped parts say why."""
@@ -337,26 +341,41 @@ def run_bench(
         if max_tiles is not None:
             grid.windows = grid.windows[: int(max_tiles)]
         # Cold: one pass as a user's first run sees it (worker start, file open, first block decompression).
-        first, first_s, _ = _pipeline_pass(src, b, modality, grid, session, bs)
+        workers = auto_workers(session.is_gpu) if workers is None else int(workers)
+        first, first_s, _ = _pipeline_pass(src, b, modality, grid, session, bs, workers)
         result["pipeline_first_pass_tiles_per_s"] = round(first / first_s, 2) if first_s > 0 else 0.0
         # Steady state, measured like the bare figure (warm, >= min_seconds): the raster's tiles repeated in
-        # one run, so start-up is amortised as it is over a large scene.
-        repeats = max(1, math.ceil(min_seconds * bare / max(len(grid.windows), 1)))
+        # one run, so start-up is amortised as it is over a large scene. PIPELINE_ROUNDS alternating rounds of
+        # pipeline and bare encoder (the same session), the ratio the median of the rounds' ratios: a shared
+        # machine's speed drifts over seconds, and alternating puts both sides under the same drift.
+        rounds = PIPELINE_ROUNDS
+        repeats = max(1, math.ceil(min_seconds * bare / rounds / max(len(grid.windows), 1)))
         grid.windows = grid.windows * repeats
-        done, dt, stats = _pipeline_pass(src, b, modality, grid, session, bs)
-        # Bare again right after: the pipeline is compared with the mean of the encoder before and after it,
-        # so a shared machine's drift over the run affects both sides alike.
-        bare_after, _ = _rate(lambda: session.run(batch), bs, min_seconds, min_calls)
-        bare = (bare + bare_after) / 2
+        rates: list[float] = []
+        bares: list[float] = []
+        ratios: list[float] = []
+        done_all, stats_all = 0, {}
+        for _ in range(rounds):
+            done, dt, stats = _pipeline_pass(src, b, modality, grid, session, bs, workers)
+            rate = done / dt if dt > 0 else 0.0
+            bare_r, _ = _rate(lambda: session.run(batch), bs, min_seconds / rounds, max(1, min_calls // rounds))
+            rates.append(rate)
+            bares.append(bare_r)
+            ratios.append(rate / bare_r if bare_r > 0 else 0.0)
+            done_all += done
+            for k, v in stats.as_dict().items():
+                stats_all[k] = v if k == "batch_size" else round(stats_all.get(k, 0) + v, 3)
+        bare = statistics.median(bares)
         result["bare_images_per_s"] = round(bare, 2)
         result["pipeline_tiles"] = first  # tiles of the raster embedded in one pass
         result["pipeline_passes"] = repeats
-        result["pipeline_tiles_timed"] = done
-        result["pipeline_tiles_per_s"] = round(done / dt, 2) if dt > 0 else 0.0
-        result["pipeline_over_bare"] = round(result["pipeline_tiles_per_s"] / bare, 3) if bare > 0 else 0.0
+        result["pipeline_rounds"] = rounds
+        result["pipeline_tiles_timed"] = done_all
+        result["pipeline_tiles_per_s"] = round(statistics.median(rates), 2)
+        result["pipeline_over_bare"] = round(statistics.median(ratios), 3)
         result["pipeline_first_pass_over_bare"] = round(result["pipeline_first_pass_tiles_per_s"] / bare, 3) if bare > 0 else 0.0
-        result["pipeline_stats"] = stats.as_dict()
-        result["reader_workers"] = auto_workers(session.is_gpu)
+        result["pipeline_stats"] = stats_all  # summed over the rounds
+        result["reader_workers"] = workers
         progress.update(0.35, "reader scaling")
         del grid.windows[len(grid.windows) // repeats:]  # one pass of the raster again
         result["tiles_per_s_by_workers"] = {
@@ -554,13 +573,14 @@ def dense_vs_tile(bundle: Bundle | str | Path | None, raster: Path | str, classe
     return out
 
 
-def _pipeline_pass(src, b: Bundle, modality: str, grid, session, bs: int) -> tuple[int, float, object]:
+def _pipeline_pass(src, b: Bundle, modality: str, grid, session, bs: int,
+                   workers: Optional[int] = None) -> tuple[int, float, object]:
     """(tiles embedded, seconds, TileStats) of one embed_tiles run, as the labeller drives it."""
     from .pipeline import TileStats, embed_tiles
 
     stats = TileStats()
     t0 = time.perf_counter()
-    for _ in embed_tiles(src, b, modality, grid, session=session, batch_size=bs, stats=stats):
+    for _ in embed_tiles(src, b, modality, grid, session=session, batch_size=bs, stats=stats, workers=workers):
         pass
     return stats.embedded, time.perf_counter() - t0, stats
 

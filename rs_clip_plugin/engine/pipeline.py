@@ -39,9 +39,11 @@ from .runtime import EncoderSession, physical_cores
 from .tiling import DEFAULT_MAX_NODATA, TileGrid, make_grid, should_skip, stride_for, tile_size_px_for
 
 __all__ = [
+    "BLOCK_MAX_BYTES",
     "STRIP_MAX_BYTES",
     "TileStats",
     "auto_workers",
+    "block_groups",
     "choose_encoder",
     "embed_tiles",
     "plan_tiles",
@@ -50,10 +52,16 @@ __all__ = [
     "resize_chw",
     "resize_hw",
     "strip_groups",
+    "work_units",
 ]
 
 # One strip (float32, all encoder bands) holds at most this much; wider runs of tiles are split.
 STRIP_MAX_BYTES = 64 << 20
+# A block of several tile rows (block_groups) holds at most this much: larger blocks gain no speed (each pass
+# over them goes to main memory) and would raise the peak memory.
+BLOCK_MAX_BYTES = 16 << 20
+# Prepared encoder input per reader work unit (see work_units): with the queue's depth, the read-ahead's memory.
+UNIT_MAX_BYTES = 16 << 20
 
 
 @dataclass
@@ -200,6 +208,38 @@ def strip_groups(windows: Sequence[Window], indices: Sequence[int], n_bands: int
     return groups
 
 
+def block_groups(groups: Sequence[StripGroup], n_bands: int, max_bytes: int = BLOCK_MAX_BYTES) -> list[StripGroup]:
+    """Merge consecutive strips (``strip_groups``) covering the same columns of adjacent or overlapping tile rows
+    into one block read: each read costs a fixed ~1-2 ms of per-band calls (GDAL, conversion, interpolation)
+    whatever its size, so fewer, larger reads make most of the reader's speed with small tiles. A block stays
+    under ``max_bytes`` (float32, all bands); a strip already larger is read alone."""
+    out: list[StripGroup] = []
+    for g in groups:
+        if out:
+            last = out[-1]
+            lw, w = last.window, g.window
+            bottom = int(lw.row_off) + int(lw.height)
+            if (int(w.col_off), int(w.width)) == (int(lw.col_off), int(lw.width)) \
+                    and int(lw.row_off) < int(w.row_off) <= bottom:
+                height = int(w.row_off) + int(w.height) - int(lw.row_off)
+                if height >= int(lw.height) and 4 * n_bands * height * int(lw.width) <= max_bytes:
+                    out[-1] = StripGroup(Window(int(lw.col_off), int(lw.row_off), int(lw.width), height),
+                                         last.indices + g.indices)
+                    continue
+        out.append(g)
+    return out
+
+
+def work_units(n: int, batch_size: int, spec: EncoderSpec, max_bytes: Optional[int] = None) -> list[range]:
+    """Tile index ranges a reader prepares at a time: a whole number of encoder batches, as many as fit
+    ``max_bytes`` of prepared encoder input (at least one batch). Larger than one batch so that a read spans
+    several tile rows (see block_groups); bounded so the queue's memory stays small."""
+    max_bytes = UNIT_MAX_BYTES if max_bytes is None else max_bytes
+    per_tile = 4 * len(spec.bands) * spec.input_size * spec.input_size
+    size = batch_size * max(1, max_bytes // max(1, batch_size * per_tile))
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 @dataclass
 class _Prepared:
     indices: list[int]
@@ -269,7 +309,7 @@ def read_tile_batch(
     skipped: list[int] = []
     masks: dict[int, np.ndarray] = {}
     if strips:
-        groups = strip_groups(windows, indices, len(spec.bands))
+        groups = block_groups(strip_groups(windows, indices, len(spec.bands)), len(spec.bands))
     else:
         groups = [StripGroup(windows[i], (i,)) for i in indices]
     for g in groups:
@@ -278,17 +318,20 @@ def read_tile_batch(
         nodata_all = nan_mask.any(axis=0)
         apply_transform(data, spec.transforms, spec.mean, spec.std, inplace=True, nan_mask=nan_mask)
         del nan_mask
-        gc0 = int(g.window.col_off)
+        gc0, gr0 = int(g.window.col_off), int(g.window.row_off)
+        any_nodata = bool(nodata_all.any())  # usually False: then no tile needs its own look
         for i in g.indices:
-            dc = int(windows[i].col_off) - gc0
-            cols = slice(dc, dc + int(windows[i].width))
-            nodata = nodata_all[:, cols]
-            if should_skip(nodata, max_nodata):
-                skipped.append(i)
-                continue
-            if keep_masks and nodata.any():
-                masks[i] = nodata.copy()  # a copy: a view would keep the whole strip alive
-            _resize_into(data[:, :, cols], s, batch[len(kept)])
+            w = windows[i]
+            dc, dr = int(w.col_off) - gc0, int(w.row_off) - gr0
+            cut = (slice(dr, dr + int(w.height)), slice(dc, dc + int(w.width)))
+            if any_nodata:
+                nodata = nodata_all[cut]
+                if should_skip(nodata, max_nodata):
+                    skipped.append(i)
+                    continue
+                if keep_masks and nodata.any():
+                    masks[i] = nodata.copy()  # a copy: a view would keep the whole strip alive
+            _resize_into(data[(slice(None), *cut)], s, batch[len(kept)])
             kept.append(i)
         del data, nodata_all  # release the strip before the next one is read
     return kept, batch[: len(kept)], skipped, masks
@@ -339,13 +382,14 @@ def embed_tiles(
     workers = auto_workers(session.is_gpu) if workers is None else int(workers)
     n = len(grid.windows)
     stats.total, stats.batch_size = n, bs
-    batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+    units = work_units(n, bs, spec)
     readers = _Readers(source, spec, share_source=workers <= 0)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rsclip-read") if workers > 0 else None
-    # Two batches in flight per worker: enough to hide read latency, bounded so memory stays small.
+    # One unit ahead per worker beside the one each is reading: enough to hide read latency, and memory stays
+    # bounded (units are at most UNIT_MAX_BYTES of prepared input).
     depth = max(1, 2 * workers)
     pending: deque[Future] = deque()
-    todo = iter(batches)
+    todo = iter(units)
 
     def submit() -> bool:
         if pool is None:
@@ -356,38 +400,46 @@ def embed_tiles(
         pending.append(pool.submit(_prepare, readers, grid, spec, nxt, max_nodata, stats.keep_masks))
         return True
 
-    done = 0
     try:
         progress.check()
         progress.update(0.0, f"{n} tiles")
         while len(pending) < depth and submit():
             pass
-        for _ in range(len(batches)):
+        for unit in units:
             progress.check()
             t0 = time.perf_counter()
             if pool is None:
-                nxt = next(todo)
-                prep = _prepare(readers, grid, spec, nxt, max_nodata, stats.keep_masks)
+                prep = _prepare(readers, grid, spec, unit, max_nodata, stats.keep_masks)
             else:
                 prep = pending.popleft().result()
                 submit()
-            t1 = time.perf_counter()
-            stats.wait_s += t1 - t0 if pool is not None else 0.0
+                stats.wait_s += time.perf_counter() - t0
             stats.read_s += prep.seconds
-            stats.skipped += prep.skipped
             stats.partial_masks.update(prep.masks)
-            done += len(prep.indices) + len(prep.skipped)
-            if prep.indices:
-                emb = (encode or session.embed)(prep.batch)
+            skipped = sorted(prep.skipped)
+            # Encoder batches are slices of the unit's prepared array (contiguous views: no copy, no concatenate).
+            for a in range(0, len(prep.indices), bs):
+                if a:
+                    progress.check()
+                idx = prep.indices[a : a + bs]
+                t1 = time.perf_counter()
+                emb = (encode or session.embed)(prep.batch[a : a + bs])
                 stats.inference_s += time.perf_counter() - t1
-                stats.embedded += len(prep.indices)
-            skipped_msg = f", {len(stats.skipped)} skipped (no data)" if stats.skipped else ""
-            progress.update(done / max(n, 1), f"{done}/{n} tiles{skipped_msg}")
-            if prep.indices:
-                yield prep.indices, emb
+                stats.embedded += len(idx)
+                while skipped and skipped[0] < idx[-1]:  # skipped tiles are reported in grid order with the rest
+                    stats.skipped.append(skipped.pop(0))
+                _report(progress, idx[-1] + 1, n, stats)
+                yield idx, emb
+            stats.skipped += skipped
+            _report(progress, unit.stop, n, stats)
     finally:
         for f in pending:
             f.cancel()
         if pool is not None:
             pool.shutdown(wait=True)
         readers.close()
+
+
+def _report(progress: Progress, done: int, n: int, stats: TileStats) -> None:
+    skipped_msg = f", {len(stats.skipped)} skipped (no data)" if stats.skipped else ""
+    progress.update(done / max(n, 1), f"{done}/{n} tiles{skipped_msg}")

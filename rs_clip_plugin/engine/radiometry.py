@@ -48,9 +48,17 @@ class BandTransform:
         return cls(float(d.get("scale", 1.0)), float(d.get("offset", 0.0)), tuple(clip) if clip is not None else None)
 
 
-def s2_reflectance(dn: np.ndarray, offset_dn: float = 0.0) -> np.ndarray:
-    """Sentinel-2 digital numbers to reflectance; offset_dn is 1000 for baseline >= 04.00."""
-    return (dn.astype(np.float32) - np.float32(offset_dn)) / np.float32(S2_QUANTIFICATION)
+def s2_reflectance(dn: np.ndarray, offset_dn: float = 0.0, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Sentinel-2 digital numbers to reflectance; offset_dn is 1000 for baseline >= 04.00.
+
+    ``out`` (float32, dn's shape) receives the result without temporaries (the reader's strips)."""
+    x = np.empty(dn.shape, np.float32) if out is None else out
+    if offset_dn:
+        np.subtract(dn, np.float32(offset_dn), out=x, dtype=np.float32)
+    else:
+        np.copyto(x, dn, casting="unsafe")  # x - 0 == x: the subtraction would change no bit
+    np.divide(x, np.float32(S2_QUANTIFICATION), out=x)
+    return x
 
 
 def db_to_linear(db: np.ndarray) -> np.ndarray:

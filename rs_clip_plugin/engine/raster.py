@@ -455,25 +455,34 @@ class RasterSource:
             for k, i in enumerate(idx):
                 j = indexes[k] - 1
                 nodata = src.nodatavals[j] if native else np.nan
-                out[(rows[i], *dst)] = self._to_physical(raw[k], nodata, np.dtype(src.dtypes[j]),
-                                                         self._bands[names[i]])
+                self._to_physical(raw[k], nodata, np.dtype(src.dtypes[j]), self._bands[names[i]],
+                                  out=out[(rows[i], *dst)])
         for (factor, offset), jobs in coarse.items():
             _upsample_jobs(jobs, factor, offset)
 
-    def _to_physical(self, raw: np.ndarray, nodata: Optional[float], src_dtype: np.dtype, band: _Band) -> np.ndarray:
-        x = raw.astype(np.float32)
-        invalid = ~np.isfinite(x)
-        if nodata is not None and not np.isnan(nodata):
-            invalid |= raw == nodata
+    def _to_physical(self, raw: np.ndarray, nodata: Optional[float], src_dtype: np.dtype, band: _Band,
+                     out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Raw values of one band -> float32 physical units, NaN where there is no data; written into ``out``
+        (a strip's band) when given, in a few passes and no temporaries of the band's size but the mask."""
+        x = np.empty(raw.shape, np.float32) if out is None else out
+        invalid = raw == nodata if nodata is not None and not np.isnan(nodata) else None
         if self.sensor.startswith("s2"):
-            invalid |= raw == S2_NODATA_DN
-            x = s2_reflectance(raw, band.offset_dn)
-        elif self.sensor == "rgb":
-            if src_dtype == np.uint8:
-                x /= np.float32(255.0)
-            elif src_dtype == np.uint16:
-                x /= np.float32(65535.0)
-        x[invalid] = np.nan
+            if nodata != S2_NODATA_DN:
+                hit = raw == S2_NODATA_DN
+                invalid = hit if invalid is None else invalid | hit
+            s2_reflectance(raw, band.offset_dn, out=x)
+        else:
+            np.copyto(x, raw, casting="unsafe")
+            if self.sensor == "rgb":
+                if src_dtype == np.uint8:
+                    x /= np.float32(255.0)
+                elif src_dtype == np.uint16:
+                    x /= np.float32(65535.0)
+        if not np.issubdtype(raw.dtype, np.integer):  # NaN stays NaN; infinities (also from the cast) are no data
+            inf = ~np.isfinite(x)
+            invalid = inf if invalid is None else invalid | inf
+        if invalid is not None and invalid.any():
+            np.copyto(x, np.float32(np.nan), where=invalid)
         return x
 
     # --- encoder mapping --------------------------------------------------------------------------
@@ -700,8 +709,63 @@ def _upsample_jobs(jobs: Sequence[tuple[np.ndarray, np.ndarray]], k: int, offset
 def upsample_bilinear_valid(src: np.ndarray, k: int, offset: tuple[int, int], out: np.ndarray) -> np.ndarray:
     """``upsample_bilinear`` of one all-valid (hs, ws) band into ``out`` (h, w), in float32.
 
-    Whole-row gathers only: columns are interpolated on the transposed coarse band (k times smaller than the
-    output), rows on the result; per-element gathers and strided writes cost far more than these copies."""
+    By phase: the fine pixels i with (offset + i) % k == p all sit at the same fraction between two source
+    pixels, and those pixels advance by one as i advances by k, so each phase is ``lo + (hi - lo) * f`` on
+    plain slices of the band padded by its edge pixels (the clamped neighbour), written to every k-th pixel:
+    no index gathers and no transposes. Columns first (on hs rows), then rows. The fraction depends only on
+    the phase, so a pixel gets the same value whether it is read in a strip or in a tile."""
+    w = out.shape[1]
+    hs, ws = src.shape
+    pad = np.empty((hs + 2, ws + 2), np.float32)  # edge-replicated: the clamped neighbour at either side
+    pad[1:-1, 1:-1] = src
+    pad[0, 1:-1], pad[-1, 1:-1] = src[0], src[-1]
+    pad[:, 0], pad[:, -1] = pad[:, 1], pad[:, -2]
+    cols = np.empty((hs + 2, w), np.float32)
+    if not _lerp_phases(pad, cols, k, offset[1], axis=1):
+        return _upsample_gather(src, k, offset, out)
+    if not _lerp_phases(cols, out, k, offset[0], axis=0):
+        return _upsample_gather(src, k, offset, out)
+    return out
+
+
+@lru_cache(maxsize=64)
+def _phase_fractions(k: int) -> tuple[tuple[int, np.float32], ...]:
+    """Per phase p (fine pixel index % k): (floor of its position in source pixels, fraction as float32)."""
+    out = []
+    for p in range(k):
+        q = (p + 0.5) / k - 0.5
+        fl = int(np.floor(q))
+        out.append((fl, np.float32(q - fl)))
+    return tuple(out)
+
+
+def _lerp_phases(src: np.ndarray, out: np.ndarray, k: int, offset: int, axis: int) -> bool:
+    """Interpolate ``src`` (padded by one edge pixel each side along ``axis``) k times finer into ``out``
+    along ``axis``, fine pixel i at fine position offset + i from the first unpadded source pixel. False (and
+    nothing trustworthy written) when a neighbour would fall outside the padded source."""
+    n_out, n_src = out.shape[axis], src.shape[axis]
+    fr = _phase_fractions(k)
+    # hi - lo of every neighbour pair, once for all k phases (on the coarse side of this axis: k times smaller)
+    diff = np.subtract(src[:, 1:], src[:, :-1]) if axis == 1 else np.subtract(src[1:], src[:-1])
+    for i0 in range(min(k, n_out)):
+        g = offset + i0
+        p = g % k
+        fl, f = fr[p]
+        count = len(range(i0, n_out, k))
+        a = (g - p) // k + fl + 1  # +1: the padding
+        if a < 0 or a + 1 + count > n_src:
+            return False
+        if axis == 1:
+            lo, d, dst = src[:, a : a + count], diff[:, a : a + count], out[:, i0::k]
+        else:
+            lo, d, dst = src[a : a + count], diff[a : a + count], out[i0::k]
+        np.multiply(d, f, out=dst)
+        dst += lo
+    return True
+
+
+def _upsample_gather(src: np.ndarray, k: int, offset: tuple[int, int], out: np.ndarray) -> np.ndarray:
+    """``upsample_bilinear_valid`` by index gathers (clamped indices): for spans the phase path cannot serve."""
     h, w = out.shape
     hs, ws = src.shape
     y0, y1, fy = _lerp_axis(h, offset[0], k, hs)

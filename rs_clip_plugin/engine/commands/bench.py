@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         large_scene=args.large_scene,
         large_scene_rows=args.large_scene_rows,
         dense_compare=not args.no_dense,
+        workers=args.threads,
         progress=ConsoleProgress("bench"),
     )
     lines = [
