@@ -146,7 +146,7 @@ def test_search_precision_is_what_the_run_reports(qgis_iface, layer, store, tiny
         dock.out_widget.lineEdit().clear()
         QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
         QTest.keyClicks(dock.query_edit, "a river")
-        assert dock.precision_combo.currentText() == "auto"
+        assert dock.precision_combo.isVisibleTo(dock) and dock.precision_combo.currentText() == "auto"
         for precision in ("int8", "fp32"):
             pick(dock.precision_combo, precision)
             click(dock.search_btn)
@@ -179,6 +179,10 @@ def test_search_in_an_archive_between_typed_dates(qgis_iface, major_tom_dir, sto
         assert not dock.dates_edit.isVisibleTo(dock)
         pick(dock.scope_combo, ARCHIVE_SCOPE)
         assert dock.dates_edit.isVisibleTo(dock) and not dock.layers_list.isVisibleTo(dock)
+        # The archive's own model and index precision are used: the dock's fields for them are not offered.
+        form = dock._form
+        assert not any(w.isVisibleTo(dock) for w in (dock.precision_combo, form.labelForField(dock.precision_combo),
+                                                      dock.bundle_combo, form.labelForField(dock.bundle_combo)))
         dock.archive_widget.lineEdit().clear()
         QTest.keyClicks(dock.archive_widget.lineEdit(), str(arc))
         type_into(dock.topk_spin, "50")  # more than both scenes' tiles together
