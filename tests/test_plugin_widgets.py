@@ -109,8 +109,9 @@ def test_classify_polygons_box_and_mapping_unit(qgis_iface, layer, store, tiny_b
     dlg.show()
     try:
         assert dlg.polygons_check.isChecked()  # on by default
+        assert dlg.mmu_spin.isEnabled()
         click(dlg.polygons_check)
-        assert not dlg.polygons_check.isChecked()
+        assert not dlg.polygons_check.isChecked() and not dlg.mmu_spin.isEnabled()  # its unit greyed out with it
         before = set(QgsProject.instance().mapLayers())
         task = click_run(dlg)
         assert task is not None and wait_for(task), dlg.message_label.text()
