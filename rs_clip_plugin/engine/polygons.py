@@ -40,7 +40,8 @@ from .gpkg import Feature, Layer, write_gpkg
 
 LAYER = "classes"
 FIELDS = {"class": str, "value": int, "area_ha": float, "mean_confidence": float, "pixels": int}
-# Pixels per row block: ~25 bytes of working arrays a pixel, so ~50 MB a block whatever the raster's size.
+# Pixels per row block: ~40 bytes of working arrays a pixel (run and component ids, confidence), so ~80 MB a
+# block whatever the raster's size.
 BLOCK_PIXELS = 1 << 21
 
 
