@@ -25,6 +25,17 @@ SETTINGS_PREFIX = "rsclip/"
 DEFAULT_KEY = SETTINGS_PREFIX + "default_bundle"
 
 
+def check_sha256(what: object, got: str, expected: str) -> None:
+    """Refuse a file whose sha256 is not the one the user gave; the message names the field it was typed in
+    (``{sha256}``: the model manager's 'sha256' field, the API's ``sha256`` argument)."""
+    if got.lower() != expected.strip().lower():
+        raise BundleError(
+            f"{what}: its sha256 is {got}, not the {{sha256}} given ({expected.strip()}); the file is corrupt or not "
+            "the one you meant: download it again, or check the checksum you copied from the publisher",
+            params=("sha256",),
+        )
+
+
 class SettingsStore(Protocol):
     def value(self, key: str, defaultValue: Any = None) -> Any: ...
     def setValue(self, key: str, value: Any) -> None: ...
@@ -219,12 +230,7 @@ class ModelStore:
     ) -> InstalledBundle:
         zip_path = Path(zip_path)
         if sha256:
-            got = sha256_file(zip_path)
-            if got.lower() != sha256.strip().lower():
-                raise BundleError(
-                    f"{zip_path}: sha256 is {got}, expected {sha256.strip()}; the download is corrupt or not the "
-                    "file you meant: download it again or check the checksum"
-                )
+            check_sha256(zip_path, sha256_file(zip_path), sha256)
         work = self._staging()
         try:
             staged = work / "bundle"
@@ -267,11 +273,8 @@ class ModelStore:
                             on_progress(done, total)
             except OSError as exc:
                 raise BundleError(f"{url}: download failed ({exc}); check the address and your connection") from exc
-            if sha256 and h.hexdigest().lower() != sha256.strip().lower():
-                raise BundleError(
-                    f"{url}: sha256 is {h.hexdigest()}, expected {sha256.strip()}; the download is corrupt or not "
-                    "the file you meant"
-                )
+            if sha256:
+                check_sha256(url, h.hexdigest(), sha256)
             return self.add_zip(dest, name=name, overwrite=overwrite)
         finally:
             shutil.rmtree(work, ignore_errors=True)

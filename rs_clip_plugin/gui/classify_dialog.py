@@ -83,6 +83,9 @@ def check_and_spin(form: QFormLayout, label: str, text: str, check_name: str, sp
     spin.setObjectName(spin_name)
     spin.setRange(*bounds)
     spin.setValue(value)
+    # The number only counts with its box ticked: greyed out otherwise, so nobody types a value that is ignored.
+    spin.setEnabled(check.isChecked())
+    check.toggled.connect(spin.setEnabled)
     row = QHBoxLayout()
     row.addWidget(check)
     row.addWidget(spin)

@@ -23,8 +23,11 @@ from qgis.PyQt.QtWidgets import (
 
 from ..engine.bundle import BundleError
 from ..installed_bundles import ModelStore
+from .outputs import field_message
 from .tasks import EngineTask, log, start
 
+# Store parameter -> the label of the field that sets it: a refused install names what to change here.
+FIELDS = {"sha256": "sha256"}
 COLUMNS = ["Name", "Default", "Modalities", "Languages", "Size", "Provenance"]
 DEMO_NOTE = (
     "<b>The built-in model is a demonstration</b>: a tiny model trained on a few sample images so that every "
@@ -64,7 +67,12 @@ class ModelManagerDialog(QDialog):
         self.source_edit.setPlaceholderText("bundle folder, bundle .zip, or https:// address of a bundle .zip")
         self.sha_edit = QLineEdit()
         self.sha_edit.setObjectName("rsclip_models_sha256")
-        self.sha_edit.setPlaceholderText("sha256 (for addresses; from the publisher)")
+        # Checked for .zip files and addresses alike (a folder has no single file to hash: its manifest's
+        # per-file hashes are checked instead).
+        self.sha_edit.setPlaceholderText("optional: the .zip's checksum from the publisher")
+        self.sha_edit.setToolTip("sha256 of the bundle .zip (file or address); a file that differs is refused")
+        sha_label = QLabel(FIELDS["sha256"])
+        sha_label.setBuddy(self.sha_edit)
         browse_dir, browse_zip = QPushButton("Folder…"), QPushButton(".zip…")
         browse_dir.setObjectName("rsclip_models_browse_folder")
         browse_zip.setObjectName("rsclip_models_browse_zip")
@@ -76,6 +84,7 @@ class ModelManagerDialog(QDialog):
         row.addWidget(self.source_edit, 3)
         row.addWidget(browse_dir)
         row.addWidget(browse_zip)
+        row.addWidget(sha_label)
         row.addWidget(self.sha_edit, 2)
         row.addWidget(self.add_btn)
         root.addLayout(row)
@@ -129,7 +138,8 @@ class ModelManagerDialog(QDialog):
             self.refresh()
             self._report(f"installed {b.name} ({', '.join(b.modalities)}; {b.size_text})")
 
-        self.task = EngineTask(f"RS-CLIP: install {what}", lambda _p: fn(), done, lambda m: self._report(m, ok=False))
+        self.task = EngineTask(f"RS-CLIP: install {what}", lambda _p: fn(), done, lambda m: self._report(m, ok=False),
+                               words=lambda exc: field_message(exc, FIELDS))
         start(self.task)
 
     def browse_folder(self) -> None:
@@ -152,6 +162,9 @@ class ModelManagerDialog(QDialog):
             self._install(source, lambda: self.store.add_url(source, sha256=sha))
         elif source.lower().endswith(".zip"):
             self._install(Path(source).name, lambda: self.store.add_zip(Path(source), sha256=sha))
+        elif sha:  # a folder has no one file to hash: a typed checksum must not be silently ignored
+            self._report(f"‘{FIELDS['sha256']}’ checks a bundle .zip or address, not a folder (whose manifest "
+                         f"hashes each file): clear ‘{FIELDS['sha256']}’ or choose the .zip", ok=False)
         else:
             self._install(Path(source).name, lambda: self.store.add_folder(Path(source)))
 

@@ -223,9 +223,11 @@ class SearchDock(QgsDockWidget):
         self.results_list.itemClicked.connect(self._item_clicked)
         root.addWidget(self.results_list, 1)
         self.setWidget(w)
-        # Find similar works on loaded layers only: an archive is searched by text.
+        # Find similar works on loaded layers only: an archive is searched by text. An archive also brings its
+        # own model and its index's precision: the dock's 'Model bundle' and 'Precision' would do nothing there.
         self._layer_rows = [self.layers_title, self.layers_list, self.skipped_label, self.example_title,
-                            self.query_layer_combo, self.similar_btn, self.heatmap_check]
+                            self.query_layer_combo, self.similar_btn, self.heatmap_check, self.bundle_combo,
+                            self.precision_combo]
         self.scope_combo.currentIndexChanged.connect(self._scope_changed)
         self._scope_changed()
 
@@ -329,7 +331,7 @@ class SearchDock(QgsDockWidget):
                 item.setCheckState(Qt.Unchecked if cand.layer_id in unticked else Qt.Checked)
             self.layers_list.addItem(item)
         self.skipped_label.setText("\n".join(f"skipped {line}" for line in skipped))
-        self.skipped_label.setVisible(bool(skipped))
+        self.skipped_label.setVisible(bool(skipped) and not self.archive_mode())
 
     @property
     def _unticked(self) -> list[str]:
@@ -358,13 +360,14 @@ class SearchDock(QgsDockWidget):
 
     def _scope_changed(self, *_args) -> None:
         archive = self.archive_mode()
-        for w in self._archive_rows:
-            w.setVisible(archive)
-            label = self._form.labelForField(w)
+        shown = [(w, archive) for w in self._archive_rows]
+        shown += [(w, not archive and (w is not self.skipped_label or bool(self.skipped_label.text())))
+                  for w in self._layer_rows]
+        for w, visible in shown:
+            w.setVisible(visible)
+            label = self._form.labelForField(w)  # a form row's label goes with its field
             if label is not None:
-                label.setVisible(archive)
-        for w in self._layer_rows:
-            w.setVisible(not archive and (w is not self.skipped_label or bool(self.skipped_label.text())))
+                label.setVisible(visible)
 
     def search_text(self) -> Optional[EngineTask]:
         text = self.query_edit.text().strip()
