@@ -285,6 +285,28 @@ def test_a_region_across_block_seams_stays_one_polygon(tmp_path: Path) -> None:
     assert ring[0][1] == ring[0][2] == 12 * 9 - 6 * 3  # its hole cut out of the geometry too
 
 
+@pytest.mark.parametrize("mmu_ha", [0.0, 0.05])
+def test_blocks_of_only_no_data_at_the_bottom(tmp_path: Path, mmu_ha: float) -> None:
+    """A scene whose last row blocks are all no data (outside the swath) and one with no labelled pixel at all:
+    the last blocks have no components of their own, so their first id is past the end of the region table."""
+    labels = np.ones((20, 24), np.uint8)
+    labels[5:8, 3:6] = 2
+    labels[12:] = 0  # blocks 4 and 5 of 4 rows: no data only
+    prof = {"driver": "GTiff", "width": 24, "height": 20, "count": 1, "crs": "EPSG:32633",
+            "transform": from_origin(500000, 6000000, 10, 10)}
+    with rasterio.open(tmp_path / "confidence.tif", "w", dtype="float32", **prof) as ds:
+        ds.write(np.full((20, 24), 0.5, np.float32), 1)
+    for case, expected in (("bottom", {"a": 1, "b": 1}), ("empty", {})):
+        if case == "empty":
+            labels[:] = 0
+        with rasterio.open(tmp_path / "labels.tif", "w", dtype="uint8", nodata=0, **prof) as ds:
+            ds.write(labels, 1)
+        res = polygonise(tmp_path / "labels.tif", tmp_path / "confidence.tif", tmp_path / f"{case}.gpkg",
+                         ["no data", "a", "b"], np.full(20, 100.0), mmu_ha, block_rows=4)
+        assert res["per_class"] == expected
+        assert sum(r["pixels"] for r in _rows(tmp_path / f"{case}.gpkg")) == int(np.count_nonzero(labels))
+
+
 def test_gpkg_has_a_spatial_index_and_opens_in_qgis(runs) -> None:
     gpkg = Path(runs["mmu"].summary["files"]["polygons"])
     con = sqlite3.connect(gpkg)

@@ -302,8 +302,12 @@ def polygonise(labels_path: Path, confidence_path: Path, out_path: Path, names: 
                 for i, (r0, h) in enumerate(_blocks(lab_ds, max(1, int(block_rows)))):
                     lab = lab_ds.read(1, window=Window(0, r0, width, h))
                     blk = _label_block(lab, None, None)
-                    ids = np.where(blk.comp >= 0, region[np.maximum(blk.comp, 0) + reg.offsets[i]] + 1, 0)
-                    out.write(ids.astype(np.int32), 1, window=Window(0, r0, width, h))
+                    # Only labelled pixels are looked up: a block without components (rows of no data at the
+                    # bottom of a scene) starts at offset n, past the end of ``region``.
+                    ids = np.zeros(lab.shape, np.int32)
+                    sel = blk.comp >= 0
+                    ids[sel] = region[blk.comp[sel] + reg.offsets[i]] + 1
+                    out.write(ids, 1, window=Window(0, r0, width, h))
                     del lab, blk, ids
             del reg
             feats, per_class = [], {}
