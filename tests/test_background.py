@@ -166,3 +166,20 @@ def test_synonyms_max_in_tile_mode_by_hand(bundle, crop: Path, tmp_path: Path) -
                            synonyms="mean")
     assert mean.summary["synonyms"] == "mean"
     assert not np.allclose(_read(mean.confidence_path), conf)  # the rule changes the result
+
+
+def test_background_wins_with_the_most_classes_stay_in_uint8() -> None:
+    """254 classes (the uint8 limit) and 3 background prompts: a pixel won by any background column is K+1 =
+    255, never a column number wrapped round past 255 (to 0, no data, or to a class)."""
+    from rs_clip_plugin.engine.classify import _softmax_label
+
+    k, n_cols = 254, 257
+    logits = np.zeros((n_cols, 1, 6), np.float32)
+    for px, col in enumerate((0, 253, 254, 255, 256)):  # classes 1 and 254, then each background column
+        logits[col, 0, px] = 9.0
+    logits[:, 0, 5] = np.nan  # no tile
+    labels, _conf, covered = _softmax_label(logits, None, k)
+    assert labels.tolist() == [[1, 254, 255, 255, 255, 0]]
+    assert covered.tolist() == [[True] * 5 + [False]]
+    labels, _, _ = _softmax_label(logits, 0.99, k)  # below the threshold: K+1 as well
+    assert labels.tolist() == [[255] * 5 + [0]]

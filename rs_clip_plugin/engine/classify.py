@@ -175,16 +175,17 @@ def _softmax_label(logits: np.ndarray, threshold: Optional[float],
     covered = ~np.isnan(logits[0])
     x = np.nan_to_num(logits, nan=0.0)
     top = x.max(axis=0)
-    labels = (x.argmax(axis=0) + 1).astype(np.uint8)
+    k = x.shape[0] if n_classes is None else n_classes
+    # Any background column (index >= k) is K+1, folded before the uint8 cast: with 254 classes and background
+    # prompts a column index + 1 would pass 255 and wrap round to 0 (no data).
+    labels = np.minimum(x.argmax(axis=0), k).astype(np.uint8) + np.uint8(1)
     total = np.zeros(top.shape, np.float32)
     plane = np.empty(top.shape, np.float32)
-    for k in range(x.shape[0]):
-        np.subtract(x[k], top, out=plane)
+    for c in range(x.shape[0]):
+        np.subtract(x[c], top, out=plane)
         np.exp(plane, out=plane)
         total += plane
     conf = np.reciprocal(total, out=total)
-    k = x.shape[0] if n_classes is None else n_classes
-    labels[labels > k] = k + 1  # a background prompt won: background / unknown, a value of its own
     if threshold is not None:
         labels[conf < threshold] = k + 1  # unknown: a value of its own, in the legend
     labels[~covered] = 0
