@@ -104,6 +104,8 @@ def test_background_is_checked(bundle, crop: Path, tmp_path: Path, capsys) -> No
     assert parse_background("cloud|haze; shadow;cloud") == (ClassSpec("cloud", ("haze",)), ClassSpec("shadow"))
     with pytest.raises(InputError, match="also one of the classes"):
         parse_background("Forest", parse_classes("forest;river"))
+    with pytest.raises(InputError, match=r"^`background` entry '\|' holds no prompt; pass background prompts as"):
+        parse_background("cloud; | ")  # the error names the background, not the class list
     rc = main(["classify", str(crop), "--classes", "forest;river", "--background", "forest", "--out",
                str(tmp_path / "x"), "--bundle", str(bundle.root), "--provider", "cpu"])
     err = capsys.readouterr().err

@@ -142,7 +142,13 @@ def parse_background(value: Union[str, Sequence[Union[str, ClassSpec]], None],
         raise InputError(f"{{background}} must be text or a list, not {type(value).__name__}; {BACKGROUND_HELP}")
     specs: list[ClassSpec] = []
     for e in entries:
-        spec = e if isinstance(e, ClassSpec) else ClassSpec.parse(e)
+        if isinstance(e, ClassSpec):
+            spec = e
+        else:
+            try:
+                spec = ClassSpec.parse(e)
+            except ValueError:  # its wording names the class list; this entry is a background prompt
+                raise InputError(f"{{background}} entry {e!r} holds no prompt; {BACKGROUND_HELP}") from None
         if spec.name.casefold() not in {s.name.casefold() for s in specs}:
             specs.append(spec)
     taken = {p.casefold() for c in classes for p in c.phrases}
