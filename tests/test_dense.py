@@ -520,6 +520,36 @@ def test_index_with_patch_embeddings_and_patch_heatmap(tiny_bundle: Path, crop: 
     assert not build_index(crop, b, provider="cpu", dense_heatmap=True).reused
 
 
+def test_patch_heatmap_chunks_are_bounded_in_bytes(tiny_bundle: Path, crop: Path, tmp_path: Path, monkeypatch) -> None:
+    """Patch scores are computed in chunks bounded in bytes, not in tiles (a ViT-B/16's patches are 25x the tiny
+    model's per tile): with room for two tiles' float32 patches a chunk holds two tiles, and the heat map is the
+    one a single chunk gives."""
+    from rs_clip_plugin.engine import search as search_mod
+    from rs_clip_plugin.engine.index import Index
+    from rs_clip_plugin.engine.search import search, text_query_vector
+
+    b = load_bundle(tiny_bundle)
+    q = text_query_vector(b, "a river")
+    res = search([crop], q, tmp_path / "one", bundle=b, heatmap=True, dense_heatmap=True, provider="cpu", top_k=2)
+    with rasterio.open(res.heatmap_path) as ds:
+        whole = ds.read(1)
+    per_tile = 4 * 64 * b.manifest.embed_dim  # 8x8 patches, float32
+    monkeypatch.setattr(search_mod, "PATCH_CHUNK_BYTES", 2 * per_tile)
+    chunks: list[int] = []
+    real = Index.patch_scores
+
+    def recording(self, query, rows):  # the real scoring, its chunk sizes noted
+        out = real(self, query, rows)
+        chunks.append(len(out))
+        return out
+
+    monkeypatch.setattr(Index, "patch_scores", recording)
+    res = search([crop], q, tmp_path / "two", bundle=b, heatmap=True, dense_heatmap=True, provider="cpu", top_k=2)
+    assert chunks == [2, 2, 2, 2, 1]  # the crop's 9 tiles
+    with rasterio.open(res.heatmap_path) as ds:
+        np.testing.assert_array_equal(ds.read(1), whole)
+
+
 def test_dense_heatmap_needs_dense_outputs(plain_bundle: Path, crop: Path, tmp_path: Path, capsys) -> None:
     rc = main(["search", str(crop), "--query", "a river", "--heatmap", "--dense-heatmap", "--out", str(tmp_path / "s"),
                "--bundle", str(plain_bundle), "--provider", "cpu"])

@@ -50,8 +50,9 @@ NEGATIVE_WEIGHT = 0.5
 HITS_FILE = "hits.gpkg"
 HITS_LAYER = "hits"
 HEATMAP_FILE = "heatmap.tif"
-# Tiles whose patch embeddings are scored at once for a patch-resolution heat map (4096 x 64 x 64 float32: 64 MiB).
-PATCH_CHUNK = 4096
+# Patch embeddings scored at once for a patch-resolution heat map, as float32 bytes: a number of tiles would not
+# bound it (4096 tiles are 64 MiB with the tiny bundle's 8x8 x 64 patches but 1.6 GiB with ViT-B/16's 14x14 x 512).
+PATCH_CHUNK_BYTES = 64 << 20
 # The files a search writes (and, with overwrite, replaces) in its output folder; other files stay.
 OUTPUT_FILES = (HITS_FILE, HEATMAP_FILE, "heatmap_*.tif")
 # Candidates per source before NMS: generous so that K distinct places survive suppression.
@@ -316,8 +317,10 @@ def _heatmap(idx: Index, scores: np.ndarray, path: Path, query: Optional[np.ndar
                 acc.add(Window(c, r, tw, th), np.asarray([s], np.float32))
         else:
             gh, gw = patch_grid
-            for start in range(0, len(idx), PATCH_CHUNK):  # chunks of the memory-mapped patches: bounded RAM
-                stop = min(start + PATCH_CHUNK, len(idx))
+            per_tile = 4 * int(np.prod(idx.patches.shape[1:]))  # float32 bytes of one tile's patches
+            chunk = max(1, PATCH_CHUNK_BYTES // per_tile)
+            for start in range(0, len(idx), chunk):  # chunks of the memory-mapped patches: bounded RAM
+                stop = min(start + chunk, len(idx))
                 ps = idx.patch_scores(query, slice(start, stop))
                 for j, (c, r, tw, th) in enumerate(idx.tiles[start:stop].tolist()):
                     acc.add(Window(c, r, tw, th), resize_hw(ps[j].reshape(1, gh, gw), th, tw))
