@@ -555,3 +555,13 @@ def test_dense_heatmap_needs_dense_outputs(plain_bundle: Path, crop: Path, tmp_p
                "--bundle", str(plain_bundle), "--provider", "cpu"])
     assert rc == 2 and "--dense-heatmap needs an encoder with dense outputs" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_cli_dense_heatmap_writes_the_patch_heat_map(tiny_bundle: Path, crop: Path, tmp_path: Path) -> None:
+    """`rsclip search --dense-heatmap` without `--heatmap` writes the patch heat map it asked for (it used to
+    index every tile's patches and write hits only)."""
+    rc = main(["search", str(crop), "--query", "a river", "--dense-heatmap", "--out", str(tmp_path / "s"),
+               "--bundle", str(tiny_bundle), "--provider", "cpu"])
+    assert rc == 0
+    with rasterio.open(tmp_path / "s" / "heatmap.tif") as ds:
+        assert ds.tags()["RSCLIP_HEATMAP"] == "patch"

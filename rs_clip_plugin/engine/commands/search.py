@@ -33,8 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (hits.gpkg, heatmap*.tif)")
     p.add_argument("--heatmap", action="store_true", help="also write per-raster similarity heat maps (float32 GeoTIFF)")
     p.add_argument("--dense-heatmap", action="store_true",
-                   help="index with patch embeddings (encoders with dense outputs; about P x D x 2 bytes per tile) "
-                   "so heat maps score patches, not whole tiles")
+                   help="heat maps that score patches, not whole tiles (implies --heatmap): the rasters are indexed "
+                   "with patch embeddings (encoders with dense outputs; about P x D x 2 bytes per tile)")
     add_bundle_args(p)
     add_raster_args(p, what="the searched rasters", extent=False)
     add_provider_args(p, batch_size=False)
@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         bundle=bundle,
         top_k=args.top_k,
         nms_iou=args.nms_iou,
-        heatmap=args.heatmap,
+        # --dense-heatmap alone asks for patch heat maps: without them its patch index would be paid for nothing.
+        heatmap=args.heatmap or args.dense_heatmap,
         **opts.kwargs(),
         progress=ConsoleProgress("search"),
         overwrite=args.overwrite,
