@@ -550,6 +550,38 @@ def test_patch_heatmap_chunks_are_bounded_in_bytes(tiny_bundle: Path, crop: Path
         np.testing.assert_array_equal(ds.read(1), whole)
 
 
+def test_patch_index_with_no_data_tiles_keeps_rows_aligned(tiny_bundle: Path, crop: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """Skipped no-data tiles leave rows unused; the filled rows of the embeddings and the patches are copied out
+    by one mechanism (in byte-bounded chunks, here of 3 tiles' patches): row k of both arrays is tile k of
+    tiles.npy, and no working file is left in the index."""
+    from rs_clip_plugin.engine import index as index_mod
+    from rs_clip_plugin.engine.classify import GLOBAL_BIAS_LAMBDA
+
+    holes = tmp_path / "holes.tif"
+    with rasterio.open(crop) as ds:
+        data, profile = ds.read(), {**ds.profile, "nodata": 0}
+    data[:, :TILE, :TILE] = 0  # tile 0: no data
+    data[:, 2 * TILE :, TILE : 2 * TILE] = 0  # tile 7
+    with rasterio.open(holes, "w", **profile) as ds:
+        ds.write(data)
+    b = load_bundle(tiny_bundle)
+    monkeypatch.setattr(index_mod, "COPY_CHUNK_BYTES", 3 * 64 * b.manifest.embed_dim * 2)
+    idx = index_mod.build_index(holes, b, provider="cpu", dense_heatmap=True)
+    assert len(idx) == 7 and idx.patches.shape[0] == 7
+    assert {(int(c), int(r)) for c, r, _w, _h in idx.tiles} == {(c * TILE, r * TILE) for r in range(3)
+                                                             for c in range(3)} - {(0, 0), (TILE, 2 * TILE)}
+    spec = b.manifest.encoder("rgb")
+    session = EncoderSession(b, "rgb", provider="cpu", dense=True)
+    with open_source(holes) as src:
+        x = np.stack([preprocess_tile(src.read_for(spec, rasterio.windows.Window(*t)), spec) for t in idx.tiles])
+    out = session.embed_dense(x)
+    np.testing.assert_allclose(np.asarray(idx.patches, np.float32),
+                               out.patches - GLOBAL_BIAS_LAMBDA * out.cls[:, None, :], atol=2e-3)
+    np.testing.assert_allclose(idx.embeddings, out.pooled, atol=1e-5)
+    assert sorted(p.name for p in idx.root.iterdir() if p.name.startswith("all")) == []
+
+
 def test_dense_heatmap_needs_dense_outputs(plain_bundle: Path, crop: Path, tmp_path: Path, capsys) -> None:
     rc = main(["search", str(crop), "--query", "a river", "--heatmap", "--dense-heatmap", "--out", str(tmp_path / "s"),
                "--bundle", str(plain_bundle), "--provider", "cpu"])

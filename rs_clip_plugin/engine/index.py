@@ -68,6 +68,8 @@ TILES = "tiles.npy"
 PATCHES = "patches.npy"
 META = "meta.json"
 STORAGE_DTYPES = ("float16", "float32")
+# Bytes per chunk when the filled rows of a build are copied out (_keep_filled_rows).
+COPY_CHUNK_BYTES = 64 << 20
 # Rows per matrix-vector product when scoring a memory-mapped index: bounds RAM for 1M+ rows.
 SCORE_CHUNK = 1 << 16
 
@@ -554,6 +556,24 @@ def build_index(
             src.close()
 
 
+def _keep_filled_rows(all_path: Path, final: Path, count: int) -> None:
+    """Publish the first ``count`` rows of the array at ``all_path`` (one row per grid tile, filled in order) as
+    ``final``: renamed when every row was filled, else (no-data tiles skipped) copied in chunks of at most
+    COPY_CHUNK_BYTES, so RAM stays bounded and a full array is never written twice."""
+    src = np.load(all_path, mmap_mode="r")
+    if count == src.shape[0]:
+        del src
+        os.replace(all_path, final)
+        return
+    out = np.lib.format.open_memmap(final, mode="w+", dtype=src.dtype, shape=(count, *src.shape[1:]))
+    step = max(1, COPY_CHUNK_BYTES // max(1, src[0].nbytes))
+    for s in range(0, count, step):
+        out[s : s + step] = src[s : min(s + step, count)]
+    out.flush()
+    del out, src
+    all_path.unlink()
+
+
 def _build(root: Path, identity: dict, files: list, src, bundle: Bundle, spec, grid, opts: JobOptions,
            progress: Progress, dtype: str) -> Index:
     from .pipeline import embed_tiles
@@ -595,29 +615,15 @@ def _build(root: Path, identity: dict, files: list, src, bundle: Bundle, spec, g
             count += m
         progress.check()
         full.flush()
+        del full  # no open mapping while the file is renamed (Windows refuses)
         emb_path = tmp / EMBEDDINGS
-        if count == n_grid and n_grid > 0:
-            del full
-            os.replace(tmp / "all.npy", emb_path)
-        else:
-            # Skipped (no-data) tiles leave rows unused: copy the filled part in chunks, RAM stays bounded.
-            out = np.lib.format.open_memmap(emb_path, mode="w+", dtype=dtype, shape=(count, dim))
-            for s in range(0, count, SCORE_CHUNK):
-                e = min(s + SCORE_CHUNK, count)
-                out[s:e] = full[s:e]
-            out.flush()
-            del out, full
-            (tmp / "all.npy").unlink()
+        _keep_filled_rows(tmp / "all.npy", emb_path, count)
         np.save(tmp / TILES, rows[:count])
         patch_meta = None
         if patches is not None:
             patches.flush()
-            out_p = np.lib.format.open_memmap(tmp / PATCHES, mode="w+", dtype=np.float16, shape=(count, *patches.shape[1:]))
-            for s in range(0, count, 4096):  # chunked copy of the filled part: RAM stays bounded
-                out_p[s : s + 4096] = patches[s : min(s + 4096, count)]
-            out_p.flush()
-            del out_p, patches
-            (tmp / "all_patches.npy").unlink()
+            del patches
+            _keep_filled_rows(tmp / "all_patches.npy", tmp / PATCHES, count)
             patch_meta = {"grid": list(spec.dense_grid), "dtype": "float16", "bytes": (tmp / PATCHES).stat().st_size,
                           "sha256": sha256_file(tmp / PATCHES), "bias_lambda": GLOBAL_BIAS_LAMBDA,
                           "variant": spec.dense.get("variant")}
