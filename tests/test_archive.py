@@ -179,6 +179,32 @@ def test_archive_index_is_extended_when_scenes_are_added(tiny_bundle: Path, serv
     assert len({h.scene for h in hits}) > 1
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_damaged_index_is_rebuilt_from_the_shards(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path,
+                                                    damage: str) -> None:
+    """Adding a scene to an archive whose index lost (or has a cut) vectors.npy rebuilds the index from the shards,
+    the truth, instead of failing on the old index's rows (which sync_index copies when they are sound)."""
+    from plugin_support import s2_crop
+
+    scenes = [s2_crop(major_tom_dir, tmp_path / f"S2A_MSIL2A_2021060{i}T034541_N0300_R104_T48PUV_c.tif",
+                      col=300 + 200 * i, row=500) for i in (1, 2)]
+    arc = create_archive(tmp_path / "arc", tiny_bundle)
+    arc.add([str(scenes[0])], provider="cpu")
+    vectors = arc.root / "index" / "vectors.npy"
+    if damage == "missing":
+        vectors.unlink()
+    else:
+        with open(vectors, "r+b") as f:
+            f.truncate(vectors.stat().st_size // 2)
+    meta = arc.add([str(scenes[1])], provider="cpu").index
+    assert meta["n_vectors"] == 18 and meta["reused_vectors"] == 0
+    got = {n: np.load(arc.root / "index" / n) for n in ("vectors.npy", "rows.npy", "lonlat.npy", "time.npy")}
+    shutil.rmtree(arc.root / "index")
+    Archive.open(arc.root).sync_index()
+    for n, arr in got.items():
+        np.testing.assert_array_equal(np.load(arc.root / "index" / n), arr, err_msg=n)
+
+
 def test_cli_archive_commands(tiny_bundle: Path, served: tuple[Served, str], tmp_path: Path, capsys) -> None:
     _, collection = served
     d = str(tmp_path / "arc")

@@ -306,6 +306,21 @@ class Archive:
         except (OSError, ValueError):
             return None
 
+    def _old_arrays(self, n_old: int, dim: int) -> Optional[dict[str, np.ndarray]]:
+        """The current index's per-vector arrays (memory-mapped), when each holds at least ``n_old`` rows of the
+        expected width; None when one is missing or damaged (the index is then rebuilt from the shards)."""
+        widths = {"vectors.npy": (dim,), "rows.npy": (2,), "lonlat.npy": (4,), "time.npy": ()}
+        out: dict[str, np.ndarray] = {}
+        for name, width in widths.items():
+            try:
+                arr = np.load(self.index_dir / name, mmap_mode="r")
+            except (OSError, ValueError):
+                return None
+            if arr.shape[1:] != width or arr.shape[0] < n_old:
+                return None
+            out[name] = arr
+        return out
+
     def sync_index(self, kind: Optional[str] = None) -> dict:
         """Bring the index up to date with the shards: extended in place of a rebuild when only scenes were
         added and the kind for the new size is unchanged, else rebuilt. Published atomically."""
@@ -328,16 +343,20 @@ class Archive:
         reuse = bool(old) and list(old.get("counts", []))[: len(old_scenes)] == counts[: len(old_scenes)]
         first_new = len(old_scenes) if reuse else 0
         n_old = sum(counts[:first_new])
+        # The shards are the truth: an index whose arrays are missing or do not match its meta is rebuilt from them.
+        kept = self._old_arrays(n_old, dim) if n_old else {}
+        if kept is None:
+            reuse, first_new, n_old, kept = False, 0, 0, {}
         extend = reuse and old["kind"] == kind and kind != "flat" and (self.index_dir / "ann.faiss").is_file()
         with staged_dir(self.index_dir) as tmp:
             vec = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float32, shape=(n, dim))
             rows = np.zeros((n, 2), np.int32)
             lonlat = np.zeros((n, 4), np.float64)
             times = np.full(n, NO_TIME, np.int64)
-            if n_old:
-                vec[:n_old] = np.load(self.index_dir / "vectors.npy", mmap_mode="r")[:n_old]
-                for name, arr in (("rows.npy", rows), ("lonlat.npy", lonlat), ("time.npy", times)):
-                    arr[:n_old] = np.load(self.index_dir / name, mmap_mode="r")[:n_old]
+            for name, arr in (("vectors.npy", vec), ("rows.npy", rows), ("lonlat.npy", lonlat), ("time.npy", times)):
+                if name in kept:
+                    arr[:n_old] = kept[name][:n_old]
+            del kept
             start = n_old
             for i, (s, c) in enumerate(zip(order, counts)):
                 if i < first_new:
