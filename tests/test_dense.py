@@ -47,16 +47,6 @@ def tiny_model():
 
 
 @pytest.fixture(scope="module")
-def plain_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An rsclip-tiny bundle exported without dense outputs (the shape of every bundle before issue 11)."""
-    from training.export.exporter import export_model
-
-    out = tmp_path_factory.mktemp("bundles") / "plain"
-    export_model("rsclip-tiny", out_dir=out, dense=None, int8=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def crop(major_tom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return s2_crop(major_tom_dir, tmp_path_factory.mktemp("crop") / "crop.tif", size=3 * TILE)
 

@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("qgis.core")
 
-from plugin_support import s2_crop
-from qgis.core import QgsApplication, QgsProject, QgsVectorLayer
+from plugin_support import s2_crop, s2_l2a_crop
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QApplication, QDialog, QFileDialog, QLineEdit
@@ -155,6 +155,73 @@ def test_search_precision_is_what_the_run_reports(qgis_iface, layer, store, tiny
             assert wait_for(dock.task), dock.index_label.text()
             assert dock.result.hits and dock.result.precision == precision
             assert f", {precision}" in dock.status.text()
+    finally:
+        dock.cleanup()
+
+
+def _heat_resolution(dock) -> str:
+    """The RSCLIP_HEATMAP tag ('patch' or 'tile') of the heat map layer the dock added to the map."""
+    import rasterio
+
+    heat = dock.hit_layers[1]
+    assert heat is not None and QgsProject.instance().mapLayer(heat.id()) is heat, "no heat map layer on the map"
+    with rasterio.open(heat.source()) as ds:
+        return ds.tags()["RSCLIP_HEATMAP"]
+
+
+def test_search_heat_map_per_patch_box(qgis_iface, layer, store, tiny_bundle, plain_bundle, multimodal_bundle,  # noqa: F811
+                                       major_tom_dir, tmp_path) -> None:
+    """'Heat map per patch' ticked gives a heat map layer scored per patch (tagged RSCLIP_HEATMAP=patch),
+    unticked one per tile; the box is greyed, saying why, until a heat map is asked for and when the bundle's
+    encoders have no dense outputs (then the map is per tile even with the box left ticked). A bundle with one
+    dense encoder (rgb) but not the one reading the layer (its Sentinel-2 student): per tile, and the panel says
+    so instead of skipping the layer."""
+    import rasterio
+
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dock = SearchDock(qgis_iface, store=store)
+
+    def search() -> str:
+        click(dock.search_btn)
+        assert dock.task is not None, dock.index_label.text()
+        assert wait_for(dock.task), dock.index_label.text()
+        return _heat_resolution(dock)
+
+    dock.show()  # laid out, so a click lands on the check boxes
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        QTest.keyClicks(dock.query_edit, "a river")
+        box = dock.dense_check
+        assert box.objectName() == "rsclip_dense_heatmap" and box.isVisibleTo(dock)
+        assert not box.isEnabled() and "heat map" in box.toolTip()  # no heat map asked for yet
+        click(dock.heatmap_check)
+        assert box.isEnabled() and "P x D float16 per tile" in box.toolTip()
+        assert search() == "tile"
+        click(box)
+        assert search() == "patch"
+        assert dock.result.indexes[0]["patches"]["grid"] == [8, 8]
+        # A bundle without dense outputs: greyed with the reason, and the (still ticked) box asks for nothing.
+        dock.set_bundle_path(plain_bundle)
+        assert not box.isEnabled() and "no dense outputs" in box.toolTip() and box.isChecked()
+        assert search() == "tile"
+        # Its rgb encoder is dense, its Sentinel-2 student is not: the 4-band layer gets a map per patch, the
+        # 12-band one (read by the student) a map per tile, and the panel says so instead of skipping it.
+        l2a = QgsRasterLayer(str(s2_l2a_crop(major_tom_dir, tmp_path / "l2a.tif")), "l2a crop")
+        QgsProject.instance().addMapLayer(l2a)
+        dock.set_bundle_path(multimodal_bundle)
+        assert box.isEnabled() and len(dock.checked_layers()) == 2
+        search()
+        tags = {}
+        for path in dock.result.heatmap_paths:
+            with rasterio.open(path) as ds:
+                tags[Path(ds.tags()["SOURCE"]).name] = ds.tags()["RSCLIP_HEATMAP"]
+        assert tags == {Path(layer.source()).name: "patch", "l2a.tif": "tile"}
+        assert "l2a crop: heat map per tile" in dock.index_label.text(), dock.index_label.text()
+        assert "‘Heat map per patch’ needs an encoder with dense outputs" in dock.index_label.text()
     finally:
         dock.cleanup()
 
