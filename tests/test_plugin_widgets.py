@@ -277,6 +277,47 @@ def test_search_in_an_archive_between_typed_dates(qgis_iface, major_tom_dir, sto
         dock.cleanup()
 
 
+def test_archive_mode_offers_the_archive_bundles_languages(qgis_iface, major_tom_dir, store, tiny_bundle,  # noqa: F811
+                                                           tiny_multilingual_bundle, tmp_path) -> None:
+    """In archive mode 'Language' lists the languages of the bundle the archive was made with (multilingual
+    here), not those of 'Model bundle' (English only); a Portuguese query picked there is read by the archive's
+    bundle and finds hits. Back on loaded layers, the list is the dock's bundle's again."""
+    from rs_clip_plugin.engine.archive import create_archive
+    from rs_clip_plugin.engine.bundle import read_manifest
+    from rs_clip_plugin.gui.search_dock import ARCHIVE_SCOPE, SCOPES, SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    scene = s2_crop(major_tom_dir, tmp_path / "S2A_MSIL2A_20210603T034541_N0300_R104_T48PUV_crop.tif")
+    arc = tmp_path / "archive"
+    create_archive(arc, tiny_multilingual_bundle).add([str(scene)], provider="cpu")
+    multi = read_manifest(tiny_multilingual_bundle).text.languages
+    assert "pt" in multi and read_manifest(tiny_bundle).text.languages == ["en"]
+
+    def offered() -> list[str]:
+        return [dock.lang_combo.itemText(i) for i in range(dock.lang_combo.count())]
+
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        assert offered() == ["en"]
+        pick(dock.scope_combo, ARCHIVE_SCOPE)
+        dock.archive_widget.lineEdit().clear()
+        QTest.keyClicks(dock.archive_widget.lineEdit(), str(arc))
+        assert offered() == multi
+        pick(dock.lang_combo, "pt")
+        QTest.keyClicks(dock.query_edit, "um rio")
+        click(dock.search_btn)
+        assert dock.task is not None, dock.index_label.text()
+        assert wait_for(dock.task), dock.index_label.text()
+        assert dock.result.hits and dock.lang_combo.currentText() == "pt"
+        pick(dock.scope_combo, SCOPES[0])
+        assert offered() == ["en"]
+    finally:
+        dock.cleanup()
+
+
 # -- model manager ----------------------------------------------------------------------------------------
 def test_model_manager_zip_button_and_sha256_field(qgis_iface, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
     """'.zip…' opens a file dialog whose typed path fills the source; a wrong checksum typed in 'sha256' is

@@ -192,6 +192,7 @@ class SearchDock(QgsDockWidget):
         self.archive_widget.setStorageMode(QgsFileWidget.GetDirectory)
         self.archive_widget.setFilePath(QgsSettings().value(ARCHIVE_KEY, "", type=str))
         self.archive_widget.fileChanged.connect(lambda path: QgsSettings().setValue(ARCHIVE_KEY, path))
+        self.archive_widget.fileChanged.connect(self._fill_languages)  # an archive brings its bundle's languages
         form.addRow("Archive", self.archive_widget)
         self.dates_edit = QLineEdit()
         self.dates_edit.setObjectName("rsclip_archive_dates")
@@ -297,20 +298,43 @@ class SearchDock(QgsDockWidget):
         self.dense_check.setEnabled(problem is None)
         self.dense_check.setToolTip(DENSE_TIP if problem is None else f"{DENSE_TIP}\nNot available: {problem}")
 
-    def _fill_languages(self) -> None:
-        from ..engine.bundle import BundleError, read_manifest
+    def archive_bundle_path(self) -> Optional[str]:
+        """The bundle the chosen archive was created with (archive.json; the default bundle when it recorded
+        none, if that is built), or None when the folder is not an archive."""
+        from ..engine.archive import Archive
+        from ..engine.default_bundle import default_bundle_path
 
-        self.lang_combo.clear()
-        path = self.bundle_combo.currentData()
+        folder = self.archive_widget.filePath().strip()
+        try:
+            return Archive.open(folder).config.get("bundle") or str(default_bundle_path(build=False))
+        except Exception:  # not (yet) an archive: typing its path goes through partial ones
+            return None
+
+    def query_bundle_path(self) -> Optional[str]:
+        """The bundle that embeds a text query: the archive's own in archive mode, else 'Model bundle'."""
+        return self.archive_bundle_path() if self.archive_mode() else (self.bundle_combo.currentData() or None)
+
+    def _fill_languages(self, *_args) -> None:
+        """The languages of the bundle that will read the query (query_bundle_path); the current choice kept
+        when the new bundle knows it too."""
+        from ..engine.bundle import BundleError, load_bundle, read_manifest
+
+        path = self.query_bundle_path() if hasattr(self, "scope_combo") else self.bundle_combo.currentData()
         langs = ["en"]
         if path:
             try:
                 root = Path(path)
-                if root.is_dir():
-                    langs = read_manifest(root).text.languages or ["en"]
-            except BundleError:
+                manifest = read_manifest(root) if root.is_dir() else load_bundle(root, check_onnx=False).manifest
+                langs = manifest.text.languages or ["en"]
+            except (BundleError, OSError):
                 pass
+        if langs == [self.lang_combo.itemText(i) for i in range(self.lang_combo.count())]:
+            return  # unchanged (a keystroke in 'Archive'): keep what the user chose
+        before = self.lang_combo.currentText()
+        self.lang_combo.clear()
         self.lang_combo.addItems(langs)
+        if before in langs:
+            self.lang_combo.setCurrentText(before)
 
     def candidates(self) -> list[Candidate]:
         """Raster layers of the project other than RS-CLIP's own results, each with the reason a bundle
@@ -356,6 +380,18 @@ class SearchDock(QgsDockWidget):
 
         try:
             return load_bundle(self.store.resolve(self.bundle_combo.currentData() or ""))
+        except Exception:
+            return None
+
+    def _query_bundle_or_none(self):
+        """The bundle that reads a text query (query_bundle_path), loaded; None when there is none to load."""
+        from ..engine.bundle import load_bundle
+
+        if not self.archive_mode():
+            return self._bundle_or_none()
+        path = self.archive_bundle_path()
+        try:
+            return load_bundle(path) if path else None
         except Exception:
             return None
 
@@ -410,6 +446,7 @@ class SearchDock(QgsDockWidget):
 
     def _scope_changed(self, *_args) -> None:
         archive = self.archive_mode()
+        self._fill_languages()  # the query is read by the archive's bundle there, by 'Model bundle' here
         shown = [(w, archive) for w in self._archive_rows]
         shown += [(w, not archive and (w is not self.skipped_label or bool(self.skipped_label.text())))
                   for w in self._layer_rows]
@@ -425,7 +462,7 @@ class SearchDock(QgsDockWidget):
             self.show_error("type what to look for, e.g. 'a river'")
             return None
         lang = self.lang_combo.currentText() or "en"
-        bundle = self._bundle_or_none()
+        bundle = self._query_bundle_or_none()
         if bundle is not None:
             from ..engine.text import check_query_language, guess_language
 
@@ -433,8 +470,9 @@ class SearchDock(QgsDockWidget):
             if warning:
                 guess = guess_language(text)
                 if guess not in bundle.manifest.text.languages:
-                    self.show_error(warning.replace("choose a multilingual bundle",
-                                                    "choose a multilingual bundle in ‘Model bundle’"))
+                    fix = ("search an archive created with a multilingual bundle" if self.archive_mode()
+                           else "choose a multilingual bundle in ‘Model bundle’")
+                    self.show_error(warning.replace("choose a multilingual bundle", fix))
                     return None
                 self.lang_combo.setCurrentText(guess)  # the bundle knows it: read the query as what it is
                 lang = guess
