@@ -51,6 +51,16 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def plain_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An rsclip-tiny bundle exported without dense outputs (the shape of every bundle before issue 11)."""
+    from training.export.exporter import export_model
+
+    out = tmp_path_factory.mktemp("bundles") / "plain"
+    export_model("rsclip-tiny", out_dir=out, dense=None, int8=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_multilingual_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 

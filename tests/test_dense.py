@@ -50,16 +50,6 @@ def tiny_model():
 
 
 @pytest.fixture(scope="module")
-def plain_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An rsclip-tiny bundle exported without dense outputs (the shape of every bundle before issue 11)."""
-    from training.export.exporter import export_model
-
-    out = tmp_path_factory.mktemp("bundles") / "plain"
-    export_model("rsclip-tiny", out_dir=out, dense=None, int8=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def crop(major_tom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return s2_crop(major_tom_dir, tmp_path_factory.mktemp("crop") / "crop.tif", size=3 * TILE)
 
@@ -608,3 +598,106 @@ def test_cli_dense_heatmap_writes_the_patch_heat_map(tiny_bundle: Path, crop: Pa
     assert rc == 0
     with rasterio.open(tmp_path / "s" / "heatmap.tif") as ds:
         assert ds.tags()["RSCLIP_HEATMAP"] == "patch"
+
+
+# -- PAMR refinement (rsclip classify --refine pamr) -------------------------------------------------------
+def _pamr_by_convolution(image: np.ndarray, logits: np.ndarray, iterations: int, dilations: tuple) -> np.ndarray:
+    """PAMR as Araslanov & Roth publish it, with torch convolutions (3x3 shift kernels, replicate padding per
+    dilation, unbiased local std over the 3x3 neighbourhoods of all dilations): a second mechanism, so the
+    slicing in engine/refine.py is checked against the kernels, not against itself."""
+    import torch.nn.functional as F
+
+    def neighbours(x: torch.Tensor, with_centre: bool, minus_centre: bool) -> torch.Tensor:
+        # x [C, H, W] -> [C, n * len(dilations), H, W]
+        spots = [(r, c) for r in range(3) for c in range(3) if with_centre or (r, c) != (1, 1)]
+        kernel = torch.zeros(len(spots), 1, 3, 3)
+        for i, (r, c) in enumerate(spots):
+            kernel[i, 0, r, c] = -1.0 if minus_centre else 1.0
+            if minus_centre:
+                kernel[i, 0, 1, 1] += 1.0
+        outs = [F.conv2d(F.pad(x[:, None], [d] * 4, mode="replicate"), kernel, dilation=d) for d in dilations]
+        return torch.cat(outs, 1)
+
+    x, m = torch.from_numpy(image), torch.from_numpy(logits)
+    std = neighbours(x, True, False).std(1, keepdim=True)
+    aff = torch.softmax((-neighbours(x, False, True).abs() / (1e-8 + 0.1 * std)).mean(0), 0)
+    for _ in range(iterations):
+        m = (neighbours(m, False, False) * aff[None]).sum(1)
+    return m.numpy()
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    out = mask.copy()
+    h, w = mask.shape
+    p = np.pad(mask, r)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            out |= p[r + dy : r + dy + h, r + dx : r + dx + w]
+    return out
+
+
+def _boundaries(labels: np.ndarray) -> np.ndarray:
+    b = np.zeros(labels.shape, bool)
+    b[:-1] |= labels[:-1] != labels[1:]
+    b[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    return b
+
+
+def test_pamr_equals_the_published_convolutions(tiny_bundle: Path, crop: Path) -> None:
+    """engine/refine.pamr on a real tile (its normalised bands, its dense logits) equals the reference built
+    from 3x3 kernels, for NACLIP's settings and for one dilation."""
+    from rs_clip_plugin.engine.pipeline import resize_hw
+    from rs_clip_plugin.engine.refine import PAMR_DILATIONS, PAMR_ITERATIONS, pamr
+
+    b = load_bundle(tiny_bundle)
+    spec = b.manifest.encoder("rgb")
+    with open_source(crop) as src:
+        x = preprocess_tile(src.read_for(spec, rasterio.windows.Window(64, 64, TILE, TILE)), spec)
+    out = EncoderSession(b, "rgb", provider="cpu", dense=True).embed_dense(x[None])
+    head = prompt_head(b, parse_classes(CLASSES), "en", "max")
+    logits = dense_tile_logits(out.patches[0], out.cls[0], head, b.manifest.logit_scale, spec.dense_grid, TILE, TILE)
+    image = resize_hw(x, TILE, TILE)
+    for iterations, dilations in ((PAMR_ITERATIONS, PAMR_DILATIONS), (3, (1,))):
+        got = pamr(image, logits, iterations, dilations)
+        want = _pamr_by_convolution(image, logits, iterations, dilations)
+        assert np.allclose(got, want, atol=1e-4 * np.abs(want).max()), np.abs(got - want).max()
+    assert not np.allclose(got, logits)
+    with pytest.raises(ValueError, match="on the logits' pixels"):
+        pamr(x[:, :10], logits)
+
+
+def test_pamr_moves_dense_labels_onto_image_edges(tiny_bundle: Path, crop: Path, tmp_path: Path, capsys) -> None:
+    """--refine pamr on a real crop changes a few per cent of the labels, all next to the unrefined map's
+    boundaries, and the refined boundaries lie on stronger image gradients; counts stay consistent (the
+    summary's counts are labels.tif's, every valid pixel keeps a label); summary.json records it; tile mode
+    refuses it."""
+    plain = classify_raster(crop, CLASSES, tmp_path / "plain", bundle=tiny_bundle, provider="cpu")
+    rc = main(["classify", str(crop), "--classes", CLASSES, "--out", str(tmp_path / "pamr"), "--bundle",
+               str(tiny_bundle), "--provider", "cpu", "--refine", "pamr"])
+    assert rc == 0 and "refined by pamr" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "pamr" / "summary.json").read_text())
+    assert summary["refine"] == {"method": "pamr", "iterations": 10, "dilations": [1, 2]}
+    assert plain.summary["refine"] is None and summary["timings"]["refine_s"] > 0
+    with rasterio.open(plain.labels_path) as ds:
+        before = ds.read(1)
+    with rasterio.open(tmp_path / "pamr" / "labels.tif") as ds:
+        after = ds.read(1)
+    with rasterio.open(crop) as ds:
+        grey = ds.read().astype(np.float32).mean(0)
+    changed = before != after
+    assert 0.005 < changed.mean() < 0.2, changed.mean()
+    edges = _boundaries(before)
+    assert edges.mean() < 0.5 and changed[~_dilate(edges, 2)].sum() <= 0.02 * changed.sum()
+    gradient = np.hypot(*np.gradient(grey))
+    assert gradient[_boundaries(after)].mean() > 1.1 * gradient[edges].mean()
+    # Counts: per class as in labels.tif, the same valid pixels as unrefined, all of them labelled.
+    for s in (plain.summary, summary):
+        assert sum(c["pixels"] for c in s["classes"]) + s["unknown"]["pixels"] == s["valid_pixels"]
+    assert [c["pixels"] for c in summary["classes"]] == [int((after == k).sum()) for k in range(1, 5)]
+    assert summary["valid_pixels"] == plain.summary["valid_pixels"] == int((after > 0).sum())
+    rc = main(["classify", str(crop), "--classes", CLASSES, "--out", str(tmp_path / "tile"), "--bundle",
+               str(tiny_bundle), "--provider", "cpu", "--mode", "tile", "--refine", "pamr"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--refine pamr refines dense labels" in err and "--mode dense" in err, err
+    with pytest.raises(InputError, match="not one of none, pamr"):
+        classify_raster(crop, CLASSES, tmp_path / "x", bundle=tiny_bundle, provider="cpu", refine="crf")

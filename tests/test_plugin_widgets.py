@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("qgis.core")
 
-from plugin_support import s2_crop
-from qgis.core import QgsApplication, QgsProject, QgsVectorLayer
+from plugin_support import s2_crop, s2_l2a_crop
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QApplication, QDialog, QFileDialog, QLineEdit
@@ -159,6 +159,73 @@ def test_search_precision_is_what_the_run_reports(qgis_iface, layer, store, tiny
         dock.cleanup()
 
 
+def _heat_resolution(dock) -> str:
+    """The RSCLIP_HEATMAP tag ('patch' or 'tile') of the heat map layer the dock added to the map."""
+    import rasterio
+
+    heat = dock.hit_layers[1]
+    assert heat is not None and QgsProject.instance().mapLayer(heat.id()) is heat, "no heat map layer on the map"
+    with rasterio.open(heat.source()) as ds:
+        return ds.tags()["RSCLIP_HEATMAP"]
+
+
+def test_search_heat_map_per_patch_box(qgis_iface, layer, store, tiny_bundle, plain_bundle, multimodal_bundle,  # noqa: F811
+                                       major_tom_dir, tmp_path) -> None:
+    """'Heat map per patch' ticked gives a heat map layer scored per patch (tagged RSCLIP_HEATMAP=patch),
+    unticked one per tile; the box is greyed, saying why, until a heat map is asked for and when the bundle's
+    encoders have no dense outputs (then the map is per tile even with the box left ticked). A bundle with one
+    dense encoder (rgb) but not the one reading the layer (its Sentinel-2 student): per tile, and the panel says
+    so instead of skipping the layer."""
+    import rasterio
+
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dock = SearchDock(qgis_iface, store=store)
+
+    def search() -> str:
+        click(dock.search_btn)
+        assert dock.task is not None, dock.index_label.text()
+        assert wait_for(dock.task), dock.index_label.text()
+        return _heat_resolution(dock)
+
+    dock.show()  # laid out, so a click lands on the check boxes
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        QTest.keyClicks(dock.query_edit, "a river")
+        box = dock.dense_check
+        assert box.objectName() == "rsclip_dense_heatmap" and box.isVisibleTo(dock)
+        assert not box.isEnabled() and "heat map" in box.toolTip()  # no heat map asked for yet
+        click(dock.heatmap_check)
+        assert box.isEnabled() and "P x D float16 per tile" in box.toolTip()
+        assert search() == "tile"
+        click(box)
+        assert search() == "patch"
+        assert dock.result.indexes[0]["patches"]["grid"] == [8, 8]
+        # A bundle without dense outputs: greyed with the reason, and the (still ticked) box asks for nothing.
+        dock.set_bundle_path(plain_bundle)
+        assert not box.isEnabled() and "no dense outputs" in box.toolTip() and box.isChecked()
+        assert search() == "tile"
+        # Its rgb encoder is dense, its Sentinel-2 student is not: the 4-band layer gets a map per patch, the
+        # 12-band one (read by the student) a map per tile, and the panel says so instead of skipping it.
+        l2a = QgsRasterLayer(str(s2_l2a_crop(major_tom_dir, tmp_path / "l2a.tif")), "l2a crop")
+        QgsProject.instance().addMapLayer(l2a)
+        dock.set_bundle_path(multimodal_bundle)
+        assert box.isEnabled() and len(dock.checked_layers()) == 2
+        search()
+        tags = {}
+        for path in dock.result.heatmap_paths:
+            with rasterio.open(path) as ds:
+                tags[Path(ds.tags()["SOURCE"]).name] = ds.tags()["RSCLIP_HEATMAP"]
+        assert tags == {Path(layer.source()).name: "patch", "l2a.tif": "tile"}
+        assert "l2a crop: heat map per tile" in dock.index_label.text(), dock.index_label.text()
+        assert "‘Heat map per patch’ needs an encoder with dense outputs" in dock.index_label.text()
+    finally:
+        dock.cleanup()
+
+
 def test_search_in_an_archive_between_typed_dates(qgis_iface, major_tom_dir, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
     """'Search in' picked with the keyboard switches the dock to an archive; dates typed in 'Dates' keep only
     the scene taken then (two places of the sample scene, dated 2021 and 2022: without dates both have hits)."""
@@ -206,6 +273,47 @@ def test_search_in_an_archive_between_typed_dates(qgis_iface, major_tom_dir, sto
         if dock.task is not None:
             assert not wait_for(dock.task)
         assert "‘Dates’" in dock.index_label.text(), dock.index_label.text()
+    finally:
+        dock.cleanup()
+
+
+def test_archive_mode_offers_the_archive_bundles_languages(qgis_iface, major_tom_dir, store, tiny_bundle,  # noqa: F811
+                                                           tiny_multilingual_bundle, tmp_path) -> None:
+    """In archive mode 'Language' lists the languages of the bundle the archive was made with (multilingual
+    here), not those of 'Model bundle' (English only); a Portuguese query picked there is read by the archive's
+    bundle and finds hits. Back on loaded layers, the list is the dock's bundle's again."""
+    from rs_clip_plugin.engine.archive import create_archive
+    from rs_clip_plugin.engine.bundle import read_manifest
+    from rs_clip_plugin.gui.search_dock import ARCHIVE_SCOPE, SCOPES, SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    scene = s2_crop(major_tom_dir, tmp_path / "S2A_MSIL2A_20210603T034541_N0300_R104_T48PUV_crop.tif")
+    arc = tmp_path / "archive"
+    create_archive(arc, tiny_multilingual_bundle).add([str(scene)], provider="cpu")
+    multi = read_manifest(tiny_multilingual_bundle).text.languages
+    assert "pt" in multi and read_manifest(tiny_bundle).text.languages == ["en"]
+
+    def offered() -> list[str]:
+        return [dock.lang_combo.itemText(i) for i in range(dock.lang_combo.count())]
+
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        assert offered() == ["en"]
+        pick(dock.scope_combo, ARCHIVE_SCOPE)
+        dock.archive_widget.lineEdit().clear()
+        QTest.keyClicks(dock.archive_widget.lineEdit(), str(arc))
+        assert offered() == multi
+        pick(dock.lang_combo, "pt")
+        QTest.keyClicks(dock.query_edit, "um rio")
+        click(dock.search_btn)
+        assert dock.task is not None, dock.index_label.text()
+        assert wait_for(dock.task), dock.index_label.text()
+        assert dock.result.hits and dock.lang_combo.currentText() == "pt"
+        pick(dock.scope_combo, SCOPES[0])
+        assert offered() == ["en"]
     finally:
         dock.cleanup()
 

@@ -55,6 +55,7 @@ from .options import SYNONYM_MERGES, JobOptions, RasterOptions, RunOptions, Tili
 from .pipeline import TileStats, embed_tiles, plan_tiles, resize_hw
 from .progress import Progress
 from .raster import RasterSource
+from .refine import REFINE_METHODS, pamr, refine_summary
 from .runtime import TEXT_ROLE, DenseEmbeddings, EncoderSession
 from .text import PromptHead, check_language, prompt_head, synonym_merge, templates_for
 from .tiling import LogitAccumulator, TileGrid
@@ -209,12 +210,18 @@ class ClassifyJob:
     # (None = text.synonym_merge's default).
     background: tuple[ClassSpec, ...] = ()
     synonyms: Optional[str] = None
+    # Refinement of each tile's upsampled dense logits by its image (refine.REFINE_METHODS; None = off).
+    refine: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.synonyms == "auto":
             object.__setattr__(self, "synonyms", None)
         if self.synonyms not in (None, *SYNONYM_MERGES):
             raise InputError(f"{{synonyms}} {self.synonyms!r} is not one of auto, {', '.join(SYNONYM_MERGES)}")
+        if self.refine == "none":
+            object.__setattr__(self, "refine", None)
+        if self.refine not in (None, *REFINE_METHODS):
+            raise InputError(f"{{refine}} {self.refine!r} is not one of none, {', '.join(REFINE_METHODS)}")
         mmu = self.mmu_ha
         if not (isinstance(mmu, (int, float)) and np.isfinite(mmu) and mmu >= 0):
             raise InputError(f"{{mmu_ha}} must be an area in hectares >= 0 (0 = off), got {mmu}; e.g. 0.5")
@@ -246,6 +253,7 @@ def classify_raster(
     mmu_ha: float = 0.0,
     background: Union[str, list, None] = None,
     synonyms: Optional[str] = None,
+    refine: Optional[str] = None,
     **options: Any,
 ) -> ClassifyResult:
     """Label every pixel of a raster with one of ``classes`` (see the module docstring for the outputs).
@@ -257,7 +265,8 @@ def classify_raster(
     an error or a cancel nothing of this run is left there. ``polygons`` adds classes.gpkg, with regions
     smaller than ``mmu_ha`` hectares merged into their largest neighbour. ``background``: prompts
     ("cloud;shadow") whose winning pixels become background / unknown (K+1); ``synonyms``: 'mean', 'max' or
-    None/'auto' (text.DEFAULT_SYNONYM_MERGE, max: measured better in both modes).
+    None/'auto' (text.DEFAULT_SYNONYM_MERGE, max: measured better in both modes). ``refine='pamr'`` (dense mode
+    only) refines each tile's logits along the image's edges (engine/refine.py).
     """
     t_start = time.perf_counter()
     progress = progress or Progress()
@@ -270,7 +279,7 @@ def classify_raster(
         b = as_bundle(bundle)
         check_language(b, lang)
         progress.check()
-        job = ClassifyJob(specs, b, lang, threshold, opts, bool(polygons), mmu_ha, back, synonyms)
+        job = ClassifyJob(specs, b, lang, threshold, opts, bool(polygons), mmu_ha, back, synonyms, refine)
         res = classify_into(source_path, job, out.path, out.destination, progress, t_start)
         progress.check()
         out.publish()
@@ -295,6 +304,11 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
 
     mode = label_mode(spec, tiling.mode, b, run.precision)
     dense = mode == "dense"
+    if job.refine and not dense:
+        raise InputError(
+            f"{{refine}} {job.refine} refines dense labels, and this run labels per tile (the {spec.modality!r} encoder "
+            f"of bundle {b.manifest.name!r} {'runs int8' if spec.dense else 'has no dense outputs'}); leave {{refine}} "
+            "off, or label densely ({mode} dense, a bundle whose encoder has dense outputs, not int8)")
     merge = synonym_merge(job.synonyms)
     t0 = time.perf_counter()
     text_session = EncoderSession(b, TEXT_ROLE, provider=run.provider)
@@ -307,17 +321,28 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
     acc = LogitAccumulator(grid, n_cols, strip_rows=strip_rows_for(n_cols, grid.out_shape[1]))
     stats = TileStats(keep_masks=True)
     scale = np.float32(b.manifest.logit_scale)
+
+    def encode_dense(x: np.ndarray) -> tuple[np.ndarray, DenseEmbeddings]:
+        return x, session.embed_dense(x)  # the batch's encoder input rides along: PAMR's affinities come from it
+
+    t_refine = 0.0
     try:
         t0 = time.perf_counter()
         for indices, emb in embed_tiles(source, b, spec.modality, grid, session=session, batch_size=run.batch_size,
                                         progress=progress.sub(0.02, 0.9), workers=run.threads, stats=stats,
-                                        encode=session.embed_dense if dense else None):
-            if isinstance(emb, DenseEmbeddings):
+                                        encode=encode_dense if dense else None):
+            if dense:
+                x, emb = emb
                 # Per-pixel maps: the accumulator sums them (in RAM or a temporary memmap) and averages overlaps.
                 for j, i in enumerate(indices):
                     win = grid.windows[i]
-                    acc.add(win, dense_tile_logits(emb.patches[j], emb.cls[j], head, scale, spec.dense_grid,
-                                                   int(win.height), int(win.width)))
+                    h, w = int(win.height), int(win.width)
+                    logits = dense_tile_logits(emb.patches[j], emb.cls[j], head, scale, spec.dense_grid, h, w)
+                    if job.refine:
+                        t1 = time.perf_counter()
+                        logits = pamr(resize_hw(np.asarray(x[j], np.float32), h, w), logits)
+                        t_refine += time.perf_counter() - t1
+                    acc.add(win, logits)
                 continue
             logits = scale * head.merge(emb @ head.vectors.T)
             for i, row in zip(indices, logits):
@@ -348,6 +373,7 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
             "read_s": stats.read_s,
             "read_wait_s": stats.wait_s,
             "inference_s": stats.inference_s,
+            **({"refine_s": t_refine} if job.refine else {}),
             "write_s": t_write,
         }, t_start)
         final = {n: final_path(final_dir, n) for n in (LABELS, CONFIDENCE, QML, SUMMARY, POLYGONS)}
@@ -451,6 +477,8 @@ def _summary(source: RasterSource, job: ClassifyJob, session: EncoderSession, gr
         "mode": mode,
         "dense": ({"variant": spec.dense.get("variant"), "grid": list(spec.dense_grid or ()),
                    "bias_lambda": GLOBAL_BIAS_LAMBDA} if mode == "dense" and spec.dense else None),
+        # PAMR refinement of the dense logits (engine/refine.py), or None.
+        "refine": refine_summary(job.refine),
         "bundle": {"name": b.manifest.name, "digest": b.digest, "path": str(b.root)},
         "provider": session.provider_used,
         "precision": session.precision_used,

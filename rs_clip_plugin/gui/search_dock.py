@@ -61,7 +61,11 @@ FIELDS = {"bundle": "Model bundle", "lang": "Language", "top_k": "Top k", "out":
           # The dock has no band fields: a layer it cannot read needs its bands named where it comes from.
           "sensor": "the sensor (the classify dialog's Sensor)",
           "bands": "band names (the layer's band descriptions, or a VRT naming them)",
-          "precision": "the precision (the RSCLIP command line's --precision)"}
+          "precision": "the precision (the RSCLIP command line's --precision)",
+          "dense_heatmap": "Heat map per patch"}
+DENSE_TIP = ("Index patch embeddings too and score every patch, so the heat map follows shapes inside a tile. "
+             "Stores P x D float16 per tile (e.g. 7 x 7 x 512 = 49 KiB for ViT-B/32) and needs a bundle whose "
+             "encoder has dense outputs; the index runs at fp32.")
 
 
 def short_reason(problem: str) -> str:
@@ -76,6 +80,17 @@ ARCHIVE_SCOPE = SCOPES[1]
 ARCHIVE_KEY = "rsclip/archive_folder"
 ARCHIVE_FIELDS = {"lang": "Language", "top_k": "Top k", "out": "Output folder", "overwrite": "Output folder",
                   "bbox": "the map extent", "datetime": "Dates", "datetime_range": "Dates", "archive": "Archive"}
+
+
+@dataclass(frozen=True)
+class SearchChoices:
+    """What the dock's option widgets say for one search over loaded layers, read once when it starts (the
+    task runs in another thread, so it never reads the widgets itself)."""
+
+    top_k: int
+    heatmap: bool
+    dense_heatmap: bool  # 'Heat map per patch': indexes with patch embeddings, heat maps per patch
+    run: RunOptions
 
 
 @dataclass
@@ -106,6 +121,7 @@ class SearchDock(QgsDockWidget):
         self.map_tool: Optional[QgsMapToolEmitPoint] = None
         self.index_states: dict[str, str] = {}  # layer name -> "built" | "reused" (last search)
         self.skipped: list[str] = []  # "layer: reason" of the last search
+        self.notes: list[str] = []  # "layer: what differs from what was asked" (a heat map per tile, not patch)
         self._readable_cache: dict = {}
         self._build()
         self.refresh_bundles()
@@ -138,7 +154,13 @@ class SearchDock(QgsDockWidget):
         form.addRow("Top k", self.topk_spin)
         self.heatmap_check = QCheckBox("add a similarity heat map")
         self.heatmap_check.setObjectName("rsclip_search_heatmap")
+        self.heatmap_check.toggled.connect(self._update_dense_check)
         form.addRow("", self.heatmap_check)
+        self.dense_check = QCheckBox("Heat map per patch")
+        self.dense_check.setObjectName("rsclip_dense_heatmap")
+        self.dense_check.setToolTip(DENSE_TIP)
+        self.dense_check.setEnabled(False)
+        form.addRow("", self.dense_check)
         self.pin_check = QCheckBox("keep earlier results on the map")
         self.pin_check.setObjectName("rsclip_search_pin")
         self.pin_check.setToolTip("Unticked, a new search replaces the previous search's hits and heat map")
@@ -170,6 +192,7 @@ class SearchDock(QgsDockWidget):
         self.archive_widget.setStorageMode(QgsFileWidget.GetDirectory)
         self.archive_widget.setFilePath(QgsSettings().value(ARCHIVE_KEY, "", type=str))
         self.archive_widget.fileChanged.connect(lambda path: QgsSettings().setValue(ARCHIVE_KEY, path))
+        self.archive_widget.fileChanged.connect(self._fill_languages)  # an archive brings its bundle's languages
         form.addRow("Archive", self.archive_widget)
         self.dates_edit = QLineEdit()
         self.dates_edit.setObjectName("rsclip_archive_dates")
@@ -226,7 +249,8 @@ class SearchDock(QgsDockWidget):
         # Find similar works on loaded layers only: an archive is searched by text. An archive also brings its
         # own model and its index's precision: the dock's 'Model bundle' and 'Precision' would do nothing there.
         self._layer_rows = [self.layers_title, self.layers_list, self.skipped_label, self.example_title,
-                            self.query_layer_combo, self.similar_btn, self.heatmap_check, self.bundle_combo,
+                            self.query_layer_combo, self.similar_btn, self.heatmap_check, self.dense_check,
+                            self.bundle_combo,
                             self.precision_combo]
         self.scope_combo.currentIndexChanged.connect(self._scope_changed)
         self._scope_changed()
@@ -244,23 +268,73 @@ class SearchDock(QgsDockWidget):
 
     def _bundle_changed(self, *_args) -> None:
         self._fill_languages()
+        self._update_dense_check()
         if hasattr(self, "layers_list"):
             self.refresh_layers()  # which layers are readable depends on the bundle's encoders
 
-    def _fill_languages(self) -> None:
+    def dense_problem(self) -> Optional[str]:
+        """Why 'Heat map per patch' cannot be ticked now (no heat map asked, or no encoder of the chosen bundle
+        with dense outputs), or None."""
         from ..engine.bundle import BundleError, read_manifest
 
-        self.lang_combo.clear()
+        if not self.heatmap_check.isChecked():
+            return "tick ‘add a similarity heat map’ first"
         path = self.bundle_combo.currentData()
+        try:
+            encoders = read_manifest(Path(path)).encoders if path and Path(path).is_dir() else None
+        except BundleError:
+            encoders = None
+        if encoders is None:
+            return "choose an installed bundle folder in ‘Model bundle’"
+        if not any(e.dense for e in encoders):
+            return (f"the encoders of bundle {Path(path).name} have no dense outputs; re-export it with "
+                    "rsclip-train export (dense on by default) for heat maps per patch")
+        return None
+
+    def _update_dense_check(self, *_args) -> None:
+        if not hasattr(self, "dense_check"):
+            return  # the bundle combo fills before the rest of the form exists
+        problem = self.dense_problem()
+        self.dense_check.setEnabled(problem is None)
+        self.dense_check.setToolTip(DENSE_TIP if problem is None else f"{DENSE_TIP}\nNot available: {problem}")
+
+    def archive_bundle_path(self) -> Optional[str]:
+        """The bundle the chosen archive was created with (archive.json; the default bundle when it recorded
+        none, if that is built), or None when the folder is not an archive."""
+        from ..engine.archive import Archive
+        from ..engine.default_bundle import default_bundle_path
+
+        folder = self.archive_widget.filePath().strip()
+        try:
+            return Archive.open(folder).config.get("bundle") or str(default_bundle_path(build=False))
+        except Exception:  # not (yet) an archive: typing its path goes through partial ones
+            return None
+
+    def query_bundle_path(self) -> Optional[str]:
+        """The bundle that embeds a text query: the archive's own in archive mode, else 'Model bundle'."""
+        return self.archive_bundle_path() if self.archive_mode() else (self.bundle_combo.currentData() or None)
+
+    def _fill_languages(self, *_args) -> None:
+        """The languages of the bundle that will read the query (query_bundle_path); the current choice kept
+        when the new bundle knows it too."""
+        from ..engine.bundle import BundleError, load_bundle, read_manifest
+
+        path = self.query_bundle_path() if hasattr(self, "scope_combo") else self.bundle_combo.currentData()
         langs = ["en"]
         if path:
             try:
                 root = Path(path)
-                if root.is_dir():
-                    langs = read_manifest(root).text.languages or ["en"]
-            except BundleError:
+                manifest = read_manifest(root) if root.is_dir() else load_bundle(root, check_onnx=False).manifest
+                langs = manifest.text.languages or ["en"]
+            except (BundleError, OSError):
                 pass
+        if langs == [self.lang_combo.itemText(i) for i in range(self.lang_combo.count())]:
+            return  # unchanged (a keystroke in 'Archive'): keep what the user chose
+        before = self.lang_combo.currentText()
+        self.lang_combo.clear()
         self.lang_combo.addItems(langs)
+        if before in langs:
+            self.lang_combo.setCurrentText(before)
 
     def candidates(self) -> list[Candidate]:
         """Raster layers of the project other than RS-CLIP's own results, each with the reason a bundle
@@ -306,6 +380,18 @@ class SearchDock(QgsDockWidget):
 
         try:
             return load_bundle(self.store.resolve(self.bundle_combo.currentData() or ""))
+        except Exception:
+            return None
+
+    def _query_bundle_or_none(self):
+        """The bundle that reads a text query (query_bundle_path), loaded; None when there is none to load."""
+        from ..engine.bundle import load_bundle
+
+        if not self.archive_mode():
+            return self._bundle_or_none()
+        path = self.archive_bundle_path()
+        try:
+            return load_bundle(path) if path else None
         except Exception:
             return None
 
@@ -360,6 +446,7 @@ class SearchDock(QgsDockWidget):
 
     def _scope_changed(self, *_args) -> None:
         archive = self.archive_mode()
+        self._fill_languages()  # the query is read by the archive's bundle there, by 'Model bundle' here
         shown = [(w, archive) for w in self._archive_rows]
         shown += [(w, not archive and (w is not self.skipped_label or bool(self.skipped_label.text())))
                   for w in self._layer_rows]
@@ -375,7 +462,7 @@ class SearchDock(QgsDockWidget):
             self.show_error("type what to look for, e.g. 'a river'")
             return None
         lang = self.lang_combo.currentText() or "en"
-        bundle = self._bundle_or_none()
+        bundle = self._query_bundle_or_none()
         if bundle is not None:
             from ..engine.text import check_query_language, guess_language
 
@@ -383,8 +470,9 @@ class SearchDock(QgsDockWidget):
             if warning:
                 guess = guess_language(text)
                 if guess not in bundle.manifest.text.languages:
-                    self.show_error(warning.replace("choose a multilingual bundle",
-                                                    "choose a multilingual bundle in ‘Model bundle’"))
+                    fix = ("search an archive created with a multilingual bundle" if self.archive_mode()
+                           else "choose a multilingual bundle in ‘Model bundle’")
+                    self.show_error(warning.replace("choose a multilingual bundle", fix))
                     return None
                 self.lang_combo.setCurrentText(guess)  # the bundle knows it: read the query as what it is
                 lang = guess
@@ -499,7 +587,7 @@ class SearchDock(QgsDockWidget):
             return None
         source = layer.source().split("|")[0]
         xy = (point.x(), point.y())
-        run = RunOptions(precision=self.precision_combo.currentText())
+        run = self.choices().run
 
         def query(bundle):
             from ..engine.search import image_query_vector
@@ -508,8 +596,15 @@ class SearchDock(QgsDockWidget):
 
         return self._run(query, f"like {layer.name()} @ {xy[0]:.0f},{xy[1]:.0f}")
 
+    def choices(self) -> SearchChoices:
+        heatmap = self.heatmap_check.isChecked()
+        return SearchChoices(self.topk_spin.value(), heatmap,
+                             heatmap and self.dense_check.isEnabled() and self.dense_check.isChecked(),
+                             RunOptions(precision=self.precision_combo.currentText()))
+
     def _run(self, query_fn: Callable, title: str) -> Optional[EngineTask]:
         from ..engine.bundle import load_bundle
+        from ..engine.errors import InputError
         from ..engine.index import build_index
         from ..engine.search import search
 
@@ -523,11 +618,10 @@ class SearchDock(QgsDockWidget):
             return None
         sources = [(lyr.name(), Path(lyr.source().split("|")[0])) for lyr in layers]
         names = [(str(src), name) for name, src in sources]
-        top_k, heatmap = self.topk_spin.value(), self.heatmap_check.isChecked()
-        run = RunOptions(precision=self.precision_combo.currentText())
+        opts = self.choices()
         out_root = Path(self.out_widget.filePath() or output_root())
         final = unique_result_dir(out_root, f"search-{time.strftime('%Y%m%d-%H%M%S')}")
-        self.skipped = []
+        self.skipped, self.notes = [], []
 
         def job(progress):
             qvec = query_fn(bundle)
@@ -535,8 +629,16 @@ class SearchDock(QgsDockWidget):
             indexes = []
             for i, (name, src) in enumerate(sources):
                 progress.update(0.6 * i / n, f"indexing {name} (first time only; reused afterwards)…")
+                sub = progress.sub(0.6 * i / n, 0.6 * (i + 1) / n)
                 try:
-                    idx = build_index(src, bundle, run=run, progress=progress.sub(0.6 * i / n, 0.6 * (i + 1) / n))
+                    try:
+                        idx = build_index(src, bundle, run=opts.run, progress=sub, dense_heatmap=opts.dense_heatmap)
+                    except InputError as exc:
+                        if "dense_heatmap" not in exc.params:
+                            raise
+                        # A bundle whose other encoder is dense: this layer's encoder is not; its map stays per tile.
+                        self.notes.append(f"{name}: heat map per tile ({short_reason(field_message(exc, FIELDS))})")
+                        idx = build_index(src, bundle, run=opts.run, progress=sub)
                 except Exception as exc:  # one odd layer must not lose the others' hits
                     if type(exc).__name__ == "Cancelled":
                         raise
@@ -549,7 +651,7 @@ class SearchDock(QgsDockWidget):
                 raise ValueError("none of the ticked layers can be searched: " + "; ".join(self.skipped))
             progress.update(0.6, "searching…")
             # The engine stages on the folder's file system and publishes it whole (final paths returned).
-            return search(indexes, qvec, final, bundle=bundle, top_k=top_k, heatmap=heatmap,
+            return search(indexes, qvec, final, bundle=bundle, top_k=opts.top_k, heatmap=opts.heatmap,
                           progress=progress.sub(0.6, 1.0))
 
         self.index_states = {}
@@ -564,7 +666,7 @@ class SearchDock(QgsDockWidget):
         self.progress.setValue(100)
         states = ", ".join(f"{k}: index {v}" for k, v in self.index_states.items())
         lines = [f"{len(result.hits)} hits for '{title}' ({states})"]
-        lines += [f"skipped {line}" for line in self.skipped]
+        lines += [f"skipped {line}" for line in self.skipped] + self.notes
         self.index_label.setText("\n".join(lines))
         self.status.set_provider(getattr(result, "provider", None), precision=getattr(result, "precision", None))
         if not self.pin_check.isChecked():
