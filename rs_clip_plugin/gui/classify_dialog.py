@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -92,6 +93,16 @@ def check_and_spin(form: QFormLayout, label: str, text: str, check_name: str, sp
     row.addStretch(1)
     form.addRow(label, row)
     return check, spin
+
+
+def choice_row(form: QFormLayout, label: str, name: str, items: Sequence[str], tip: str) -> QComboBox:
+    """A form row with a drop-down of fixed choices (the engine's words, e.g. auto/dense/tile)."""
+    combo = QComboBox()
+    combo.setObjectName(name)
+    combo.addItems(list(items))
+    combo.setToolTip(tip)
+    form.addRow(label, combo)
+    return combo
 
 
 class ClassifyDialog(QDialog):
@@ -210,18 +221,12 @@ class ClassifyDialog(QDialog):
         self.mmu_spin.setDecimals(2)
         self.mmu_spin.setSuffix(" ha")
         self.mmu_spin.setSpecialValueText("no minimum")
-        self.mode_combo = QComboBox()
-        self.mode_combo.setObjectName("rsclip_mode_combo")
-        self.mode_combo.addItems(MODES)
-        self.mode_combo.setToolTip("dense: a label per pixel from the encoder's patch tokens (when the bundle has "
-                                   "them); tile: one label per tile; auto: dense when possible")
-        opts.addRow("Mode", self.mode_combo)
-        self.precision_combo = QComboBox()
-        self.precision_combo.setObjectName("rsclip_precision_combo")
-        self.precision_combo.addItems(PRECISIONS)
-        self.precision_combo.setToolTip("auto: int8 on the CPU when the bundle recorded that int8 agrees with fp32, "
-                                        "fp16 on a GPU, else fp32")
-        opts.addRow("Precision", self.precision_combo)
+        self.mode_combo = choice_row(opts, "Mode", "rsclip_mode_combo", MODES,
+                                     "dense: a label per pixel from the encoder's patch tokens (when the bundle has "
+                                     "them); tile: one label per tile; auto: dense when possible")
+        self.precision_combo = choice_row(opts, "Precision", "rsclip_precision_combo", PRECISIONS,
+                                          "auto: int8 on the CPU when the bundle recorded that int8 agrees with fp32, "
+                                          "fp16 on a GPU, else fp32")
         self.threshold_check, self.threshold_spin = check_and_spin(
             opts, "Threshold", "'unknown' below", "rsclip_threshold_check", "rsclip_threshold_spin", (0, 1), 0.3)
         self.threshold_spin.setSingleStep(0.05)
@@ -231,12 +236,9 @@ class ClassifyDialog(QDialog):
         self.background_edit.setToolTip("Prompts that compete with the classes; the pixels they win become "
                                         "'background / unknown', like those below the threshold (SegEarth-OV)")
         opts.addRow("Background", self.background_edit)
-        self.synonyms_combo = QComboBox()
-        self.synonyms_combo.setObjectName("rsclip_synonyms_combo")
-        self.synonyms_combo.addItems(SYNONYMS)
-        self.synonyms_combo.setToolTip("How a class's synonyms (forest|woodland) are merged: mean (one averaged "
-                                       "prompt) or max (the best-matching one); auto: max, measured better")
-        opts.addRow("Synonyms", self.synonyms_combo)
+        self.synonyms_combo = choice_row(opts, "Synonyms", "rsclip_synonyms_combo", SYNONYMS,
+                                         "How a class's synonyms (forest|woodland) are merged: mean (one averaged "
+                                         "prompt) or max (the best-matching one); auto: max, measured better")
         self.out_widget = QgsFileWidget()
         self.out_widget.setObjectName("rsclip_output_folder")
         self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
