@@ -222,12 +222,23 @@ def test_classify_dialog_keeps_class_table_tall(qgis_iface, layer, store) -> Non
         dlg.close()
 
 
-def test_cancelled_classify_leaves_nothing(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:
+def test_cancelled_classify_leaves_nothing(qgis_iface, store, tiny_bundle, major_tom_dir, tmp_path) -> None:
+    import time
+
     from rs_clip_plugin.gui.tasks import wait_for
 
-    dlg = ready_dialog(qgis_iface, store, layer, tiny_bundle, tmp_path / "out", ["forest", "water"])
+    # The whole scene (289 tiles), so that Cancel lands while the engine embeds tiles, not on a queued task.
+    scene = QgsRasterLayer(str(s2_crop(major_tom_dir, tmp_path / "data" / "scene.tif", size=1068, col=0, row=0)),
+                           "whole scene")
+    QgsProject.instance().addMapLayer(scene)
+    dlg = ready_dialog(qgis_iface, store, scene, tiny_bundle, tmp_path / "out", ["forest", "water"])
     before = set(QgsProject.instance().mapLayers())
     task = click_run(dlg)
+    deadline = time.monotonic() + 60
+    while task.progress() < 5 and time.monotonic() < deadline:  # the engine reports progress per batch of tiles
+        QgsApplication.processEvents()
+        time.sleep(0.005)
+    assert 5 <= task.progress() < 90, task.progress()
     click(dlg.cancel_btn)
     assert not wait_for(task)
     assert _new_layers(before) == []
