@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         task = dlg.run()
         if task is None or not wait_for(task):
             raise SystemExit(f"classify failed: {dlg.message_label.text()}")
-        dlg.resize(640, 980)
+        dlg.resize(820, 1000)
         dlg.show()
         app.processEvents()
         dlg.grab().save(str(args.out / "classify_dialog.png"))
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         task = dock.search_text()
         if task is None or not wait_for(task):
             raise SystemExit(f"search failed: {dock.index_label.text()}")
-        dock.resize(380, 720)
+        dock.resize(430, 940)
         dock.show()
         app.processEvents()
         dock.grab().save(str(args.out / "search_dock.png"))
@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             p = args.out / name
             print(f"{p} ({p.stat().st_size / 1e3:.0f} kB)")
     finally:
+        from plugin_support import release_qgis_objects
+
         QgsProject.instance().clear()
+        release_qgis_objects()
         app.exitQgis()
         shutil.rmtree(work, ignore_errors=True)
     return 0

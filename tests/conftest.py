@@ -113,23 +113,14 @@ def provider(qgis_processing):
 
 @pytest.fixture(scope="session", autouse=True)
 def _layers_die_before_qgis(request: pytest.FixtureRequest):
-    """Destroy the map layers Python still owns while QGIS is alive. pytest-qgis calls exitQgis() when the session
-    ends; a QgsRasterLayer a test made and never handed to a project was otherwise destroyed by PyQt's exit clean-up
-    during interpreter finalisation, after QGIS's registries were gone, and QgsRasterPipe's destructor crashed
-    there (SIGSEGV / "double free" after every test had passed, so `make test` failed)."""
+    """Destroy what Python still owns of QGIS before pytest-qgis calls exitQgis() (plugin_support.release_qgis_objects:
+    a leftover QgsRasterLayer crashed the interpreter after every test had passed, so `make test` failed)."""
     try:
         request.getfixturevalue("qgis_app")  # set up first, so this teardown runs before exitQgis()
     except pytest.FixtureLookupError:
         yield
         return
     yield
-    import gc
+    from plugin_support import release_qgis_objects
 
-    from qgis.core import QgsMapLayer, QgsProject
-    from qgis.PyQt import sip
-
-    QgsProject.instance().removeAllMapLayers()
-    gc.collect()
-    for obj in gc.get_objects():
-        if isinstance(obj, QgsMapLayer) and not sip.isdeleted(obj) and sip.ispyowned(obj):
-            sip.delete(obj)
+    release_qgis_objects()

@@ -120,3 +120,23 @@ def scene_extent(scene: Path, size_m: float = 1280.0, dx: float = 3003.0, dy: fl
         b = ds.bounds
     return (b.left + dx, b.top - dy - size_m, b.left + dx + size_m, b.top - dy)
 
+
+def release_qgis_objects() -> None:
+    """Destroy what Python still owns of QGIS while QGIS is alive: call it just before exitQgis(). Left to PyQt's
+    exit clean-up, a QgsRasterLayer (held by a test, or by a dialog) was destroyed during interpreter finalisation,
+    after QGIS's registries were gone, and QgsRasterPipe's destructor crashed the process (SIGSEGV / "double free")
+    after all the work had succeeded."""
+    import gc
+
+    from qgis.core import QgsMapLayer, QgsProject
+    from qgis.PyQt import sip
+    from qgis.PyQt.QtWidgets import QApplication
+
+    QgsProject.instance().removeAllMapLayers()
+    for w in QApplication.topLevelWidgets():  # dialogs and docks hold layers of their own
+        if sip.ispyowned(w):
+            sip.delete(w)
+    gc.collect()
+    for obj in gc.get_objects():
+        if isinstance(obj, QgsMapLayer) and not sip.isdeleted(obj) and sip.ispyowned(obj):
+            sip.delete(obj)
