@@ -134,6 +134,44 @@ def test_classify_polygons_box_and_mapping_unit(qgis_iface, layer, store, tiny_b
         dlg.close()
 
 
+def test_classify_refine_edges_reaches_the_job(qgis_iface, layer, store, tiny_bundle, plain_bundle,  # noqa: F811
+                                                tmp_path) -> None:
+    """'Refine edges' picked with the keyboard is the refinement the run records in summary.json; the combo is
+    greyed out, saying why, while Mode is 'tile' or the bundle has no dense outputs; and a run that labels per
+    tile anyway (Mode auto at int8) is refused in the dialog's words, naming 'Refine edges'."""
+    import json
+
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dlg = ready_dialog(qgis_iface, store, layer, tiny_bundle, tmp_path / "out", ["forest", "river", "town"])
+    dlg.show()
+    try:
+        combo = dlg.refine_combo
+        assert combo.objectName() == "rsclip_refine_combo" and combo.currentText() == "none" and combo.isEnabled()
+        pick(dlg.mode_combo, "tile")
+        assert not combo.isEnabled() and "Mode ‘tile’ gives one label per tile" in combo.toolTip()
+        pick(dlg.mode_combo, "auto")
+        assert combo.isEnabled() and "Not available" not in combo.toolTip()
+        pick(combo, "pamr")
+        pick(dlg.precision_combo, "fp32")
+        task = click_run(dlg)
+        assert task is not None and wait_for(task), dlg.message_label.text()
+        summary = json.loads((Path(dlg.result.labels_path).parent / "summary.json").read_text())
+        assert summary["mode"] == "dense"
+        assert summary["refine"] == {"method": "pamr", "iterations": 10, "dilations": [1, 2]}
+        # int8 labels per tile in Mode auto: the engine refuses to refine, and the dialog names its field.
+        pick(dlg.precision_combo, "int8")
+        task = click_run(dlg)
+        if task is not None:
+            assert not wait_for(task)
+        assert "‘Refine edges’ pamr refines dense labels" in dlg.message_label.text(), dlg.message_label.text()
+        # A bundle without dense outputs labels per tile: greyed, with the reason.
+        dlg.set_bundle_path(plain_bundle)
+        assert not combo.isEnabled() and "no dense outputs" in combo.toolTip()
+    finally:
+        dlg.close()
+
+
 # -- search dock ------------------------------------------------------------------------------------------
 def test_search_precision_is_what_the_run_reports(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
     """Each precision picked in 'Precision' is the one the search indexes and runs at, and the panel says

@@ -150,6 +150,28 @@ def test_classify_mode_background_and_synonyms(provider, crop, tiny_bundle, tmp_
                                            "BUNDLE": str(tiny_bundle), "OUTPUT": str(tmp_path / "clash.tif")})
 
 
+def test_classify_refine(provider, crop, tiny_bundle, tmp_path) -> None:
+    """REFINE reaches the engine: REFINE 1 records the PAMR refinement in the summary (0, the default, none);
+    with MODE tile the engine's refusal is one line naming REFINE and MODE."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from rs_clip_plugin.processing.classify_alg import ClassifyAlgorithm
+
+    assert ClassifyAlgorithm.REFINE == "REFINE"
+    params = {"INPUT": str(crop), "CLASSES": "forest;water;town", "BUNDLE": str(tiny_bundle), "PROVIDER": 1}
+    res = processing.run("rsclip:classify", {**params, "REFINE": 1, "OUTPUT": str(tmp_path / "pamr.tif")})
+    s = json.loads(Path(res["SUMMARY"]).read_text())
+    assert s["mode"] == "dense" and s["refine"] == {"method": "pamr", "iterations": 10, "dilations": [1, 2]}
+    res = processing.run("rsclip:classify", {**params, "OUTPUT": str(tmp_path / "plain.tif")})
+    assert json.loads(Path(res["SUMMARY"]).read_text())["refine"] is None
+    with pytest.raises(QgsProcessingException) as err:
+        processing.run("rsclip:classify", {**params, "REFINE": 1, "MODE": 2, "OUTPUT": str(tmp_path / "tile.tif")})
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("REFINE pamr refines dense labels"), message
+    assert "MODE tile was asked for" in message and "leave REFINE off" in message, message
+
+
 def test_index_search_heatmap(provider, crop, tiny_bundle, tmp_path) -> None:
     import processing
 

@@ -305,9 +305,12 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
     mode = label_mode(spec, tiling.mode, b, run.precision)
     dense = mode == "dense"
     if job.refine and not dense:
+        # Why this run is per tile: the mode asked for, else the encoder (no dense outputs, or its int8 twin).
+        why = ("{mode} tile was asked for" if tiling.mode == "tile" else
+               f"the {spec.modality!r} encoder of bundle {b.manifest.name!r} "
+               f"{'runs int8' if spec.dense else 'has no dense outputs'}")
         raise InputError(
-            f"{{refine}} {job.refine} refines dense labels, and this run labels per tile (the {spec.modality!r} encoder "
-            f"of bundle {b.manifest.name!r} {'runs int8' if spec.dense else 'has no dense outputs'}); leave {{refine}} "
+            f"{{refine}} {job.refine} refines dense labels, and this run labels per tile ({why}); leave {{refine}} "
             "off, or label densely ({mode} dense, a bundle whose encoder has dense outputs, not int8)")
     merge = synonym_merge(job.synonyms)
     t0 = time.perf_counter()

@@ -44,6 +44,7 @@ from qgis.PyQt.QtWidgets import (
 from ..engine.bands import MODALITIES
 from ..engine.classes import UNKNOWN
 from ..engine.options import LABEL_MODES, SYNONYM_MERGES, RasterOptions, RunOptions, TilingOptions
+from ..engine.refine import REFINE_METHODS
 from ..engine.runtime import PRECISION_CHOICES
 from ..installed_bundles import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
@@ -57,6 +58,9 @@ SENSORS = ["auto", *MODALITIES]  # from the band tables: one list for the engine
 EXTENTS = ["Whole layer", "Current map canvas", "Selected features"]
 MODES = ["auto", *LABEL_MODES]
 SYNONYMS = ["auto", *SYNONYM_MERGES]
+REFINES = ["none", *REFINE_METHODS]
+REFINE_TIP = ("pamr: move the dense labels' edges onto the image's edges (field and river borders); "
+              "a little slower")
 PRECISIONS = list(PRECISION_CHOICES)
 MIN_CLASS_ROWS = 6
 AREA_ROWS = 5  # rows of the area table shown before it scrolls
@@ -66,7 +70,7 @@ FIELDS = {
     "lang": "Language", "classes": "Classes", "threshold": "Threshold", "tile_size_m": "Tile size",
     "overlap": "Overlap", "extent": "Extent", "out": "Output folder", "overwrite": "Output folder",
     "s2_offset": "Band mapping", "sar_units": "Sensor", "precision": "Precision", "mode": "Mode", "mmu_ha": "Polygons",
-    "background": "Background", "synonyms": "Synonyms",
+    "background": "Background", "synonyms": "Synonyms", "refine": "Refine edges",
 }
 
 
@@ -224,6 +228,9 @@ class ClassifyDialog(QDialog):
         self.mode_combo = choice_row(opts, "Mode", "rsclip_mode_combo", MODES,
                                      "dense: a label per pixel from the encoder's patch tokens (when the bundle has "
                                      "them); tile: one label per tile; auto: dense when possible")
+        self.refine_combo = choice_row(opts, "Refine edges", "rsclip_refine_combo", REFINES, REFINE_TIP)
+        self.mode_combo.currentIndexChanged.connect(self._update_refine)
+        self.bundle_combo.currentIndexChanged.connect(self._update_refine)
         self.precision_combo = choice_row(opts, "Precision", "rsclip_precision_combo", PRECISIONS,
                                           "auto: int8 on the CPU when the bundle recorded that int8 agrees with fp32, "
                                           "fp16 on a GPU, else fp32")
@@ -291,10 +298,12 @@ class ClassifyDialog(QDialog):
     # -- inputs -----------------------------------------------------------------------------------------
     def refresh_bundles(self) -> None:
         fill_bundle_combo(self.bundle_combo, self.store, show_modalities=True)
+        self._update_refine()
 
     def set_bundle_path(self, path: Path) -> None:
         """Select (adding it when missing) a bundle folder or .zip."""
         select_bundle(self.bundle_combo, path)
+        self._update_refine()  # also when the path is the entry already selected (no index change)
 
     def select_active_layer(self) -> None:
         """Start on the layer the user is working on (the active one), not the first in the project."""
@@ -326,6 +335,34 @@ class ClassifyDialog(QDialog):
         except Exception as exc:  # the user can still fix it with sensor + band mapping
             self.detected_label.setText(f"not detected: {self.words(exc, layer)}")
         self.bands_edit.setText(",".join(self._detected_bands))
+
+    def refine_problem(self) -> Optional[str]:
+        """Why 'Refine edges' cannot apply (it refines dense labels): Mode asks for one label per tile, or no
+        encoder of the chosen bundle has dense outputs; else None. Which encoder reads the layer (and int8) is
+        settled by the run: when that gives tile labels, the engine's error names 'Refine edges'."""
+        from ..engine.bundle import BundleError, read_manifest
+
+        if self.mode_combo.currentText() == "tile":
+            return "Mode ‘tile’ gives one label per tile: there are no dense labels to refine; choose Mode auto or dense"
+        path = self.bundle_combo.currentData()
+        try:
+            encoders = read_manifest(Path(path)).encoders if path and Path(path).is_dir() else None
+        except BundleError:
+            encoders = None  # a broken bundle is refused, with its reason, when Classify is clicked
+        if encoders is not None and not any(e.dense for e in encoders):
+            return (f"the encoders of bundle {Path(path).name} have no dense outputs, so it labels per tile; "
+                    "re-export it with rsclip-train export (dense on by default) to refine edges")
+        return None
+
+    def _update_refine(self, *_args) -> None:
+        """Grey 'Refine edges' out, saying why in its tooltip, while it cannot apply."""
+        problem = self.refine_problem()
+        self.refine_combo.setEnabled(problem is None)
+        self.refine_combo.setToolTip(REFINE_TIP if problem is None else f"{REFINE_TIP}\nNot available: {problem}")
+
+    def refine(self) -> str:
+        """The refinement the job gets: none while the combo is greyed out (its shown value does not count)."""
+        return self.refine_combo.currentText() if self.refine_combo.isEnabled() else "none"
 
     def words(self, exc: BaseException, layer: Optional[QgsRasterLayer] = None) -> str:
         """An engine error in this dialog's words: field labels for parameters, the layer's name for its file."""
@@ -442,6 +479,7 @@ class ClassifyDialog(QDialog):
             mmu_ha=self.mmu_spin.value(),
             background=self.background_edit.text().strip() or None,
             synonyms=self.synonyms_combo.currentText(),
+            refine=self.refine(),
         )
         source = layer.source().split("|")[0]
         names = [n for n, _ in classes]

@@ -134,7 +134,7 @@ PARAMETER_NAMES = {
     "tile_size_m": A.TILE_SIZE_M, "overlap": A.OVERLAP, "extent": A.EXTENT, "bundle": A.BUNDLE, "lang": A.LANG,
     "provider": A.PROVIDER, "precision": A.PRECISION, "out": A.OUTPUT, "threshold": "THRESHOLD", "overwrite": "OVERWRITE", "top_k": "TOP_K",
     # classify's own parameters (processing/classify_alg.py)
-    "mode": "MODE", "background": "BACKGROUND", "synonyms": "SYNONYMS", "mmu_ha": "MMU_HA",
+    "mode": "MODE", "background": "BACKGROUND", "synonyms": "SYNONYMS", "mmu_ha": "MMU_HA", "refine": "REFINE",
     "dense_heatmap": "DENSE_HEATMAP",  # rsclip:heatmap
 }
 

@@ -18,6 +18,7 @@ from qgis.core import (
 )
 
 from ..engine.options import LABEL_MODES, SYNONYM_MERGES
+from ..engine.refine import REFINE_METHODS
 from ..presets import PRESETS, preset_classes
 from ..styling import style_confidence, style_labels, style_polygons
 from .base import RSClipAlgorithm
@@ -33,6 +34,7 @@ from .styles import StylePostProcessor
 PRESET_OPTIONS = ["(none: use CLASSES)", *PRESETS]
 MODE_OPTIONS = ["auto", *LABEL_MODES]  # the engine's TilingOptions.mode, 'auto' = dense when the encoder has it
 SYNONYM_OPTIONS = ["auto", *SYNONYM_MERGES]  # 'auto' = the engine's default (text.synonym_merge)
+REFINE_OPTIONS = ["none", *REFINE_METHODS]  # the engine's ClassifyJob.refine (engine/refine.py)
 
 
 class ClassifyAlgorithm(RSClipAlgorithm):
@@ -48,6 +50,7 @@ class ClassifyAlgorithm(RSClipAlgorithm):
     MODE = "MODE"
     BACKGROUND = "BACKGROUND"
     SYNONYMS = "SYNONYMS"
+    REFINE = "REFINE"
     DISPLAY = "Classify raster by prompt"
     HELP = (
         "Labels every pixel of a raster with one of the classes you type, by comparing image tiles with the "
@@ -57,7 +60,8 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         "BACKGROUND: prompts such as 'cloud;shadow' that compete with the classes; pixels they win become "
         "'background / unknown' (the same value). MODE: dense labels every pixel from the encoder's patch outputs "
         "(when the bundle has them), tile gives one label per tile, auto picks dense when it can. SYNONYMS: how a "
-        "class's synonyms are merged, mean or max (auto: max, measured better). OUTPUT is a uint8 label raster with a "
+        "class's synonyms are merged, mean or max (auto: max, measured better). REFINE: pamr moves the dense labels' "
+        "edges onto the image's edges (dense mode only; none by default). OUTPUT is a uint8 label raster with a "
         "colour table and a .qml style beside it; CONFIDENCE holds the probability of the chosen class. "
         "POLYGONS (optional GeoPackage) holds the class map as polygons with class, area_ha and mean_confidence; "
         "regions smaller than MMU_HA hectares are merged into their largest neighbour first."
@@ -81,6 +85,9 @@ class ClassifyAlgorithm(RSClipAlgorithm):
             options=MODE_OPTIONS, defaultValue=0, optional=True))
         self.addParameter(QgsProcessingParameterEnum(
             self.SYNONYMS, self.tr("Merge synonyms by"), options=SYNONYM_OPTIONS, defaultValue=0, optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.REFINE, self.tr("Refine edges (pamr: along the image's edges; dense mode only)"),
+            options=REFINE_OPTIONS, defaultValue=0, optional=True))
         self.add_tiling_params()
         self.add_bundle_params()
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite outputs"), defaultValue=True))
@@ -126,6 +133,7 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         background = self.parameterAsString(parameters, self.BACKGROUND, context).strip() or None
         mode = MODE_OPTIONS[self.parameterAsEnum(parameters, self.MODE, context)]
         synonyms = SYNONYM_OPTIONS[self.parameterAsEnum(parameters, self.SYNONYMS, context)]
+        refine = REFINE_OPTIONS[self.parameterAsEnum(parameters, self.REFINE, context)]
         extent = extent_tuple(self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())) if parameters.get(
             self.EXTENT
         ) else None
@@ -150,7 +158,7 @@ class ClassifyAlgorithm(RSClipAlgorithm):
         if poly is not None:
             targets[POLYGONS] = poly
         result = engine_call(classify_raster, source, classes, targets, bundle=bundle, lang=lang, threshold=threshold,
-                             background=background, synonyms=synonyms,
+                             background=background, synonyms=synonyms, refine=refine,
                              **self.job_options(parameters, context, extent, mode).kwargs(),
                              progress=feedback_progress(feedback), overwrite=overwrite,
                              polygons=poly is not None, mmu_ha=self.parameterAsDouble(parameters, self.MMU_HA, context))
@@ -165,7 +173,8 @@ class ClassifyAlgorithm(RSClipAlgorithm):
             outputs[self.POLYGONS] = str(poly)
             StylePostProcessor.attach(context, poly_param, lambda lyr: style_polygons(lyr, summary))
         provider = str(result.summary.get("provider", ""))
-        feedback.pushInfo(f"Execution provider: {provider}; {summary.get('mode')} mode, synonyms merged by "
+        refined = f", refined by {summary['refine']['method']}" if summary.get("refine") else ""
+        feedback.pushInfo(f"Execution provider: {provider}; {summary.get('mode')} mode{refined}, synonyms merged by "
                           f"{summary.get('synonyms')}")
         unknown = summary.get("unknown") or {}
         for c in [*summary.get("classes", []), *([unknown] if unknown.get("pixels") else [])]:
