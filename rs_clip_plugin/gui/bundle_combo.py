@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from qgis.PyQt.QtWidgets import QComboBox
 
@@ -32,3 +33,17 @@ def select_bundle(combo: QComboBox, path: Path) -> None:
         combo.addItem(Path(path).name, str(path))
         i = combo.count() - 1
     combo.setCurrentIndex(i)
+
+
+def chosen_bundle_is_dense(combo: QComboBox) -> Optional[bool]:
+    """Whether any encoder of the bundle chosen in ``combo`` has dense outputs (read from its manifest only);
+    None when that is not known here (no bundle folder chosen, a .zip, or a broken bundle: the run says why)."""
+    from ..engine.bundle import BundleError, read_manifest
+
+    path = combo.currentData()
+    if not path or not Path(path).is_dir():
+        return None
+    try:
+        return any(e.dense for e in read_manifest(Path(path)).encoders)
+    except BundleError:
+        return None

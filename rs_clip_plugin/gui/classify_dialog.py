@@ -49,7 +49,7 @@ from ..engine.runtime import PRECISION_CHOICES
 from ..installed_bundles import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
 from ..styling import add_classification_layers
-from .bundle_combo import fill_bundle_combo, select_bundle
+from .bundle_combo import chosen_bundle_is_dense, fill_bundle_combo, select_bundle
 from .outputs import field_message, output_root, push_result, remember_output_root, unique_result_dir
 from .status import ProviderStatusLabel
 from .tasks import EngineTask, log, start
@@ -340,18 +340,11 @@ class ClassifyDialog(QDialog):
         """Why 'Refine edges' cannot apply (it refines dense labels): Mode asks for one label per tile, or no
         encoder of the chosen bundle has dense outputs; else None. Which encoder reads the layer (and int8) is
         settled by the run: when that gives tile labels, the engine's error names 'Refine edges'."""
-        from ..engine.bundle import BundleError, read_manifest
-
         if self.mode_combo.currentText() == "tile":
             return "Mode ‘tile’ gives one label per tile: there are no dense labels to refine; choose Mode auto or dense"
-        path = self.bundle_combo.currentData()
-        try:
-            encoders = read_manifest(Path(path)).encoders if path and Path(path).is_dir() else None
-        except BundleError:
-            encoders = None  # a broken bundle is refused, with its reason, when Classify is clicked
-        if encoders is not None and not any(e.dense for e in encoders):
-            return (f"the encoders of bundle {Path(path).name} have no dense outputs, so it labels per tile; "
-                    "re-export it with rsclip-train export (dense on by default) to refine edges")
+        if chosen_bundle_is_dense(self.bundle_combo) is False:  # unknown (e.g. a broken bundle): the run says why
+            return (f"the encoders of bundle {Path(self.bundle_combo.currentData()).name} have no dense outputs, so "
+                    "it labels per tile; re-export it with rsclip-train export (dense on by default) to refine edges")
         return None
 
     def _update_refine(self, *_args) -> None:

@@ -49,7 +49,7 @@ from ..engine.options import RunOptions
 from ..engine.runtime import PRECISION_CHOICES
 from ..installed_bundles import ModelStore
 from ..styling import add_search_layers, mark_output, style_hits
-from .bundle_combo import fill_bundle_combo, select_bundle
+from .bundle_combo import chosen_bundle_is_dense, fill_bundle_combo, select_bundle
 from .outputs import field_message, output_root, push_result, remember_output_root, unique_result_dir
 from .status import ProviderStatusLabel
 from .tasks import EngineTask, log, start
@@ -275,20 +275,14 @@ class SearchDock(QgsDockWidget):
     def dense_problem(self) -> Optional[str]:
         """Why 'Heat map per patch' cannot be ticked now (no heat map asked, or no encoder of the chosen bundle
         with dense outputs), or None."""
-        from ..engine.bundle import BundleError, read_manifest
-
         if not self.heatmap_check.isChecked():
             return "tick ‘add a similarity heat map’ first"
-        path = self.bundle_combo.currentData()
-        try:
-            encoders = read_manifest(Path(path)).encoders if path and Path(path).is_dir() else None
-        except BundleError:
-            encoders = None
-        if encoders is None:
+        dense = chosen_bundle_is_dense(self.bundle_combo)
+        if dense is None:
             return "choose an installed bundle folder in ‘Model bundle’"
-        if not any(e.dense for e in encoders):
-            return (f"the encoders of bundle {Path(path).name} have no dense outputs; re-export it with "
-                    "rsclip-train export (dense on by default) for heat maps per patch")
+        if not dense:
+            return (f"the encoders of bundle {Path(self.bundle_combo.currentData()).name} have no dense outputs; "
+                    "re-export it with rsclip-train export (dense on by default) for heat maps per patch")
         return None
 
     def _update_dense_check(self, *_args) -> None:
