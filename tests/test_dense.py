@@ -701,3 +701,19 @@ def test_pamr_moves_dense_labels_onto_image_edges(tiny_bundle: Path, crop: Path,
     assert rc == 2 and "--refine pamr refines dense labels" in err and "--mode dense" in err, err
     with pytest.raises(InputError, match="not one of none, pamr"):
         classify_raster(crop, CLASSES, tmp_path / "x", bundle=tiny_bundle, provider="cpu", refine="crf")
+
+
+def test_refine_refused_per_tile_names_the_actual_reason(tiny_bundle: Path, plain_bundle: Path, crop: Path,
+                                                         tmp_path: Path, capsys) -> None:
+    """--refine pamr on a per-tile run says why the run is per tile: --mode tile asked, --precision int8 asked,
+    or an encoder without dense outputs; never 'runs int8' for a dense fp32 encoder asked for tile mode."""
+    cases = [(tiny_bundle, ["--mode", "tile"], "--mode tile was asked"),
+             (tiny_bundle, ["--precision", "int8"], "--precision int8 runs the int8 graph"),
+             (plain_bundle, [], "has no dense outputs")]
+    for i, (bundle, extra, reason) in enumerate(cases):
+        rc = main(["classify", str(crop), "--classes", CLASSES, "--out", str(tmp_path / f"o{i}"), "--bundle",
+                   str(bundle), "--provider", "cpu", "--refine", "pamr", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and reason in err and "--refine pamr refines dense labels" in err, err
+        assert ("int8" in err) == ("int8" in reason), err
+        assert len(err.strip().splitlines()) == 1, err
