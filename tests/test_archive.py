@@ -176,6 +176,9 @@ def test_archive_index_is_extended_when_scenes_are_added(tiny_bundle: Path, serv
     for h in hits:
         r = by_key[h.scene, h.tile]
         assert (h.datetime, h.source, h.lonlat) == (r["datetime"], r["source"], (r["xmin"], r["ymin"], r["xmax"], r["ymax"]))
+        # The record is the row whose vector was ranked (the fields above come from the record itself, so only
+        # the score ties it to the index's row): a wrong row-group offset fails here.
+        assert np.isclose(float(np.dot(np.asarray(r["embedding"], np.float32), q)), h.score, atol=1e-5), h
     assert len({h.scene for h in hits}) > 1
 
 
