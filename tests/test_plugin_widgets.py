@@ -159,6 +159,41 @@ def test_search_precision_is_what_the_run_reports(qgis_iface, layer, store, tiny
         dock.cleanup()
 
 
+def test_a_second_search_waits_for_the_running_one(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
+    """While a search runs, a 'Find similar' map click (its button stays usable) is refused with one line saying
+    what to do, so 'Cancel' and the panel stay the running search's (two at once shared the lists the task fills
+    from its thread, and 'Cancel' stopped only the second); after a search ended, done or cancelled, the next
+    one starts."""
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        QTest.keyClicks(dock.query_edit, "a river")
+        click(dock.search_btn)
+        first = dock.task
+        assert first is not None, dock.index_label.text()
+        assert dock.find_similar_at(layer, layer.extent().center()) is None
+        assert "a search is already running; wait for it to finish, or click Cancel" in dock.index_label.text()
+        assert dock.task is first
+        assert wait_for(first), dock.index_label.text()
+        assert dock.task is None and dock.result.hits
+        # A search that ends cancelled leaves the dock ready for the next.
+        click(dock.search_btn)
+        click(dock.cancel_btn)
+        if dock.task is not None:  # still winding down in its thread (else it ended during the click)
+            assert not wait_for(dock.task)
+        assert dock.task is None and "cancelled" in dock.index_label.text(), dock.index_label.text()
+        click(dock.search_btn)
+        assert dock.task is not None and wait_for(dock.task), dock.index_label.text()
+        assert dock.result.hits
+    finally:
+        dock.cleanup()
+
+
 def _heat_resolution(dock) -> str:
     """The RSCLIP_HEATMAP tag ('patch' or 'tile') of the heat map layer the dock added to the map."""
     import rasterio

@@ -491,6 +491,8 @@ class SearchDock(QgsDockWidget):
         """A text query over an archive folder (its own bundle and ANN index); hits carry scene and date."""
         from ..engine.archive import search_archive, write_hits
 
+        if self._busy():
+            return None
         folder = self.archive_widget.filePath().strip()
         if not folder:
             self.show_error("choose the archive folder in ‘Archive’ (one made with `rsclip archive create`)")
@@ -508,6 +510,15 @@ class SearchDock(QgsDockWidget):
         return self._start(EngineTask(f"RS-CLIP: archive search '{text}'", job,
                                       lambda r: self._archive_done(r, text), self._failed,
                                       words=lambda exc: field_message(exc, ARCHIVE_FIELDS)))
+
+    def _busy(self) -> bool:
+        """True, with the message, while a search runs: a second one (a map click in 'Find similar' stays
+        possible) would reset the lists the running task fills from its thread (skipped layers, notes) and
+        take over 'Cancel'."""
+        if self.task is None:
+            return False
+        self.show_error("a search is already running; wait for it to finish, or click Cancel")
+        return True
 
     def _start(self, task: EngineTask) -> EngineTask:
         """Run a search task with its progress and messages shown in the dock (layers and archive alike)."""
@@ -608,6 +619,8 @@ class SearchDock(QgsDockWidget):
         from ..engine.index import build_index
         from ..engine.search import search
 
+        if self._busy():
+            return None
         layers = self.checked_layers()
         try:
             if not layers:
@@ -705,6 +718,7 @@ class SearchDock(QgsDockWidget):
         self.hit_layers = ()
 
     def _failed(self, message: str) -> None:
+        self.task = None  # over: the next search may start (_busy)
         self.search_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.progress.setValue(0)
