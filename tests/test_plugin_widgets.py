@@ -261,6 +261,34 @@ def test_search_heat_map_per_patch_box(qgis_iface, layer, store, tiny_bundle, pl
         dock.cleanup()
 
 
+def test_heat_map_per_patch_greys_at_int8(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
+    """'Precision' int8 picked with 'Heat map per patch' ticked: the box greys saying to set ‘Precision’ to auto or
+    fp32 (patches come from the fp32 graph), and the search runs at int8 with a heat map per tile. It used to
+    fail every layer with 'dense mode runs the fp32 graph' and no fix in the dock's words."""
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dock = SearchDock(qgis_iface, store=store)
+    dock.show()  # laid out, so a click lands on the check boxes
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        QTest.keyClicks(dock.query_edit, "a river")
+        click(dock.heatmap_check)
+        click(dock.dense_check)
+        pick(dock.precision_combo, "int8")
+        assert not dock.dense_check.isEnabled() and dock.dense_check.isChecked()
+        assert "set ‘Precision’ to auto or fp32" in dock.dense_check.toolTip(), dock.dense_check.toolTip()
+        click(dock.search_btn)
+        assert dock.task is not None and wait_for(dock.task), dock.index_label.text()
+        assert dock.result.precision == "int8" and _heat_resolution(dock) == "tile"
+        pick(dock.precision_combo, "fp32")  # back: the box asks for patches again
+        assert dock.dense_check.isEnabled()
+    finally:
+        dock.cleanup()
+
+
 def test_search_in_an_archive_between_typed_dates(qgis_iface, major_tom_dir, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
     """'Search in' picked with the keyboard switches the dock to an archive; dates typed in 'Dates' keep only
     the scene taken then (two places of the sample scene, dated 2021 and 2022: without dates both have hits)."""

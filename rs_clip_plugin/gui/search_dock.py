@@ -174,6 +174,7 @@ class SearchDock(QgsDockWidget):
         self.precision_combo.addItems(list(PRECISION_CHOICES))
         self.precision_combo.setToolTip("auto: int8 on the CPU for encoders whose recorded agreement allows it, "
                                         "fp16 on a GPU, else fp32; each layer's index remembers its precision")
+        self.precision_combo.currentIndexChanged.connect(self._update_dense_check)  # int8 has no patch outputs
         form.addRow("Precision", self.precision_combo)
         self.out_widget = QgsFileWidget()
         self.out_widget.setObjectName("rsclip_search_output_folder")
@@ -273,12 +274,15 @@ class SearchDock(QgsDockWidget):
             self.refresh_layers()  # which layers are readable depends on the bundle's encoders
 
     def dense_problem(self) -> Optional[str]:
-        """Why 'Heat map per patch' cannot be ticked now (no heat map asked, or no encoder of the chosen bundle
-        with dense outputs), or None."""
+        """Why 'Heat map per patch' cannot be ticked now (no heat map asked, 'Precision' int8, or no encoder of
+        the chosen bundle with dense outputs), or None."""
         from ..engine.bundle import BundleError, read_manifest
 
         if not self.heatmap_check.isChecked():
             return "tick ‘add a similarity heat map’ first"
+        if hasattr(self, "precision_combo") and self.precision_combo.currentText() == "int8":
+            # Patch embeddings come from the fp32 graph (EncoderSession refuses int8 with dense outputs).
+            return "patches come from the fp32 graph; set ‘Precision’ to auto or fp32"
         path = self.bundle_combo.currentData()
         try:
             encoders = read_manifest(Path(path)).encoders if path and Path(path).is_dir() else None
