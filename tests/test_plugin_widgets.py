@@ -289,6 +289,28 @@ def test_heat_map_per_patch_greys_at_int8(qgis_iface, layer, store, tiny_bundle,
         dock.cleanup()
 
 
+def test_precision_errors_name_the_docks_precision_field(qgis_iface, layer, store, plain_bundle,  # noqa: F811
+                                                         tmp_path) -> None:
+    """A precision the bundle lacks (int8 of a bundle exported without twins), asked in the dock's 'Precision',
+    is refused naming ‘Precision’, not the command line's --precision."""
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(plain_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        pick(dock.precision_combo, "int8")
+        task = dock.find_similar_at(layer, layer.extent().center())
+        assert task is not None and not wait_for(task)
+        text = dock.index_label.text()
+        assert "has no int8 graph" in text and "set ‘Precision’ to auto or fp32" in text, text
+        assert "command line" not in text, text
+    finally:
+        dock.cleanup()
+
+
 def test_search_in_an_archive_between_typed_dates(qgis_iface, major_tom_dir, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
     """'Search in' picked with the keyboard switches the dock to an archive; dates typed in 'Dates' keep only
     the scene taken then (two places of the sample scene, dated 2021 and 2022: without dates both have hits)."""

@@ -61,7 +61,7 @@ FIELDS = {"bundle": "Model bundle", "lang": "Language", "top_k": "Top k", "out":
           # The dock has no band fields: a layer it cannot read needs its bands named where it comes from.
           "sensor": "the sensor (the classify dialog's Sensor)",
           "bands": "band names (the layer's band descriptions, or a VRT naming them)",
-          "precision": "the precision (the RSCLIP command line's --precision)",
+          "precision": "Precision",
           "dense_heatmap": "Heat map per patch"}
 DENSE_TIP = ("Index patch embeddings too and score every patch, so the heat map follows shapes inside a tile. "
              "Stores P x D float16 per tile (e.g. 7 x 7 x 512 = 49 KiB for ViT-B/32) and needs a bundle whose "
