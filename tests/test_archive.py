@@ -176,6 +176,9 @@ def test_archive_index_is_extended_when_scenes_are_added(tiny_bundle: Path, serv
     for h in hits:
         r = by_key[h.scene, h.tile]
         assert (h.datetime, h.source, h.lonlat) == (r["datetime"], r["source"], (r["xmin"], r["ymin"], r["xmax"], r["ymax"]))
+        # The record is the row whose vector was ranked (the fields above come from the record itself, so only
+        # the score ties it to the index's row): a wrong row-group offset fails here.
+        assert np.isclose(float(np.dot(np.asarray(r["embedding"], np.float32), q)), h.score, atol=1e-5), h
     assert len({h.scene for h in hits}) > 1
 
 
@@ -314,3 +317,39 @@ def test_front_end_helpers_search_and_show_a_hit(tiny_bundle: Path, served: tupl
     with rasterio.open(vrt) as ds:  # a true-colour VRT over the /vsicurl/ COGs, georeferenced like the scene
         assert ds.count == 3 and ds.crs is not None and float(ds.read(1).mean()) > 0
     assert display_source("/data/scene.tif", tmp_path) == "/data/scene.tif"
+
+
+def test_a_rewritten_shard_is_read_again_not_copied_from_the_index(tiny_bundle: Path, major_tom_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """A scene re-embedded under the same shard name (its shard deleted, its file updated, added again) while
+    another scene is added: the index holds the new shard's vectors, not the old index's rows of that scene
+    (equal row counts made sync_index copy them), and an add with nothing new still notices the rewrite."""
+    from plugin_support import s2_crop
+
+    first = tmp_path / "S2A_MSIL2A_20210601T034541_N0300_R104_T48PUV_c.tif"
+    second = tmp_path / "S2A_MSIL2A_20210602T034541_N0300_R104_T48PUV_c.tif"
+    s2_crop(major_tom_dir, first, col=300, row=500)
+    s2_crop(major_tom_dir, second, col=700, row=500)
+    arc = create_archive(tmp_path / "arc", tiny_bundle)
+    arc.add([str(first)], provider="cpu")
+    (shard,) = arc.shards()
+    before = _shard_vectors(arc)[shard.name]
+    # The scene's file is reprocessed (other pixels, same grid): the user deletes its shard to re-embed it.
+    s2_crop(major_tom_dir, first, col=500, row=900)
+    shard.unlink()
+    meta = arc.add([str(first), str(second)], provider="cpu").index
+    vectors = _shard_vectors(arc)
+    assert not np.allclose(vectors[shard.name], before)  # the re-embedded shard differs
+    got = np.load(arc.root / "index" / "vectors.npy")
+    for i, name in enumerate(meta["scenes"]):
+        start = sum(meta["counts"][:i])
+        np.testing.assert_array_equal(got[start : start + meta["counts"][i]].reshape(-1), vectors[name], err_msg=name)
+    # Rewritten again with nothing else added: the index is rebuilt, not returned as it was.
+    s2_crop(major_tom_dir, first, col=300, row=500)
+    shard.unlink()
+    arc.add([str(first)], provider="cpu")
+    got = np.load(arc.root / "index" / "vectors.npy")
+    meta = Archive.open(arc.root).index_meta()
+    i = meta["scenes"].index(shard.name)
+    start = sum(meta["counts"][:i])
+    np.testing.assert_array_equal(got[start : start + meta["counts"][i]].reshape(-1), _shard_vectors(arc)[shard.name])

@@ -701,3 +701,48 @@ def test_pamr_moves_dense_labels_onto_image_edges(tiny_bundle: Path, crop: Path,
     assert rc == 2 and "--refine pamr refines dense labels" in err and "--mode dense" in err, err
     with pytest.raises(InputError, match="not one of none, pamr"):
         classify_raster(crop, CLASSES, tmp_path / "x", bundle=tiny_bundle, provider="cpu", refine="crf")
+
+
+def test_refine_refused_per_tile_names_the_actual_reason(tiny_bundle: Path, plain_bundle: Path, crop: Path,
+                                                         tmp_path: Path, capsys) -> None:
+    """--refine pamr on a per-tile run says why the run is per tile: --mode tile asked, --precision int8 asked,
+    or an encoder without dense outputs; never 'runs int8' for a dense fp32 encoder asked for tile mode."""
+    cases = [(tiny_bundle, ["--mode", "tile"], "--mode tile was asked"),
+             (tiny_bundle, ["--precision", "int8"], "--precision int8 runs the int8 graph"),
+             (plain_bundle, [], "has no dense outputs")]
+    for i, (bundle, extra, reason) in enumerate(cases):
+        rc = main(["classify", str(crop), "--classes", CLASSES, "--out", str(tmp_path / f"o{i}"), "--bundle",
+                   str(bundle), "--provider", "cpu", "--refine", "pamr", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and reason in err and "--refine pamr refines dense labels" in err, err
+        assert ("int8" in err) == ("int8" in reason), err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_pamr_memory_is_bounded_by_strips(tiny_bundle: Path, crop: Path, monkeypatch) -> None:
+    """PAMR of a large tile works in row strips with a halo the iterations cannot cross, so its working memory
+    stays near refine.PAMR_MAX_BYTES instead of ~16 affinity planes + 3 logit stacks of the whole tile (GBs for
+    a 4700 px RGB tile), and the result equals the whole-tile computation (the reference convolutions)."""
+    import tracemalloc
+
+    from rs_clip_plugin.engine import refine
+    from rs_clip_plugin.engine.pipeline import resize_hw
+
+    b = load_bundle(tiny_bundle)
+    spec = b.manifest.encoder("rgb")
+    with open_source(crop) as src:
+        x = preprocess_tile(src.read_for(spec, rasterio.windows.Window(0, 0, 192, 192)), spec)
+    out = EncoderSession(b, "rgb", provider="cpu", dense=True).embed_dense(x[None])
+    head = prompt_head(b, parse_classes(CLASSES), "en", "max")
+    size = 384
+    logits = dense_tile_logits(out.patches[0], out.cls[0], head, b.manifest.logit_scale, spec.dense_grid, size, size)
+    image = resize_hw(x, size, size)
+    whole_bytes = 4 * size * size * (8 * len(refine.PAMR_DILATIONS) + 3 * logits.shape[0])
+    monkeypatch.setattr(refine, "PAMR_MAX_BYTES", whole_bytes // 8)
+    tracemalloc.start()
+    got = refine.pamr(image, logits)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < whole_bytes // 2, (peak, whole_bytes)
+    want = _pamr_by_convolution(image, logits, refine.PAMR_ITERATIONS, refine.PAMR_DILATIONS)
+    assert np.allclose(got, want, atol=1e-4 * np.abs(want).max()), np.abs(got - want).max()

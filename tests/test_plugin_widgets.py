@@ -197,6 +197,41 @@ def test_search_precision_is_what_the_run_reports(qgis_iface, layer, store, tiny
         dock.cleanup()
 
 
+def test_a_second_search_waits_for_the_running_one(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
+    """While a search runs, a 'Find similar' map click (its button stays usable) is refused with one line saying
+    what to do, so 'Cancel' and the panel stay the running search's (two at once shared the lists the task fills
+    from its thread, and 'Cancel' stopped only the second); after a search ended, done or cancelled, the next
+    one starts."""
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        QTest.keyClicks(dock.query_edit, "a river")
+        click(dock.search_btn)
+        first = dock.task
+        assert first is not None, dock.index_label.text()
+        assert dock.find_similar_at(layer, layer.extent().center()) is None
+        assert "a search is already running; wait for it to finish, or click Cancel" in dock.index_label.text()
+        assert dock.task is first
+        assert wait_for(first), dock.index_label.text()
+        assert dock.task is None and dock.result.hits
+        # A search that ends cancelled leaves the dock ready for the next.
+        click(dock.search_btn)
+        click(dock.cancel_btn)
+        if dock.task is not None:  # still winding down in its thread (else it ended during the click)
+            assert not wait_for(dock.task)
+        assert dock.task is None and "cancelled" in dock.index_label.text(), dock.index_label.text()
+        click(dock.search_btn)
+        assert dock.task is not None and wait_for(dock.task), dock.index_label.text()
+        assert dock.result.hits
+    finally:
+        dock.cleanup()
+
+
 def _heat_resolution(dock) -> str:
     """The RSCLIP_HEATMAP tag ('patch' or 'tile') of the heat map layer the dock added to the map."""
     import rasterio
@@ -260,6 +295,56 @@ def test_search_heat_map_per_patch_box(qgis_iface, layer, store, tiny_bundle, pl
         assert tags == {Path(layer.source()).name: "patch", "l2a.tif": "tile"}
         assert "l2a crop: heat map per tile" in dock.index_label.text(), dock.index_label.text()
         assert "‘Heat map per patch’ needs an encoder with dense outputs" in dock.index_label.text()
+    finally:
+        dock.cleanup()
+
+
+def test_heat_map_per_patch_greys_at_int8(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
+    """'Precision' int8 picked with 'Heat map per patch' ticked: the box greys saying to set ‘Precision’ to auto or
+    fp32 (patches come from the fp32 graph), and the search runs at int8 with a heat map per tile. It used to
+    fail every layer with 'dense mode runs the fp32 graph' and no fix in the dock's words."""
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dock = SearchDock(qgis_iface, store=store)
+    dock.show()  # laid out, so a click lands on the check boxes
+    try:
+        dock.set_bundle_path(tiny_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        QTest.keyClicks(dock.query_edit, "a river")
+        click(dock.heatmap_check)
+        click(dock.dense_check)
+        pick(dock.precision_combo, "int8")
+        assert not dock.dense_check.isEnabled() and dock.dense_check.isChecked()
+        assert "set ‘Precision’ to auto or fp32" in dock.dense_check.toolTip(), dock.dense_check.toolTip()
+        click(dock.search_btn)
+        assert dock.task is not None and wait_for(dock.task), dock.index_label.text()
+        assert dock.result.precision == "int8" and _heat_resolution(dock) == "tile"
+        pick(dock.precision_combo, "fp32")  # back: the box asks for patches again
+        assert dock.dense_check.isEnabled()
+    finally:
+        dock.cleanup()
+
+
+def test_precision_errors_name_the_docks_precision_field(qgis_iface, layer, store, plain_bundle,  # noqa: F811
+                                                         tmp_path) -> None:
+    """A precision the bundle lacks (int8 of a bundle exported without twins), asked in the dock's 'Precision',
+    is refused naming ‘Precision’, not the command line's --precision."""
+    from rs_clip_plugin.gui.search_dock import SearchDock
+    from rs_clip_plugin.gui.tasks import wait_for
+
+    dock = SearchDock(qgis_iface, store=store)
+    try:
+        dock.set_bundle_path(plain_bundle)
+        dock.out_widget.lineEdit().clear()
+        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        pick(dock.precision_combo, "int8")
+        task = dock.find_similar_at(layer, layer.extent().center())
+        assert task is not None and not wait_for(task)
+        text = dock.index_label.text()
+        assert "has no int8 graph" in text and "set ‘Precision’ to auto or fp32" in text, text
+        assert "command line" not in text, text
     finally:
         dock.cleanup()
 

@@ -328,8 +328,12 @@ class Archive:
 
         old = self.index_meta()
         shards = [p.name for p in self.shards()]
+        stamps = {s: _shard_stamp(self.shard_dir / s) for s in shards}
         old_scenes = list(old["scenes"]) if old else []
-        if old and all(s in shards for s in old_scenes):
+        # A shard rewritten since the index was built (its scene re-embedded after the user deleted it) has the
+        # same name and often the same row count: only its stamp tells that the old index's rows are stale.
+        # An index from before stamps were recorded is rebuilt once.
+        if old and old.get("stamps") == [stamps.get(s) for s in old_scenes]:
             order = old_scenes + sorted(s for s in shards if s not in set(old_scenes))
         else:
             order, old = shards, None
@@ -391,6 +395,7 @@ class Archive:
             else:
                 recall = ann.measure_recall(index, vec).as_dict()
             meta = {"kind": kind, "n_vectors": n, "dim": dim, "scenes": order, "counts": counts,
+                    "stamps": [stamps[s] for s in order],
                     "extended": extend, "reused_vectors": n_old, "build_s": round(build_s, 3), **recall,
                     "built": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             del vec
@@ -663,6 +668,13 @@ def embed_scene(task: SceneTask, config: dict, provider: str):
               "bundle_digest": config["bundle_digest"], "n_tiles": n, "grid_tiles": len(grid.windows)}
     table = pa.table(cols)
     return table.replace_schema_metadata({b"geo": json.dumps(geo).encode(), b"rsclip": json.dumps(rsclip).encode()})
+
+
+def _shard_stamp(path: Path) -> list[int]:
+    """What tells a rewritten shard from the one an index was built from: write_shard publishes a new file by
+    rename, so its inode and modification time change even when its size does not."""
+    st = path.stat()
+    return [int(st.st_ino), int(st.st_size), int(st.st_mtime_ns)]
 
 
 def write_shard(table, path: Path) -> Path:

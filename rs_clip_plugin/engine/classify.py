@@ -305,13 +305,18 @@ def _classify_open(source: RasterSource, job: ClassifyJob, tmp: Path, final_dir:
     mode = label_mode(spec, tiling.mode, b, run.precision)
     dense = mode == "dense"
     if job.refine and not dense:
-        # Why this run is per tile: the mode asked for, else the encoder (no dense outputs, or its int8 twin).
-        why = ("{mode} tile was asked for" if tiling.mode == "tile" else
-               f"the {spec.modality!r} encoder of bundle {b.manifest.name!r} "
-               f"{'runs int8' if spec.dense else 'has no dense outputs'}")
+        # Why this run is per tile (label_mode's three ways), so the message names the setting to change.
+        if tiling.mode == "tile":
+            why, fix = "{mode} tile was asked for", "{mode} dense or auto"
+        elif spec.dense:
+            why, fix = f"{{precision}} {run.precision} runs the int8 graph, which has no dense outputs", \
+                "{precision} fp32 or auto"
+        else:
+            why = f"the {spec.modality!r} encoder of bundle {b.manifest.name!r} has no dense outputs"
+            fix = "a bundle whose encoder has dense outputs (rsclip-train export)"
         raise InputError(
             f"{{refine}} {job.refine} refines dense labels, and this run labels per tile ({why}); leave {{refine}} "
-            "off, or label densely ({mode} dense, a bundle whose encoder has dense outputs, not int8)")
+            f"off, or label densely ({fix})")
     merge = synonym_merge(job.synonyms)
     t0 = time.perf_counter()
     text_session = EncoderSession(b, TEXT_ROLE, provider=run.provider)

@@ -61,7 +61,7 @@ FIELDS = {"bundle": "Model bundle", "lang": "Language", "top_k": "Top k", "out":
           # The dock has no band fields: a layer it cannot read needs its bands named where it comes from.
           "sensor": "the sensor (the classify dialog's Sensor)",
           "bands": "band names (the layer's band descriptions, or a VRT naming them)",
-          "precision": "the precision (the RSCLIP command line's --precision)",
+          "precision": "Precision",
           "dense_heatmap": "Heat map per patch"}
 DENSE_TIP = ("Index patch embeddings too and score every patch, so the heat map follows shapes inside a tile. "
              "Stores P x D float16 per tile (e.g. 7 x 7 x 512 = 49 KiB for ViT-B/32) and needs a bundle whose "
@@ -174,6 +174,7 @@ class SearchDock(QgsDockWidget):
         self.precision_combo.addItems(list(PRECISION_CHOICES))
         self.precision_combo.setToolTip("auto: int8 on the CPU for encoders whose recorded agreement allows it, "
                                         "fp16 on a GPU, else fp32; each layer's index remembers its precision")
+        self.precision_combo.currentIndexChanged.connect(self._update_dense_check)  # int8 has no patch outputs
         form.addRow("Precision", self.precision_combo)
         self.out_widget = QgsFileWidget()
         self.out_widget.setObjectName("rsclip_search_output_folder")
@@ -273,10 +274,13 @@ class SearchDock(QgsDockWidget):
             self.refresh_layers()  # which layers are readable depends on the bundle's encoders
 
     def dense_problem(self) -> Optional[str]:
-        """Why 'Heat map per patch' cannot be ticked now (no heat map asked, or no encoder of the chosen bundle
-        with dense outputs), or None."""
+        """Why 'Heat map per patch' cannot be ticked now (no heat map asked, 'Precision' int8, or no encoder of
+        the chosen bundle with dense outputs), or None."""
         if not self.heatmap_check.isChecked():
             return "tick ‘add a similarity heat map’ first"
+        if hasattr(self, "precision_combo") and self.precision_combo.currentText() == "int8":
+            # Patch embeddings come from the fp32 graph (EncoderSession refuses int8 with dense outputs).
+            return "patches come from the fp32 graph; set ‘Precision’ to auto or fp32"
         dense = chosen_bundle_is_dense(self.bundle_combo)
         if dense is None:
             return "choose an installed bundle folder in ‘Model bundle’"
@@ -485,6 +489,8 @@ class SearchDock(QgsDockWidget):
         """A text query over an archive folder (its own bundle and ANN index); hits carry scene and date."""
         from ..engine.archive import search_archive, write_hits
 
+        if self._busy():
+            return None
         folder = self.archive_widget.filePath().strip()
         if not folder:
             self.show_error("choose the archive folder in ‘Archive’ (one made with `rsclip archive create`)")
@@ -502,6 +508,15 @@ class SearchDock(QgsDockWidget):
         return self._start(EngineTask(f"RS-CLIP: archive search '{text}'", job,
                                       lambda r: self._archive_done(r, text), self._failed,
                                       words=lambda exc: field_message(exc, ARCHIVE_FIELDS)))
+
+    def _busy(self) -> bool:
+        """True, with the message, while a search runs: a second one (a map click in 'Find similar' stays
+        possible) would reset the lists the running task fills from its thread (skipped layers, notes) and
+        take over 'Cancel'."""
+        if self.task is None:
+            return False
+        self.show_error("a search is already running; wait for it to finish, or click Cancel")
+        return True
 
     def _start(self, task: EngineTask) -> EngineTask:
         """Run a search task with its progress and messages shown in the dock (layers and archive alike)."""
@@ -602,6 +617,8 @@ class SearchDock(QgsDockWidget):
         from ..engine.index import build_index
         from ..engine.search import search
 
+        if self._busy():
+            return None
         layers = self.checked_layers()
         try:
             if not layers:
@@ -699,6 +716,7 @@ class SearchDock(QgsDockWidget):
         self.hit_layers = ()
 
     def _failed(self, message: str) -> None:
+        self.task = None  # over: the next search may start (_busy)
         self.search_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.progress.setValue(0)
