@@ -173,6 +173,14 @@ def test_classify_refine_edges_reaches_the_job(qgis_iface, layer, store, tiny_bu
 
 
 # -- search dock ------------------------------------------------------------------------------------------
+def type_output_folder(dock, folder: Path, query: str = "") -> None:
+    """Type the dock's output folder (and a query, when given) as a user does."""
+    dock.out_widget.lineEdit().clear()
+    QTest.keyClicks(dock.out_widget.lineEdit(), str(folder))
+    if query:
+        QTest.keyClicks(dock.query_edit, query)
+
+
 def test_search_precision_is_what_the_run_reports(qgis_iface, layer, store, tiny_bundle, tmp_path) -> None:  # noqa: F811
     """Each precision picked in 'Precision' is the one the search indexes and runs at, and the panel says
     so: int8 (the tiny bundle's int8 twin), then fp32. Unwired, both runs would report the same ('auto')."""
@@ -182,9 +190,7 @@ def test_search_precision_is_what_the_run_reports(qgis_iface, layer, store, tiny
     dock = SearchDock(qgis_iface, store=store)
     try:
         dock.set_bundle_path(tiny_bundle)
-        dock.out_widget.lineEdit().clear()
-        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
-        QTest.keyClicks(dock.query_edit, "a river")
+        type_output_folder(dock, tmp_path / "results", "a river")
         assert dock.precision_combo.isVisibleTo(dock) and dock.precision_combo.currentText() == "auto"
         for precision in ("int8", "fp32"):
             pick(dock.precision_combo, precision)
@@ -208,9 +214,7 @@ def test_a_second_search_waits_for_the_running_one(qgis_iface, layer, store, tin
     dock = SearchDock(qgis_iface, store=store)
     try:
         dock.set_bundle_path(tiny_bundle)
-        dock.out_widget.lineEdit().clear()
-        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
-        QTest.keyClicks(dock.query_edit, "a river")
+        type_output_folder(dock, tmp_path / "results", "a river")
         click(dock.search_btn)
         first = dock.task
         assert first is not None, dock.index_label.text()
@@ -265,9 +269,7 @@ def test_search_heat_map_per_patch_box(qgis_iface, layer, store, tiny_bundle, pl
     dock.show()  # laid out, so a click lands on the check boxes
     try:
         dock.set_bundle_path(tiny_bundle)
-        dock.out_widget.lineEdit().clear()
-        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
-        QTest.keyClicks(dock.query_edit, "a river")
+        type_output_folder(dock, tmp_path / "results", "a river")
         box = dock.dense_check
         assert box.objectName() == "rsclip_dense_heatmap" and box.isVisibleTo(dock)
         assert not box.isEnabled() and "heat map" in box.toolTip()  # no heat map asked for yet
@@ -310,9 +312,7 @@ def test_heat_map_per_patch_greys_at_int8(qgis_iface, layer, store, tiny_bundle,
     dock.show()  # laid out, so a click lands on the check boxes
     try:
         dock.set_bundle_path(tiny_bundle)
-        dock.out_widget.lineEdit().clear()
-        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
-        QTest.keyClicks(dock.query_edit, "a river")
+        type_output_folder(dock, tmp_path / "results", "a river")
         click(dock.heatmap_check)
         click(dock.dense_check)
         pick(dock.precision_combo, "int8")
@@ -337,8 +337,7 @@ def test_precision_errors_name_the_docks_precision_field(qgis_iface, layer, stor
     dock = SearchDock(qgis_iface, store=store)
     try:
         dock.set_bundle_path(plain_bundle)
-        dock.out_widget.lineEdit().clear()
-        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        type_output_folder(dock, tmp_path / "results")
         pick(dock.precision_combo, "int8")
         task = dock.find_similar_at(layer, layer.extent().center())
         assert task is not None and not wait_for(task)
@@ -365,8 +364,7 @@ def test_search_in_an_archive_between_typed_dates(qgis_iface, major_tom_dir, sto
     dock = SearchDock(qgis_iface, store=store)
     try:
         dock.set_bundle_path(tiny_bundle)
-        dock.out_widget.lineEdit().clear()
-        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        type_output_folder(dock, tmp_path / "results")
         assert not dock.dates_edit.isVisibleTo(dock)
         pick(dock.scope_combo, ARCHIVE_SCOPE)
         assert dock.dates_edit.isVisibleTo(dock) and not dock.layers_list.isVisibleTo(dock)
@@ -422,8 +420,7 @@ def test_archive_mode_offers_the_archive_bundles_languages(qgis_iface, major_tom
     dock = SearchDock(qgis_iface, store=store)
     try:
         dock.set_bundle_path(tiny_bundle)
-        dock.out_widget.lineEdit().clear()
-        QTest.keyClicks(dock.out_widget.lineEdit(), str(tmp_path / "results"))
+        type_output_folder(dock, tmp_path / "results")
         assert offered() == ["en"]
         pick(dock.scope_combo, ARCHIVE_SCOPE)
         dock.archive_widget.lineEdit().clear()
