@@ -173,6 +173,25 @@ def test_classify_refine_edges_reaches_the_job(qgis_iface, layer, store, tiny_bu
 
 
 # -- search dock ------------------------------------------------------------------------------------------
+def show_layer_on_map(iface, raster) -> None:
+    """The map showing ``raster``, which is the active layer (what a user sees before clicking the map)."""
+    from test_plugin import show_canvas_at
+
+    show_canvas_at(iface.mapCanvas(), raster, raster.extent())
+    iface.setActiveLayer(raster)
+
+
+def click_map_for_similar(dock, iface, raster) -> None:
+    """'Find similar (click map)' then a click on the map at the layer's centre (show_layer_on_map first), as a
+    user asks for tiles like the one under the cursor: a real click on the canvas, through the dock's map tool."""
+    from qgis.PyQt.QtCore import QPoint
+
+    canvas = iface.mapCanvas()
+    click(dock.similar_btn)
+    pixel = canvas.getCoordinateTransform().transform(raster.extent().center())
+    QTest.mouseClick(canvas.viewport(), Qt.LeftButton, Qt.NoModifier, QPoint(int(pixel.x()), int(pixel.y())))
+
+
 def type_output_folder(dock, folder: Path, query: str = "") -> None:
     """Type the dock's output folder (and a query, when given) as a user does."""
     dock.out_widget.lineEdit().clear()
@@ -215,10 +234,11 @@ def test_a_second_search_waits_for_the_running_one(qgis_iface, layer, store, tin
     try:
         dock.set_bundle_path(tiny_bundle)
         type_output_folder(dock, tmp_path / "results", "a river")
+        show_layer_on_map(qgis_iface, layer)
         click(dock.search_btn)
         first = dock.task
         assert first is not None, dock.index_label.text()
-        assert dock.find_similar_at(layer, layer.extent().center()) is None
+        click_map_for_similar(dock, qgis_iface, layer)
         assert "a search is already running; wait for it to finish, or click Cancel" in dock.index_label.text()
         assert dock.task is first
         assert wait_for(first), dock.index_label.text()
@@ -339,7 +359,10 @@ def test_precision_errors_name_the_docks_precision_field(qgis_iface, layer, stor
         dock.set_bundle_path(plain_bundle)
         type_output_folder(dock, tmp_path / "results")
         pick(dock.precision_combo, "int8")
-        task = dock.find_similar_at(layer, layer.extent().center())
+        show_layer_on_map(qgis_iface, layer)
+        dock.task = None
+        click_map_for_similar(dock, qgis_iface, layer)
+        task = dock.task
         assert task is not None and not wait_for(task)
         text = dock.index_label.text()
         assert "has no int8 graph" in text and "set ‘Precision’ to auto or fp32" in text, text
