@@ -51,7 +51,15 @@ from .classes import (
 )
 from .default_bundle import as_bundle
 from .errors import InputError, OutputExistsError  # noqa: F401  (OutputExistsError: re-exported, long-standing)
-from .options import SYNONYM_MERGES, JobOptions, RasterOptions, RunOptions, TilingOptions, split_options
+from .options import (
+    SYNONYM_MERGES,
+    JobOptions,
+    RasterOptions,
+    RunOptions,
+    TilingOptions,
+    optional_choice,
+    split_options,
+)
 from .pipeline import TileStats, embed_tiles, plan_tiles, resize_hw
 from .progress import Progress
 from .raster import RasterSource
@@ -214,14 +222,8 @@ class ClassifyJob:
     refine: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.synonyms == "auto":
-            object.__setattr__(self, "synonyms", None)
-        if self.synonyms not in (None, *SYNONYM_MERGES):
-            raise InputError(f"{{synonyms}} {self.synonyms!r} is not one of auto, {', '.join(SYNONYM_MERGES)}")
-        if self.refine == "none":
-            object.__setattr__(self, "refine", None)
-        if self.refine not in (None, *REFINE_METHODS):
-            raise InputError(f"{{refine}} {self.refine!r} is not one of none, {', '.join(REFINE_METHODS)}")
+        object.__setattr__(self, "synonyms", optional_choice(self.synonyms, "synonyms", SYNONYM_MERGES))
+        object.__setattr__(self, "refine", optional_choice(self.refine, "refine", REFINE_METHODS, off="none"))
         mmu = self.mmu_ha
         if not (isinstance(mmu, (int, float)) and np.isfinite(mmu) and mmu >= 0):
             raise InputError(f"{{mmu_ha}} must be an area in hectares >= 0 (0 = off), got {mmu}; e.g. 0.5")

@@ -26,6 +26,16 @@ LABEL_MODES = ("dense", "tile")
 SYNONYM_MERGES = ("mean", "max")
 
 
+def optional_choice(value: Optional[str], param: str, choices: Sequence[str], off: str = "auto") -> Optional[str]:
+    """A job setting whose default is spelt ``off`` ('auto', 'none') or None: None for the default, else
+    ``value`` if it is one of ``choices``; anything else is an InputError naming ``{param}`` and the words."""
+    if value is None or value == off:
+        return None
+    if value not in choices:
+        raise InputError(f"{{{param}}} {value!r} is not one of {off}, {', '.join(choices)}")
+    return value
+
+
 def _opt_tuple(v: Optional[Sequence[Any]], conv=str) -> Optional[tuple]:
     return None if v is None else tuple(conv(x) for x in v)
 
@@ -66,10 +76,7 @@ class TilingOptions:
     mode: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.mode == "auto":
-            object.__setattr__(self, "mode", None)
-        if self.mode not in (None, *LABEL_MODES):
-            raise InputError(f"{{mode}} {self.mode!r} is not one of auto, {', '.join(LABEL_MODES)}")
+        object.__setattr__(self, "mode", optional_choice(self.mode, "mode", LABEL_MODES))
         if not (isinstance(self.overlap, (int, float)) and 0.0 <= float(self.overlap) < 1.0):
             raise InputError(f"{{overlap}} must be a fraction in [0, 1), got {self.overlap}; e.g. 0.5 for half-tile overlap")
         object.__setattr__(self, "overlap", float(self.overlap))
