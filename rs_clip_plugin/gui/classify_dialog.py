@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +20,6 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
-    QCheckBox,
     QComboBox,
     QDialog,
     QDoubleSpinBox,
@@ -50,6 +48,7 @@ from ..installed_bundles import ModelStore
 from ..presets import PRESETS, preset_classes, preset_languages
 from ..styling import add_classification_layers
 from .bundle_combo import chosen_bundle_is_dense, fill_bundle_combo, select_bundle
+from .forms import PRECISION_TIP, check_and_spin, choice_row
 from .outputs import field_message, output_root, push_result, remember_output_root, unique_result_dir
 from .status import ProviderStatusLabel
 from .tasks import EngineTask, log, start
@@ -78,35 +77,6 @@ def table_height(table: QTableWidget, rows: int) -> int:
     """Pixels a table needs to show its header and ``rows`` rows without scrolling."""
     header = table.horizontalHeader().sizeHint().height()
     return header + rows * table.verticalHeader().defaultSectionSize() + 2 * table.frameWidth()
-
-
-def check_and_spin(form: QFormLayout, label: str, text: str, check_name: str, spin_name: str,
-                   bounds: tuple[float, float], value: float) -> tuple[QCheckBox, QDoubleSpinBox]:
-    """A form row of an option switched on by a check box and sized by a number beside it."""
-    check, spin = QCheckBox(text), QDoubleSpinBox()
-    check.setObjectName(check_name)
-    spin.setObjectName(spin_name)
-    spin.setRange(*bounds)
-    spin.setValue(value)
-    # The number only counts with its box ticked: greyed out otherwise, so nobody types a value that is ignored.
-    spin.setEnabled(check.isChecked())
-    check.toggled.connect(spin.setEnabled)
-    row = QHBoxLayout()
-    row.addWidget(check)
-    row.addWidget(spin)
-    row.addStretch(1)
-    form.addRow(label, row)
-    return check, spin
-
-
-def choice_row(form: QFormLayout, label: str, name: str, items: Sequence[str], tip: str) -> QComboBox:
-    """A form row with a drop-down of fixed choices (the engine's words, e.g. auto/dense/tile)."""
-    combo = QComboBox()
-    combo.setObjectName(name)
-    combo.addItems(list(items))
-    combo.setToolTip(tip)
-    form.addRow(label, combo)
-    return combo
 
 
 class ClassifyDialog(QDialog):
@@ -231,9 +201,7 @@ class ClassifyDialog(QDialog):
         self.refine_combo = choice_row(opts, "Refine edges", "rsclip_refine_combo", REFINES, REFINE_TIP)
         self.mode_combo.currentIndexChanged.connect(self._update_refine)
         self.bundle_combo.currentIndexChanged.connect(self._update_refine)
-        self.precision_combo = choice_row(opts, "Precision", "rsclip_precision_combo", PRECISIONS,
-                                          "auto: int8 on the CPU when the bundle recorded that int8 agrees with fp32, "
-                                          "fp16 on a GPU, else fp32")
+        self.precision_combo = choice_row(opts, "Precision", "rsclip_precision_combo", PRECISIONS, PRECISION_TIP)
         self.threshold_check, self.threshold_spin = check_and_spin(
             opts, "Threshold", "'unknown' below", "rsclip_threshold_check", "rsclip_threshold_spin", (0, 1), 0.3)
         self.threshold_spin.setSingleStep(0.05)

@@ -50,6 +50,7 @@ from ..engine.runtime import PRECISION_CHOICES
 from ..installed_bundles import ModelStore
 from ..styling import add_search_layers, mark_output, style_hits
 from .bundle_combo import chosen_bundle_is_dense, fill_bundle_combo, select_bundle
+from .forms import PRECISION_TIP, choice_row
 from .outputs import field_message, output_root, push_result, remember_output_root, unique_result_dir
 from .status import ProviderStatusLabel
 from .tasks import EngineTask, log, start
@@ -169,13 +170,9 @@ class SearchDock(QgsDockWidget):
         self.bundle_combo.setObjectName("rsclip_search_bundle")
         self.bundle_combo.currentIndexChanged.connect(self._bundle_changed)
         form.addRow("Model bundle", self.bundle_combo)
-        self.precision_combo = QComboBox()
-        self.precision_combo.setObjectName("rsclip_search_precision")
-        self.precision_combo.addItems(list(PRECISION_CHOICES))
-        self.precision_combo.setToolTip("auto: int8 on the CPU for encoders whose recorded agreement allows it, "
-                                        "fp16 on a GPU, else fp32; each layer's index remembers its precision")
+        self.precision_combo = choice_row(form, "Precision", "rsclip_search_precision", PRECISION_CHOICES,
+                                          f"{PRECISION_TIP}; each layer's index remembers its precision")
         self.precision_combo.currentIndexChanged.connect(self._update_dense_check)  # int8 has no patch outputs
-        form.addRow("Precision", self.precision_combo)
         self.out_widget = QgsFileWidget()
         self.out_widget.setObjectName("rsclip_search_output_folder")
         self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
@@ -184,10 +181,8 @@ class SearchDock(QgsDockWidget):
         form.addRow("Output folder", self.out_widget)
         # Where to search: the rasters loaded in the project, or an archive built with `rsclip archive`
         # (many scenes, STAC items, remote COGs) searched through its ANN index.
-        self.scope_combo = QComboBox()
-        self.scope_combo.setObjectName("rsclip_search_scope")
-        self.scope_combo.addItems(SCOPES)
-        form.addRow("Search in", self.scope_combo)
+        self.scope_combo = choice_row(form, "Search in", "rsclip_search_scope", SCOPES,
+                                      "the rasters loaded in the project, or an archive folder (rsclip archive)")
         self.archive_widget = QgsFileWidget()
         self.archive_widget.setObjectName("rsclip_archive_folder")
         self.archive_widget.setStorageMode(QgsFileWidget.GetDirectory)
