@@ -241,7 +241,7 @@ def test_dask_worker_death_retries_the_scene_elsewhere(tiny_bundle: Path, served
     ref = create_archive(tmp_path / "ref", tiny_bundle)
     ref.add([srv.root / "S2_A.json", srv.root / "S2_B.json"], provider="cpu")
     a, b = _shard_vectors(arc), _shard_vectors(ref)
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert a and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_stac_api_search_adds_its_items(tiny_bundle: Path, served: tuple[Served, str], tmp_path: Path, capsys) -> None:
