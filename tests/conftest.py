@@ -61,6 +61,14 @@ def plain_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bundle(tiny_bundle: Path):
+    """The tiny bundle, loaded (engine API tests)."""
+    from rs_clip_plugin.engine.bundle import load_bundle
+
+    return load_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="session")
 def tiny_multilingual_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 

@@ -14,7 +14,6 @@ import rasterio
 from plugin_support import s2_crop
 from rasterio.windows import Window
 
-from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.classes import BACKGROUND_UNKNOWN, ClassSpec, parse_background, parse_classes
 from rs_clip_plugin.engine.classify import classify_raster
 from rs_clip_plugin.engine.cli import main
@@ -27,11 +26,6 @@ from rs_clip_plugin.engine.writers import read_class_legend
 
 TILE = 64
 ALL = ["forest", "annual crop", "town", "water"]
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path):
-    return load_bundle(tiny_bundle)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from plugin_support import s2_crop, s2_vrt, scene_extent
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.classify import OutputExistsError, classify_raster, pixel_areas_m2
 from rs_clip_plugin.engine.cli import main
 from rs_clip_plugin.engine.errors import cli_names
@@ -28,20 +27,12 @@ from rs_clip_plugin.engine.writers import read_class_legend
 CLASSES = "forest|woodland;river;annual crop;town"
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path):
-    return load_bundle(tiny_bundle)
-
-
-_crop = scene_extent
-
-
 def _files(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
 def test_classify_major_tom_crop(bundle, major_tom_dir: Path, tmp_path: Path) -> None:
-    extent = _crop(major_tom_dir)
+    extent = scene_extent(major_tom_dir)
     out = tmp_path / "out"
     res = classify_raster(major_tom_dir, CLASSES, out, bundle=bundle, extent=extent, provider="cpu")
     assert _files(out) == ["confidence.tif", "labels.qml", "labels.tif", "labels.tif.aux.xml", "summary.json"]
@@ -90,7 +81,7 @@ def test_classify_major_tom_crop(bundle, major_tom_dir: Path, tmp_path: Path) ->
 
 
 def test_overlap_averages_logits_of_covering_tiles(bundle, major_tom_dir: Path, tmp_path: Path) -> None:
-    extent = _crop(major_tom_dir, size_m=1280.0, dx=5000.0, dy=5000.0)
+    extent = scene_extent(major_tom_dir, size_m=1280.0, dx=5000.0, dy=5000.0)
     # fp32: recomputed below in other batches, and int8's dynamic activation scale is per batch.
     # Tile mode: this checks the per-tile logit vectors (dense mode has its own tests in test_dense.py); synonyms
     # averaged (mean), as class_embeddings gives them below.
@@ -224,7 +215,7 @@ def test_cancel_leaves_nothing(bundle, major_tom_dir: Path, tmp_path: Path) -> N
 
     out = tmp_path / "sub" / "out"
     with pytest.raises(Cancelled):
-        classify_raster(major_tom_dir, CLASSES, out, bundle=bundle, extent=_crop(major_tom_dir, 2560), provider="cpu",
+        classify_raster(major_tom_dir, CLASSES, out, bundle=bundle, extent=scene_extent(major_tom_dir, 2560), provider="cpu",
                         batch_size=2, progress=Progress(is_cancelled=cancelled))
     assert not out.exists() and _files(tmp_path) == []
     # Cancelled while writing (every tile encoded, files half made in the staging folder) is cleaned up too.
@@ -235,14 +226,14 @@ def test_cancel_leaves_nothing(bundle, major_tom_dir: Path, tmp_path: Path) -> N
             state["cancel"] = True
 
     with pytest.raises(Cancelled):
-        classify_raster(major_tom_dir, CLASSES, out, bundle=bundle, extent=_crop(major_tom_dir, 640), provider="cpu",
+        classify_raster(major_tom_dir, CLASSES, out, bundle=bundle, extent=scene_extent(major_tom_dir, 640), provider="cpu",
                         progress=Progress(on_update, lambda: state["cancel"]))
     assert state["cancel"] and not out.exists() and _files(tmp_path) == []
 
 
 def test_overwrite_refusal(bundle, major_tom_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    extent = _crop(major_tom_dir, 640)
+    extent = scene_extent(major_tom_dir, 640)
     classify_raster(major_tom_dir, "a;b", out, bundle=bundle, extent=extent, provider="cpu")
     before = {n: (out / n).stat().st_mtime_ns for n in _files(out)}
     with pytest.raises(OutputExistsError, match=r"labels\.tif.*overwrite") as err:
@@ -255,7 +246,7 @@ def test_overwrite_refusal(bundle, major_tom_dir: Path, tmp_path: Path) -> None:
 
 
 def test_cli_classify_json(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path, capsys) -> None:
-    ext = ",".join(f"{v:.3f}" for v in _crop(major_tom_dir, 640))
+    ext = ",".join(f"{v:.3f}" for v in scene_extent(major_tom_dir, 640))
     classes = tmp_path / "classes.txt"
     classes.write_text("# test\nforest|woodland\nriver\n", encoding="utf-8")
     out = tmp_path / "out"
@@ -292,7 +283,7 @@ def test_cli_errors_leave_no_file(tiny_bundle: Path, data_dir: Path, tmp_path: P
 def test_qml_applies_in_qgis(bundle, major_tom_dir: Path, tmp_path: Path, qgis_app) -> None:
     from qgis.core import QgsRasterLayer
 
-    res = classify_raster(major_tom_dir, CLASSES, tmp_path / "o", bundle=bundle, extent=_crop(major_tom_dir, 640),
+    res = classify_raster(major_tom_dir, CLASSES, tmp_path / "o", bundle=bundle, extent=scene_extent(major_tom_dir, 640),
                           provider="cpu")
     layer = QgsRasterLayer(str(res.labels_path), "labels")
     assert layer.isValid()
@@ -305,7 +296,7 @@ def test_qml_applies_in_qgis(bundle, major_tom_dir: Path, tmp_path: Path, qgis_a
 def test_cli_radiometry_overrides_reach_the_reader(tiny_bundle: Path, major_tom_dir: Path, tmp_path: Path,
                                                    capsys) -> None:
     """The product is N9999 (no offset); --s2-offset 1000 must be applied, and change what the encoder sees."""
-    ext = ",".join(f"{v:.3f}" for v in _crop(major_tom_dir, 640))
+    ext = ",".join(f"{v:.3f}" for v in scene_extent(major_tom_dir, 640))
     confs = {}
     for offset in (None, 1000):
         out = tmp_path / f"o{offset}"

@@ -24,7 +24,6 @@ import rasterio
 from rasterio.transform import from_origin
 
 from rs_clip_plugin.engine.atomic import JOURNAL, OutputFolder, clean_stale
-from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.classify import classify_raster
 from rs_clip_plugin.engine.cli import main
 from rs_clip_plugin.engine.errors import InputError, OutputError, OutputExistsError
@@ -32,11 +31,6 @@ from rs_clip_plugin.engine.options import RunOptions, TilingOptions, split_optio
 from rs_clip_plugin.engine.writers import read_class_legend
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path):
-    return load_bundle(tiny_bundle)
 
 
 def _rgb(path: Path, size: int = 256, seed: int = 0, fill: float | None = None, dtype: str = "uint8") -> Path:

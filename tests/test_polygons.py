@@ -12,21 +12,12 @@ import rasterio
 from plugin_support import scene_extent
 from rasterio.transform import from_origin
 
-from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.classify import classify_raster
 from rs_clip_plugin.engine.cli import main
 from rs_clip_plugin.engine.errors import InputError
 from rs_clip_plugin.engine.polygons import mmu_pixels, polygonise
 
 CLASSES = "forest|woodland;river;annual crop;town"
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path):
-    return load_bundle(tiny_bundle)
-
-
-_crop = scene_extent
 
 
 def _rows(gpkg: Path) -> list[dict]:
@@ -43,7 +34,7 @@ def runs(bundle, major_tom_dir: Path, tmp_path_factory) -> dict:
     """The same crop classified with polygons, without and with a minimum mapping unit. The tiny test bundle
     gives one class nearly everywhere, so the threshold is the median confidence of a first run: about half the
     pixels become 'unknown', in the speckled pattern a minimum mapping unit is for."""
-    extent = _crop(major_tom_dir)
+    extent = scene_extent(major_tom_dir)
     probe = classify_raster(major_tom_dir, CLASSES, tmp_path_factory.mktemp("probe"), bundle=bundle, extent=extent,
                             provider="cpu")
     with rasterio.open(probe.confidence_path) as ds:
@@ -337,7 +328,7 @@ def test_gpkg_has_a_spatial_index_and_opens_in_qgis(runs) -> None:
 
 def test_cli_polygons_and_mmu_validation(bundle, major_tom_dir: Path, tmp_path: Path, tiny_bundle: Path,
                                          capsys) -> None:
-    ext = _crop(major_tom_dir, size_m=640.0)
+    ext = scene_extent(major_tom_dir, size_m=640.0)
     out = tmp_path / "cli"
     rc = main(["classify", str(major_tom_dir), "--classes", CLASSES, "--out", str(out), "--bundle", str(tiny_bundle),
                "--extent", ",".join(str(v) for v in ext), "--polygons", "--mmu-ha", "0.5", "--json"])

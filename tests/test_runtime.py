@@ -10,7 +10,6 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from rs_clip_plugin.engine.bundle import load_bundle
 from rs_clip_plugin.engine.pipeline import (
     TileStats,
     choose_encoder,
@@ -33,11 +32,6 @@ from rs_clip_plugin.engine.runtime import (
     resolve_providers,
 )
 from rs_clip_plugin.engine.tiling import make_grid
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path):
-    return load_bundle(tiny_bundle)
 
 
 def test_provider_resolution() -> None:

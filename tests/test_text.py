@@ -7,16 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rs_clip_plugin.engine.bundle import BundleError, load_bundle
+from rs_clip_plugin.engine.bundle import BundleError
 from rs_clip_plugin.engine.classes import ClassSpec, class_colours, parse_classes
 from rs_clip_plugin.engine.runtime import EncoderSession
 from rs_clip_plugin.engine.text import class_embeddings, embed_texts, templates_for
 from rs_clip_plugin.engine.tokenizer import BundleTokenizer
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path):
-    return load_bundle(tiny_bundle)
 
 
 def test_parse_classes_forms(tmp_path: Path) -> None:
